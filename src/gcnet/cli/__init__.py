@@ -1,0 +1,40 @@
+"""The ``gcnet`` command line: one subcommand per job, each defined in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from gcnet.errors import GCNetError
+
+# Each module defines ``register(subparsers)``: it adds its parser and sets ``func(args) -> int``.
+SUBCOMMANDS = ("info", "train", "eval", "demo", "predict", "export", "bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gcnet",
+        description="GCNet real-time semantic segmentation: train, evaluate, reparameterize, export, benchmark.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"gcnet.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except GCNetError as exc:
+        print(f"gcnet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gcnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

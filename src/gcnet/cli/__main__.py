@@ -1,0 +1,5 @@
+import sys
+
+from gcnet.cli import main
+
+sys.exit(main())
