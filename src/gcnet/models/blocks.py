@@ -47,9 +47,9 @@ class BNReLUConv(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0) -> None:
         super().__init__()
-        self.bn = nn.BatchNorm2d(in_channels)
-        self.act = nn.ReLU()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, bias=False)
+        self.bn = nn.BatchNorm2d(in_channels)  # registered after conv, as mmcv does
+        self.act = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(self.act(self.bn(x)))

@@ -73,11 +73,6 @@ class GCNetBackbone(nn.Module):
             stage(4 * c, 8 * c, s5, 2, True),
             stage(8 * c, 16 * c, s6, 2, True),
         ])
-        self.detail_branch_layers = nn.ModuleList([
-            stage(2 * c, 2 * c, d4, 1, False),
-            stage(2 * c, 2 * c, d5, 1, False),
-            stage(2 * c, 4 * c, d6, 1, True),
-        ])
         self.compression_1 = ConvBN(4 * c, 2 * c, 1, act=False, folded=deploy)
         self.down_1 = ConvBN(2 * c, 4 * c, 3, stride=2, padding=1, act=False, folded=deploy)
         self.compression_2 = ConvBN(8 * c, 2 * c, 1, act=False, folded=deploy)
@@ -85,6 +80,11 @@ class GCNetBackbone(nn.Module):
             ConvBN(2 * c, 4 * c, 3, stride=2, padding=1, act=True, folded=deploy),
             ConvBN(4 * c, 8 * c, 3, stride=2, padding=1, act=False, folded=deploy),
         )
+        self.detail_branch_layers = nn.ModuleList([
+            stage(2 * c, 2 * c, d4, 1, False),
+            stage(2 * c, 2 * c, d5, 1, False),
+            stage(2 * c, 4 * c, d6, 1, True),
+        ])
         self.spp = DAPPM(16 * c, ppm_channels, 4 * c)
 
     def _up(self, x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -118,12 +118,12 @@ class GCNetHead(nn.Module):
     def __init__(self, in_channels: int, channels: int, num_classes: int, deploy: bool) -> None:
         super().__init__()
         self.head = seg_head(in_channels, channels, folded=deploy)
-        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
         if deploy:
             self.aux_head_c4 = self.aux_cls_seg_c4 = None
         else:
             self.aux_head_c4 = seg_head(in_channels // 2, channels)
             self.aux_cls_seg_c4 = nn.Conv2d(channels, num_classes, 1)
+        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, feats: Tensor) -> Tensor:
         return self.conv_seg(self.head(feats))

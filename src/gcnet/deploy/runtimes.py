@@ -1,0 +1,336 @@
+"""One small interface over the inference runtimes: PyTorch (eager / channels_last / bf16 /
+torch.compile, CPU or CUDA), ONNX Runtime (fp32, int8 QDQ) and OpenVINO (fp32, bf16, int8).
+
+A :class:`Runtime` takes a float32 NCHW array (normalised like the training data, see
+``gcnet.data.transforms``) and returns the model's float32 logits at 1/8 resolution, exactly like
+``GCNet.forward`` in eval mode::
+
+    rt = create_runtime("openvino", model, precision="bf16", threads=2)
+    logits = rt(batch)             # np.ndarray (B, K, ceil(H/8), ceil(W/8))
+
+Only PyTorch is required; the other runtimes are imported when first used and raise
+:class:`RuntimeUnavailableError` with an install hint when missing.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gcnet.errors import GCNetError
+
+RUNTIME_KINDS = ("torch", "onnxruntime", "openvino")
+PRECISIONS = {
+    "torch": ("fp32", "bf16", "fp16"),
+    "onnxruntime": ("fp32", "int8"),
+    "openvino": ("fp32", "bf16", "int8"),
+}
+
+
+class RuntimeUnavailableError(GCNetError):
+    """An optional runtime (onnxruntime, openvino, nncf) is not installed."""
+
+
+def require(module: str) -> Any:
+    """Import an optional dependency or raise :class:`RuntimeUnavailableError` with an install hint."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        pip_name = {"openvino": "openvino", "onnxruntime": "onnxruntime", "onnx": "onnx", "nncf": "nncf",
+                    "cv2": "opencv-python-headless"}.get(module.split(".")[0], module)
+        raise RuntimeUnavailableError(
+            f"'{module}' is not installed; install it with `pip install {pip_name}` "
+            f"(or `pip install gcnet[deploy]` for all deployment runtimes)") from exc
+
+
+def is_available(kind: str) -> bool:
+    """Whether a runtime kind can be used here (``torch`` always can)."""
+    if kind == "torch":
+        return True
+    import importlib.util
+
+    return importlib.util.find_spec(kind) is not None
+
+
+def available_runtimes() -> list[str]:
+    return [k for k in RUNTIME_KINDS if is_available(k)]
+
+
+def default_threads() -> int:
+    """Threads to use: the CPUs this process may run on (respects taskset / cgroup cpusets)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Runtime:
+    """Base class: ``rt(x: float32 NCHW ndarray) -> float32 logits ndarray``.
+
+    Attributes: ``kind`` ("torch", "onnxruntime", "openvino"), ``precision`` ("fp32", "bf16", "fp16",
+    "int8"), ``device`` ("cpu" or "cuda"), ``name`` ("<kind>-<precision>" plus options), ``threads``.
+    """
+
+    kind = "base"
+
+    def __init__(self, precision: str, device: str = "cpu", threads: int | None = None,
+                 tag: str = "") -> None:
+        self.precision = precision
+        self.device = device
+        self.threads = threads
+        self.name = f"{self.kind}{'-cuda' if device == 'cuda' else ''}-{precision}{tag}"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} threads={self.threads}>"
+
+
+# ----------------------------------------------------------------------------------------- torch
+class TorchRuntime(Runtime):
+    """PyTorch eager (optionally channels_last, bf16/fp16, ``torch.compile``, CUDA graphs).
+
+    ``precision`` "bf16"/"fp16" use autocast on CPU and CUDA (weights stay fp32, convs run in low
+    precision). ``cuda_graphs`` captures one forward per input shape (CUDA only, static shapes).
+    The model is used as given: pass a reparameterized model for the deploy form.
+    """
+
+    kind = "torch"
+
+    def __init__(self, model: nn.Module, precision: str = "fp32", *, device: str = "cpu",
+                 threads: int | None = None, channels_last: bool = False, compile: bool | str = False,
+                 cuda_graphs: bool = False) -> None:
+        tag = ("-cl" if channels_last else "") + ("-compile" if compile else "") + (
+            "-graphs" if cuda_graphs else "")
+        super().__init__(precision, device, threads, tag)
+        if precision not in PRECISIONS["torch"]:
+            raise GCNetError(f"torch runtime: unsupported precision {precision!r} "
+                             f"(choose from {', '.join(PRECISIONS['torch'])})")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeUnavailableError("CUDA was requested but torch.cuda.is_available() is False")
+        if cuda_graphs and device != "cuda":
+            raise GCNetError("CUDA graphs need device='cuda'")
+        if threads and device == "cpu":
+            torch.set_num_threads(int(threads))
+        self.channels_last = channels_last
+        self.cuda_graphs = cuda_graphs
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        model = model.eval().to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self._forward: Callable = model
+        if compile:
+            mode = compile if isinstance(compile, str) else None
+            self._forward = torch.compile(model, mode=mode, dynamic=False)
+        self._dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self._graphs: dict[tuple, tuple] = {}
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        if self._dtype is None:
+            return self._forward(x)
+        with torch.autocast(self.device, dtype=self._dtype):
+            return self._forward(x)
+
+    @torch.inference_mode()
+    def forward_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Tensor in, tensor out (on the runtime's device, float32); no host copies."""
+        x = x.to(self.device, torch.float32).contiguous(memory_format=self.memory_format)
+        if self.cuda_graphs:
+            return self._graph_forward(x)
+        return self._run(x).float()
+
+    def _graph_forward(self, x: torch.Tensor) -> torch.Tensor:
+        key = tuple(x.shape)
+        if key not in self._graphs:
+            static_in = x.clone()
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):  # warm-up on a side stream, as CUDA graphs require
+                for _ in range(3):
+                    self._run(static_in)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._run(static_in).float()
+            self._graphs[key] = (graph, static_in, static_out)
+        graph, static_in, static_out = self._graphs[key]
+        static_in.copy_(x)
+        graph.replay()
+        return static_out.clone()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        out = self.forward_tensor(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        return out.cpu().numpy()
+
+
+# ----------------------------------------------------------------------------------- onnxruntime
+class OnnxRuntime(Runtime):
+    """ONNX Runtime CPU session, all graph optimisations on, ``threads`` intra-op threads."""
+
+    kind = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike, precision: str = "fp32", *, threads: int | None = None,
+                 providers: list[str] | None = None) -> None:
+        super().__init__(precision, "cpu", threads)
+        ort = require("onnxruntime")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        threads = threads or default_threads()
+        self.threads = threads
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.path = Path(path)
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise GCNetError(f"onnxruntime cannot load {path}: {exc}") from exc
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return self.session.run([self.output_name], {self.input_name: x})[0]
+
+
+# -------------------------------------------------------------------------------------- openvino
+class OpenVINORuntime(Runtime):
+    """OpenVINO CPU plugin, latency mode (one stream, ``threads`` threads).
+
+    ``precision`` "fp32" pins f32 execution (OpenVINO would otherwise pick bf16 on CPUs with
+    AVX512_BF16/AMX), "bf16" asks for bf16 execution, "int8" expects a quantized model (FakeQuantize
+    nodes, see :func:`gcnet.deploy.export.quantize_openvino`); its non-quantized ops run in
+    ``int8_rest`` precision ("f32" by default).
+
+    With ``static_shapes`` (default) the model is compiled once per input shape (kept for the last
+    ``max_shapes`` shapes), which is faster than a dynamic-shape compile; otherwise one dynamic
+    compile serves every shape.
+    """
+
+    kind = "openvino"
+
+    def __init__(self, model: Any, precision: str = "fp32", *, threads: int | None = None,
+                 static_shapes: bool = True, max_shapes: int = 4, int8_rest: str = "f32",
+                 config: dict | None = None) -> None:
+        super().__init__(precision, "cpu", threads)
+        ov = require("openvino")
+        if precision not in PRECISIONS["openvino"]:
+            raise GCNetError(f"openvino runtime: unsupported precision {precision!r}")
+        self.core = ov.Core()
+        self.model = self.core.read_model(str(model)) if isinstance(model, (str, os.PathLike)) else model
+        if precision == "int8" and not is_quantized_openvino(self.model):
+            raise GCNetError("openvino int8 needs a quantized model (no FakeQuantize nodes found); "
+                             "quantize it with gcnet.deploy.export.quantize_openvino or `gcnet export "
+                             "--format openvino --precision int8`")
+        threads = threads or default_threads()
+        self.threads = threads
+        hint = {"fp32": "f32", "bf16": "bf16", "int8": int8_rest}[precision]
+        self.config = {
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": "1",
+            "INFERENCE_NUM_THREADS": str(threads),
+            "INFERENCE_PRECISION_HINT": hint,
+        }
+        self.config.update(config or {})
+        self.static_shapes = static_shapes
+        self.max_shapes = max_shapes
+        self._compiled: dict[tuple, Any] = {}
+        self._requests: dict[tuple, Any] = {}
+
+    def _request(self, shape: tuple):
+        key = shape if self.static_shapes else ()
+        req = self._requests.get(key)
+        if req is None:
+            model = self.model
+            if self.static_shapes:
+                model = self.model.clone()
+                model.reshape({model.inputs[0].any_name: list(shape)})
+            compiled = self.core.compile_model(model, "CPU", self.config)
+            if len(self._requests) >= self.max_shapes:  # forget the oldest shape
+                oldest = next(iter(self._requests))
+                del self._requests[oldest], self._compiled[oldest]
+            self._compiled[key] = compiled
+            req = self._requests[key] = compiled.create_infer_request()
+        return req
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        req = self._request(tuple(x.shape))
+        req.infer([x], share_inputs=True)
+        return np.array(req.get_output_tensor(0).data, copy=True)
+
+
+def is_quantized_openvino(model: Any) -> bool:
+    return any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+
+
+# ------------------------------------------------------------------------------------------ factory
+def create_runtime(kind: str, source: nn.Module | str | os.PathLike, precision: str = "fp32", *,
+                   threads: int | None = None, device: str = "cpu",
+                   calibration: Iterable[np.ndarray] | None = None, work_dir: str | os.PathLike | None = None,
+                   **options: Any) -> Runtime:
+    """Build a runtime of ``kind`` for ``source``.
+
+    ``source`` is a GCNet module (reparameterized here if it is not yet; the caller's module is
+    changed in place), a gcnet checkpoint (``.pt``/``.pth``), an ONNX file (``.onnx``) or an
+    OpenVINO IR (``.xml``). Conversions happen on the fly (ONNX export into ``work_dir`` or a temp
+    dir). ``precision="int8"`` on a float source runs post-training quantization with
+    ``calibration`` (an iterable of float32 NCHW arrays, a few real images are enough).
+    ``options`` go to the runtime class (e.g. ``channels_last=True`` for torch).
+    """
+    from gcnet.deploy import export as _export
+
+    if kind not in RUNTIME_KINDS:
+        raise GCNetError(f"unknown runtime {kind!r} (choose from {', '.join(RUNTIME_KINDS)})")
+    if precision not in PRECISIONS[kind]:
+        raise GCNetError(f"runtime {kind!r} does not support precision {precision!r} "
+                         f"(supported: {', '.join(PRECISIONS[kind])})")
+    if device != "cpu" and kind != "torch":
+        raise GCNetError(f"runtime {kind!r} runs on CPU only here; use kind='torch' for CUDA")
+    if isinstance(source, (str, os.PathLike)) and not Path(source).exists():
+        raise GCNetError(f"model file not found: {source}")
+    suffix = Path(source).suffix.lower() if isinstance(source, (str, os.PathLike)) else ""
+
+    if kind == "torch":
+        if suffix in (".onnx", ".xml"):
+            raise GCNetError(f"the torch runtime needs a GCNet module or checkpoint, not {source}")
+        model = _export.load_for_deploy(source)
+        return TorchRuntime(model, precision, device=device, threads=threads, **options)
+
+    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="gcnet-rt-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if kind == "onnxruntime":
+        if suffix != ".onnx":
+            onnx_path = work / "model.onnx"
+            _export.export_onnx(_export.load_for_deploy(source), onnx_path, verify=False)
+        else:
+            onnx_path = Path(source)
+        if precision == "int8" and not _export.is_quantized_onnx(onnx_path):
+            if calibration is None:
+                raise GCNetError("onnxruntime int8 needs calibration images (calibration=...)")
+            q_path = work / f"{onnx_path.stem}_int8.onnx"
+            _export.quantize_onnx(onnx_path, q_path, calibration)
+            onnx_path = q_path
+        return OnnxRuntime(onnx_path, precision, threads=threads, **options)
+
+    # openvino
+    if suffix == ".xml":
+        ov_model = require("openvino").Core().read_model(str(source))
+    else:
+        ov_model = _export.to_openvino(source if suffix == ".onnx" else _export.load_for_deploy(source))
+    if precision == "int8" and not is_quantized_openvino(ov_model):
+        if calibration is None:
+            raise GCNetError("openvino int8 needs calibration images (calibration=...)")
+        ov_model = _export.quantize_openvino(ov_model, calibration)
+    return OpenVINORuntime(ov_model, precision, threads=threads, **options)

@@ -1,0 +1,1 @@
+"""Training engine: losses, config presets, trainer."""

@@ -1,0 +1,484 @@
+"""Training configs: TOML presets shipped with the package, user TOML files, dotted overrides.
+
+A config is a nested dict with fixed sections (see :data:`SCHEMA`)::
+
+    [model]     name, num_classes, overrides (table passed to build_model), sync_bn
+    [data]      kind, root, train_split, val_split, crop_size, base_scale, scale_range, batch_size, ...
+    [loss]      ohem_thresh, min_kept, class_weights, aux_weight
+    [optim]     lr, momentum, weight_decay, power, min_lr
+    [schedule]  iters, val_interval, ckpt_interval, log_interval, keep_ckpts
+    [eval]      mode, crop_size, stride, scales, flip, batch_size
+    [init]      load_from
+    [runtime]   seed, device, amp, amp_dtype, threads, deterministic
+
+Every key has a default (so a user file only needs what differs); unknown keys and wrong types
+raise :class:`gcnet.errors.ConfigError` naming the key. A file may start with
+``base = "PRESET_OR_PATH"`` to inherit from a preset or another file.
+
+Presets live in ``gcnet/configs/NAME.toml``; :func:`list_presets` lists them and
+:func:`load_config` accepts either a preset name or a path.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from gcnet.errors import ConfigError
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+__all__ = [
+    "SCHEMA",
+    "default_config",
+    "list_presets",
+    "preset_path",
+    "load_config",
+    "apply_overrides",
+    "parse_override_args",
+    "validate_config",
+    "get",
+    "dumps_toml",
+    "save_config",
+    "config_diff",
+]
+
+_ANY = object()
+
+# section -> key -> (type spec, default, help).  Type specs: int, float, str, bool, dict,
+# ("list", elem, length or None), ("optional_list", elem, length) (empty list == not set),
+# ("choice", (values...)).
+SCHEMA: dict[str, dict[str, tuple[Any, Any, str]]] = {
+    "model": {
+        "name": (str, "gcnet-s", "model variant: gcnet-s, gcnet-m or gcnet-l"),
+        "num_classes": (int, 19, "number of classes (must match the dataset)"),
+        "overrides": (dict, {}, "extra build_model keyword arguments, e.g. {channels = 16}"),
+        "sync_bn": (bool, False, "convert BatchNorm to SyncBatchNorm under DDP (CUDA only)"),
+    },
+    "data": {
+        "kind": (str, "cityscapes", "dataset kind: cityscapes, camvid, voc, folder or synthetic"),
+        "root": (str, "data/cityscapes", "dataset root folder"),
+        "info": (str, "", "class metadata name for kind=folder (e.g. camvid); default: the kind"),
+        "train_split": (str, "train", "split used for training"),
+        "val_split": (str, "val", "split used for periodic validation ('' disables validation)"),
+        "crop_size": (("list", int, 2), [1024, 1024], "training crop [height, width]"),
+        "scale_range": (("list", float, 2), [0.5, 2.0], "random rescale range [min, max]"),
+        "base_scale": (("optional_list", int, 2), [], "MMSeg RandomResize scale (e.g. [2048, 1024]) the "
+                       "scale range is relative to; [] = each image's own size"),
+        "cat_max_ratio": (float, 0.75, "max fraction of a crop one class may cover (1.0 disables)"),
+        "flip_prob": (float, 0.5, "horizontal flip probability"),
+        "photometric": (bool, True, "photometric distortion (brightness/contrast/saturation/hue)"),
+        "batch_size": (int, 12, "total batch size over all processes"),
+        "workers": (int, 4, "data loader worker processes per training process"),
+        "synthetic_size": (("list", int, 2), [128, 160], "image size [H, W] for kind=synthetic"),
+        "synthetic_train": (int, 48, "number of train images generated for kind=synthetic"),
+        "synthetic_val": (int, 12, "number of val images generated for kind=synthetic"),
+    },
+    "loss": {
+        "ohem_thresh": (float, 0.9, "OHEM probability threshold"),
+        "min_kept": (int, 131072, "OHEM minimum number of kept pixels per batch"),
+        "class_weights": (("optional_list", float, None), [], "per-class loss weights ([] = none)"),
+        "aux_weight": (float, 0.4, "weight of the auxiliary head loss"),
+    },
+    "optim": {
+        "lr": (float, 0.01, "initial learning rate (SGD)"),
+        "momentum": (float, 0.9, "SGD momentum"),
+        "weight_decay": (float, 5e-4, "SGD weight decay"),
+        "power": (float, 0.9, "poly decay power"),
+        "min_lr": (float, 0.0, "learning rate at the end of the poly schedule (eta_min)"),
+    },
+    "schedule": {
+        "iters": (int, 120000, "total training iterations"),
+        "val_interval": (int, 4000, "validate every N iterations (0 = only at the end)"),
+        "ckpt_interval": (int, 4000, "write iter_N.pth every N iterations (latest.pth too)"),
+        "log_interval": (int, 50, "log metrics every N iterations"),
+        "keep_ckpts": (int, 3, "keep only the newest N iter_*.pth files (0 = keep all)"),
+    },
+    "eval": {
+        "mode": (("choice", ("whole", "slide")), "whole", "inference mode for validation"),
+        "crop_size": (("optional_list", int, 2), [], "sliding-window size [H, W] (mode=slide)"),
+        "stride": (("optional_list", int, 2), [], "sliding-window stride [H, W] (mode=slide)"),
+        "scales": (("list", float, None), [1.0], "test scales (multi-scale when several)"),
+        "flip": (bool, False, "add horizontally flipped inputs"),
+        "batch_size": (int, 1, "validation batch size per process"),
+    },
+    "init": {
+        "load_from": (str, "", "weights to start from (our checkpoint or the authors'); '' = scratch"),
+    },
+    "runtime": {
+        "seed": (int, 0, "random seed (data order, augmentation, initialisation)"),
+        "device": (str, "auto", "auto, cpu, cuda or cuda:N"),
+        "amp": (bool, False, "mixed precision (CUDA only)"),
+        "amp_dtype": (("choice", ("bf16", "fp16")), "bf16", "autocast dtype for amp"),
+        "threads": (int, 0, "torch CPU threads (0 = torch default)"),
+        "deterministic": (bool, False, "use deterministic algorithms (slower on CUDA)"),
+    },
+}
+
+
+def default_config() -> dict[str, Any]:
+    """A config with every key at its default."""
+    return {sec: {k: copy.deepcopy(spec[1]) for k, spec in keys.items()} for sec, keys in SCHEMA.items()}
+
+
+# --------------------------------------------------------------------------------------- presets
+
+
+def _configs_dir():
+    return resources.files("gcnet") / "configs"
+
+
+def list_presets() -> list[str]:
+    """Names of the preset configs shipped with the package."""
+    try:
+        entries = list(_configs_dir().iterdir())
+    except (FileNotFoundError, NotADirectoryError):  # pragma: no cover
+        return []
+    return sorted(p.name[: -len(".toml")] for p in entries if p.name.endswith(".toml"))
+
+
+def preset_path(name: str):
+    """The resource path of preset ``name`` (``.toml`` optional)."""
+    stem = name[: -len(".toml")] if name.endswith(".toml") else name
+    path = _configs_dir() / f"{stem}.toml"
+    if not path.is_file():
+        raise ConfigError(
+            f"unknown preset {name!r}; presets: {', '.join(list_presets())} (or give a path to a .toml file)"
+        )
+    return path
+
+
+def _read_toml_text(text: str, where: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: invalid TOML: {exc}") from None
+
+
+def _load_raw(source: str | Path, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read a preset or file, resolve ``base`` inheritance, return the merged raw dict."""
+    src = str(source)
+    p = Path(src).expanduser()
+    if p.suffix == ".toml" or p.exists() or "/" in src or "\\" in src:
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {src}")
+        text, where, base_dir = p.read_text(encoding="utf-8"), str(p), p.parent
+    else:
+        rp = preset_path(src)
+        text, where, base_dir = rp.read_text(encoding="utf-8"), f"preset {src}", None
+    if where in _seen:
+        raise ConfigError(f"config inheritance loop: {' -> '.join(_seen + (where,))}")
+    raw = _read_toml_text(text, where)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{where}: 'base' must be a string (a preset name or a path)")
+    base_src: str | Path = base
+    if base_dir is not None and (base.endswith(".toml") or "/" in base) and not Path(base).is_absolute():
+        base_src = base_dir / base
+    merged = _load_raw(base_src, _seen + (where,))
+    _deep_merge(merged, raw)
+    return merged
+
+
+def _deep_merge(dst: dict, src: Mapping) -> None:
+    for k, v in src.items():
+        if isinstance(v, Mapping) and isinstance(dst.get(k), dict) and k != "overrides":
+            _deep_merge(dst[k], v)
+        else:
+            dst[k] = copy.deepcopy(v)
+
+
+def load_config(source: str | Path | Mapping | None = None, overrides: Iterable[str] | Mapping | None = None):
+    """Load a config from a preset name, a TOML path or a (partial) dict; apply overrides; validate.
+
+    ``overrides`` is a list of ``"section.key=value"`` strings (values parsed as TOML, falling back
+    to a plain string) or a ``{"section.key": value}`` mapping. Returns a complete, validated dict.
+    """
+    cfg = default_config()
+    if source is not None:
+        raw = copy.deepcopy(dict(source)) if isinstance(source, Mapping) else _load_raw(source)
+        raw.pop("base", None)
+        _check_structure(raw)
+        _deep_merge(cfg, raw)
+    if overrides:
+        apply_overrides(cfg, overrides)
+    return validate_config(cfg)
+
+
+# ------------------------------------------------------------------------------------- overrides
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override value as a TOML value (``3``, ``1e-3``, ``true``, ``[512, 512]``,
+    ``"x"``, ``{channels = 8}``); anything that is not valid TOML is taken as a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _split_key(key: str) -> tuple[str, str, str | None]:
+    parts = key.split(".")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise ConfigError(f"config key {key!r} must look like 'section.key' (e.g. data.root)")
+    sec, name = parts[0], parts[1]
+    if sec not in SCHEMA:
+        raise ConfigError(f"unknown config section {sec!r} in {key!r}; sections: {', '.join(SCHEMA)}")
+    if name not in SCHEMA[sec]:
+        raise ConfigError(_unknown_key_msg(sec, name))
+    sub = parts[2] if len(parts) == 3 else None
+    if sub is not None and SCHEMA[sec][name][0] is not dict:
+        raise ConfigError(f"config key {sec}.{name} is not a table, so {key!r} is invalid")
+    return sec, name, sub
+
+
+def apply_overrides(cfg: dict, overrides: Iterable[str] | Mapping) -> dict:
+    """Apply dotted overrides in place (``data.root=/x``, ``model.overrides.channels=8``)."""
+    items = overrides.items() if isinstance(overrides, Mapping) else (_split_assignment(s) for s in overrides)
+    for key, value in items:
+        sec, name, sub = _split_key(key)
+        if isinstance(value, str) and not isinstance(overrides, Mapping):
+            value = parse_value(value)
+        if sub is None:
+            cfg[sec][name] = value
+        else:
+            cfg[sec][name] = dict(cfg[sec].get(name) or {})
+            cfg[sec][name][sub] = value
+    return cfg
+
+
+def _split_assignment(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must be KEY=VALUE, e.g. schedule.iters=1000")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+_DOTTED = re.compile(r"^--([a-z_]+\.[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)?)(?:=(.*))?$", re.S)
+
+
+def parse_override_args(tokens: list[str]) -> list[str]:
+    """Turn leftover command-line tokens ``--data.root PATH`` / ``--data.root=PATH`` into
+    ``["data.root=PATH"]``. Anything else raises ConfigError naming the token."""
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        m = _DOTTED.match(tok)
+        if not m:
+            raise ConfigError(
+                f"unrecognized argument {tok!r} (config overrides look like --section.key VALUE, "
+                "e.g. --schedule.iters 1000)"
+            )
+        key, value = m.group(1), m.group(2)
+        _split_key(key)  # early, clear error for unknown keys
+        if value is None:
+            if i + 1 >= len(tokens):
+                raise ConfigError(f"override {tok} needs a value")
+            value = tokens[i + 1]
+            i += 1
+        out.append(f"{key}={value}")
+        i += 1
+    return out
+
+
+# ------------------------------------------------------------------------------------ validation
+
+
+def _unknown_key_msg(sec: str, name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(SCHEMA[sec]), n=1)
+    hint = f" (did you mean {sec}.{close[0]}?)" if close else ""
+    return f"unknown config key {sec}.{name}{hint}; valid keys in [{sec}]: {', '.join(SCHEMA[sec])}"
+
+
+def _check_structure(raw: Mapping) -> None:
+    for sec, body in raw.items():
+        if sec not in SCHEMA:
+            raise ConfigError(f"unknown config section [{sec}]; sections: {', '.join(SCHEMA)}")
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"config section [{sec}] must be a table")
+        for name in body:
+            if name not in SCHEMA[sec]:
+                raise ConfigError(_unknown_key_msg(sec, name))
+
+
+def _type_name(spec) -> str:
+    if isinstance(spec, tuple):
+        kind = spec[0]
+        if kind == "choice":
+            return "one of " + ", ".join(repr(c) for c in spec[1])
+        n = f"{spec[2]} " if spec[2] else ""
+        return f"a list of {n}{spec[1].__name__}s" + (" (or [])" if kind == "optional_list" else "")
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}[spec]
+
+
+def _coerce(spec, value, key: str):
+    bad = ConfigError(f"config key {key} must be {_type_name(spec)}, got {value!r}")
+    if isinstance(spec, tuple):
+        kind = spec[0]
+        if kind == "choice":
+            if value not in spec[1]:
+                raise bad
+            return value
+        elem, length = spec[1], spec[2]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and length == 2:
+            value = [value, value]  # crop_size = 512 -> [512, 512]
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        if kind == "optional_list" and len(value) == 0:
+            return []
+        if length is not None and len(value) != length:
+            raise bad
+        return [_coerce(elem, v, key) for v in value]
+    if spec is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if spec is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise bad
+        return value
+    if spec is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad
+        return float(value)
+    if spec is str:
+        if not isinstance(value, str):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return str(value)
+            raise bad
+        return value
+    if spec is dict:
+        if not isinstance(value, Mapping):
+            raise bad
+        return dict(value)
+    raise AssertionError(spec)  # pragma: no cover
+
+
+def validate_config(cfg: dict) -> dict:
+    """Check every key and type, coerce ints to floats where needed, check value ranges.
+    Returns ``cfg`` (modified in place). Raises ConfigError with the offending key."""
+    _check_structure(cfg)
+    for sec, keys in SCHEMA.items():
+        body = cfg.setdefault(sec, {})
+        for name, (spec, default, _help) in keys.items():
+            if name not in body:
+                body[name] = copy.deepcopy(default)
+            body[name] = _coerce(spec, body[name], f"{sec}.{name}")
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(msg)
+
+    m, d, lo, o, s, e = (cfg[k] for k in ("model", "data", "loss", "optim", "schedule", "eval"))
+    need(m["num_classes"] >= 1, "model.num_classes must be >= 1")
+    allowed = {"channels", "ppm_channels", "num_blocks", "head_channels", "num_paths", "num_1x1_convs",
+               "align_corners"}
+    for k in m["overrides"]:
+        need(k in allowed, f"model.overrides.{k} is not a build_model option; valid: {', '.join(sorted(allowed))}")
+    need(d["kind"] in ("cityscapes", "camvid", "voc", "folder", "synthetic"),
+         f"data.kind must be cityscapes, camvid, voc, folder or synthetic, got {d['kind']!r}")
+    need(all(c >= 8 for c in d["crop_size"]), "data.crop_size values must be >= 8")
+    need(0 < d["scale_range"][0] <= d["scale_range"][1], "data.scale_range must be [min, max] with 0 < min <= max")
+    need(0 < d["cat_max_ratio"] <= 1, "data.cat_max_ratio must be in (0, 1]")
+    need(0 <= d["flip_prob"] <= 1, "data.flip_prob must be in [0, 1]")
+    need(d["batch_size"] >= 1, "data.batch_size must be >= 1")
+    need(d["workers"] >= 0, "data.workers must be >= 0")
+    need(0 <= lo["ohem_thresh"] <= 1, "loss.ohem_thresh must be in [0, 1]")
+    need(lo["min_kept"] >= 0, "loss.min_kept must be >= 0")
+    need(not lo["class_weights"] or len(lo["class_weights"]) == m["num_classes"],
+         f"loss.class_weights has {len(lo['class_weights'])} values but model.num_classes is {m['num_classes']}")
+    need(lo["aux_weight"] >= 0, "loss.aux_weight must be >= 0")
+    need(o["lr"] > 0, "optim.lr must be > 0")
+    need(0 <= o["min_lr"] <= o["lr"], "optim.min_lr must be in [0, optim.lr]")
+    need(0 <= o["momentum"] < 1, "optim.momentum must be in [0, 1)")
+    need(o["weight_decay"] >= 0, "optim.weight_decay must be >= 0")
+    need(o["power"] >= 0, "optim.power must be >= 0")
+    need(s["iters"] >= 1, "schedule.iters must be >= 1")
+    for k in ("val_interval", "ckpt_interval", "keep_ckpts"):
+        need(s[k] >= 0, f"schedule.{k} must be >= 0")
+    need(s["log_interval"] >= 1, "schedule.log_interval must be >= 1")
+    need(len(e["scales"]) >= 1 and all(x > 0 for x in e["scales"]), "eval.scales must be positive numbers")
+    if e["mode"] == "slide":
+        need(bool(e["crop_size"]), "eval.crop_size is required when eval.mode = 'slide'")
+    need(e["batch_size"] >= 1, "eval.batch_size must be >= 1")
+    need(cfg["runtime"]["threads"] >= 0, "runtime.threads must be >= 0")
+    dev = cfg["runtime"]["device"]
+    need(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", dev) is not None,
+         f"runtime.device must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
+    return cfg
+
+
+def get(cfg: Mapping, key: str) -> Any:
+    """``get(cfg, "data.root")``."""
+    sec, name = key.split(".", 1)
+    return cfg[sec][name]
+
+
+# ------------------------------------------------------------------------------------ TOML output
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isinf(v) or math.isnan(v):
+            raise ConfigError(f"cannot write non-finite number {v} to TOML")
+        r = repr(v)
+        return r if any(c in r for c in ".eE") else r + ".0"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise ConfigError(f"cannot write {type(v).__name__} to TOML")
+
+
+def dumps_toml(cfg: Mapping, header: str | None = None) -> str:
+    """Serialise a config to TOML text (round-trips through :func:`load_config`)."""
+    lines: list[str] = []
+    if header:
+        lines += [f"# {h}" if h else "#" for h in header.splitlines()] + [""]
+    for sec, body in cfg.items():
+        lines.append(f"[{sec}]")
+        for k, v in body.items():
+            lines.append(f"{k} = {_toml_value(v)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def save_config(cfg: Mapping, path: str | Path, header: str | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(dumps_toml(cfg, header), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def config_diff(a: Mapping, b: Mapping) -> list[str]:
+    """Dotted keys whose values differ between two configs (for resume warnings)."""
+    out = []
+    for sec in sorted(set(a) | set(b)):
+        ka, kb = a.get(sec, {}), b.get(sec, {})
+        for k in sorted(set(ka) | set(kb)):
+            if ka.get(k, _ANY) != kb.get(k, _ANY):
+                out.append(f"{sec}.{k}")
+    return out

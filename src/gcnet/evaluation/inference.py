@@ -1,0 +1,272 @@
+"""Inference helpers: whole-image, sliding-window, multi-scale + flip logits, and dataset evaluation.
+
+``infer_logits`` works with both model forms (training form in ``eval()`` mode and the
+reparameterized form): it only needs ``model(x) -> logits at ceil(H/8) x ceil(W/8)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["infer_logits", "slide_logits", "evaluate", "predict"]
+
+
+def _pair(v, name: str) -> tuple[int, int] | None:
+    if v is None:
+        return None
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(int(x) for x in v)
+    if len(v) == 0:
+        return None
+    if len(v) != 2:
+        raise ValueError(f"{name} must be an int or (height, width), got {v}")
+    return v  # type: ignore[return-value]
+
+
+def _forward(model: nn.Module, x: Tensor) -> Tensor:
+    out = model(x)
+    if isinstance(out, (tuple, list)):  # a training-mode model returns (logits, aux)
+        out = out[0]
+    return out
+
+
+def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def whole_logits(model: nn.Module, images: Tensor) -> Tensor:
+    """Logits of the whole image, upsampled (bilinear, align_corners=False) to input size."""
+    return _resize(_forward(model, images), tuple(images.shape[-2:]))
+
+
+def slide_logits(model: nn.Module, images: Tensor, crop_size, stride=None) -> Tensor:
+    """MMSeg-style sliding-window inference: overlapping ``crop_size`` windows every ``stride``
+    pixels (the last window is aligned to the border), logits summed and divided by the number of
+    windows covering each pixel. Images smaller than the window are processed whole."""
+    ch, cw = _pair(crop_size, "crop_size")  # type: ignore[misc]
+    stride = _pair(stride, "stride") or (max(1, ch * 2 // 3), max(1, cw * 2 // 3))
+    sh, sw = stride
+    b, _, h, w = images.shape
+    h_grids = max(h - ch + sh - 1, 0) // sh + 1
+    w_grids = max(w - cw + sw - 1, 0) // sw + 1
+    preds: Tensor | None = None
+    count = images.new_zeros((1, 1, h, w))
+    for hi in range(h_grids):
+        for wi in range(w_grids):
+            y1, x1 = hi * sh, wi * sw
+            y2, x2 = min(y1 + ch, h), min(x1 + cw, w)
+            y1, x1 = max(y2 - ch, 0), max(x2 - cw, 0)
+            crop = images[:, :, y1:y2, x1:x2]
+            logit = whole_logits(model, crop)
+            if preds is None:
+                preds = images.new_zeros((b, logit.shape[1], h, w), dtype=logit.dtype)
+            preds[:, :, y1:y2, x1:x2] += logit
+            count[:, :, y1:y2, x1:x2] += 1
+    assert preds is not None and bool((count > 0).all())
+    return preds / count.to(preds.dtype)
+
+
+@torch.no_grad()
+def infer_logits(
+    model: nn.Module,
+    images: Tensor,
+    mode: str = "whole",
+    crop_size=None,
+    stride=None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> Tensor:
+    """Class scores ``[B, K, H, W]`` at input size for normalised ``images [B, 3, H, W]``.
+
+    * ``mode="whole"``: one forward pass; 1/8 logits upsampled bilinearly (align_corners=False).
+    * ``mode="slide"``: overlapping ``crop_size`` windows every ``stride`` (default 2/3 of the
+      window), averaged where they overlap.
+    * ``scales`` / ``flip``: test-time augmentation. The input is resized by each scale (and
+      flipped horizontally if ``flip``), softmax probabilities are averaged at input size, and
+      the log of the averaged probabilities is returned (so ``argmax`` and ``softmax`` behave
+      as for plain logits). With a single scale 1.0 and no flip the raw logits are returned.
+
+    The model should be in ``eval()`` mode (the caller's choice; this function does not change it).
+    """
+    if mode not in ("whole", "slide"):
+        raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
+    if mode == "slide" and _pair(crop_size, "crop_size") is None:
+        raise ValueError("mode='slide' needs crop_size")
+    scales = tuple(float(s) for s in scales) or (1.0,)
+    h, w = images.shape[-2:]
+
+    def run(x: Tensor) -> Tensor:
+        if mode == "slide":
+            return slide_logits(model, x, crop_size, stride)
+        return whole_logits(model, x)
+
+    if scales == (1.0,) and not flip:
+        return run(images)
+
+    probs: Tensor | None = None
+    n = 0
+    for s in scales:
+        size = (max(1, int(math.floor(h * s + 0.5))), max(1, int(math.floor(w * s + 0.5))))
+        x = _resize(images, size)
+        variants = [False, True] if flip else [False]
+        for do_flip in variants:
+            xi = x.flip(-1) if do_flip else x
+            logit = run(xi)
+            if do_flip:
+                logit = logit.flip(-1)
+            p = _resize(logit.float(), (h, w)).softmax(dim=1)
+            probs = p if probs is None else probs + p
+            n += 1
+    assert probs is not None
+    return torch.log((probs / n).clamp_min(1e-12))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: Tensor, **kwargs) -> Tensor:
+    """``argmax`` of :func:`infer_logits`: int64 ``[B, H, W]`` class indices."""
+    return infer_logits(model, images, **kwargs).argmax(dim=1)
+
+
+# ------------------------------------------------------------------------------------ evaluation
+
+
+def _collate_eval(batch):
+    images = [b[0] for b in batch]
+    labels = [torch.as_tensor(b[1]) for b in batch]
+    if all(i.shape == images[0].shape for i in images) and all(l.shape == labels[0].shape for l in labels):
+        return torch.stack(images), torch.stack(labels)
+    return images, labels  # variable sizes: processed one by one
+
+
+def _dist_info() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def evaluate(
+    model: nn.Module,
+    data: Any,
+    *,
+    num_classes: int | None = None,
+    ignore_index: int | None = None,
+    class_names: Sequence[str] | None = None,
+    mode: str = "whole",
+    crop_size=None,
+    stride=None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    batch_size: int = 1,
+    workers: int = 0,
+    device: torch.device | str | None = None,
+    amp_dtype: torch.dtype | None = None,
+    progress: bool = True,
+    distributed: bool | None = None,
+    desc: str = "eval",
+) -> dict[str, Any]:
+    """Evaluate ``model`` on a dataset (items ``(image [3,H,W] normalised, label [H,W])``) or on
+    an iterable of ``(images, labels)`` batches. Returns ``ConfusionMatrix.compute()`` plus
+    ``class_names``, ``num_images`` and ``seconds``.
+
+    Under an initialised ``torch.distributed`` process group (or ``distributed=True``) a dataset
+    is split between the ranks (each image evaluated exactly once) and the confusion matrices are
+    all-reduced, so every rank returns the same result. The model is put in ``eval()`` mode and
+    restored to its previous mode afterwards.
+    """
+    from gcnet.evaluation.metrics import ConfusionMatrix
+
+    info = getattr(data, "info", None)
+    if num_classes is None:
+        num_classes = getattr(model, "num_classes", None) or (len(info.classes) if info else None)
+    if num_classes is None:
+        raise ValueError("evaluate() needs num_classes (model.num_classes or dataset.info)")
+    if ignore_index is None:
+        ignore_index = info.ignore_index if info is not None else 255
+    if class_names is None:
+        class_names = list(info.classes) if info is not None else [str(i) for i in range(num_classes)]
+    if device is None:
+        try:
+            device = next(model.parameters()).device
+        except StopIteration:  # pragma: no cover
+            device = torch.device("cpu")
+    device = torch.device(device)
+
+    rank, world = _dist_info()
+    use_dist = world > 1 if distributed is None else (distributed and world > 1)
+
+    if isinstance(data, torch.utils.data.Dataset) or hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+        dataset = data
+        indices = list(range(len(dataset)))
+        if use_dist:
+            indices = indices[rank::world]
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(dataset, indices),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=_collate_eval,
+            persistent_workers=False,
+        )
+        total = len(indices)
+    else:
+        loader = data
+        total = None
+
+    cm = ConfusionMatrix(num_classes, ignore_index)
+    was_training = model.training
+    model.eval()
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
+    n_images = 0
+    t0 = time.perf_counter()
+    use_amp = amp_dtype is not None and device.type == "cuda"
+    try:
+        with torch.no_grad():
+            for images, labels in loader:
+                pairs = [(images, labels)] if isinstance(images, Tensor) else [
+                    (i.unsqueeze(0), torch.as_tensor(l).unsqueeze(0)) for i, l in zip(images, labels)
+                ]
+                for img, lab in pairs:
+                    img = img.to(device, non_blocking=True)
+                    lab = torch.as_tensor(lab).to(device, non_blocking=True)
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                        logits = infer_logits(model, img, mode=mode, crop_size=crop_size, stride=stride,
+                                              scales=scales, flip=flip)
+                    if tuple(logits.shape[-2:]) != tuple(lab.shape[-2:]):
+                        logits = _resize(logits.float(), tuple(lab.shape[-2:]))
+                    cm.update(logits.argmax(dim=1), lab)
+                    n_images += img.shape[0]
+                    if bar is not None:
+                        bar.update(img.shape[0] if total is not None else 1)
+    finally:
+        if bar is not None:
+            bar.close()
+        model.train(was_training)
+    if use_dist:
+        cm.all_reduce()
+        t = torch.tensor([n_images], dtype=torch.long, device=_reduce_device(device))
+        torch.distributed.all_reduce(t)
+        n_images = int(t.item())
+    results = dict(cm.compute())
+    results["class_names"] = list(class_names)
+    results["num_images"] = n_images
+    results["seconds"] = round(time.perf_counter() - t0, 3)
+    return results
+
+
+def _reduce_device(device: torch.device) -> torch.device:
+    backend = torch.distributed.get_backend()
+    return device if backend == "nccl" else torch.device("cpu")

@@ -1,0 +1,43 @@
+"""Shared test fixtures. Tests generate their own data; the authors' reference files are optional."""
+
+from __future__ import annotations
+
+import ast
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE_DIR = Path(os.environ.get("GCNET_REFERENCE_DIR", REPO.parent / "shared" / "reference"))
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def tiny_model_kwargs(num_classes: int = 4) -> dict:
+    """A GCNet small enough for CPU tests that still has every kind of block and fusion."""
+    return dict(num_classes=num_classes, channels=8, ppm_channels=16, head_channels=16,
+                num_blocks=[1, 1, [2, 1], [2, 1], [2, 2]])
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    if not REFERENCE_DIR.is_dir():
+        pytest.skip(f"authors' reference data not found at {REFERENCE_DIR} (set GCNET_REFERENCE_DIR)")
+    return REFERENCE_DIR
+
+
+@pytest.fixture(scope="session")
+def golden(reference_dir: Path) -> dict:
+    path = reference_dir / "golden_tiny.pt"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return torch.load(path, weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def golden_kwargs(golden: dict) -> dict:
+    cfg = golden["config"]
+    return dict(num_classes=cfg["num_classes"], channels=cfg["channels"], ppm_channels=cfg["ppm_channels"],
+                num_blocks=[*ast.literal_eval(cfg["num_blocks_per_stage"])], head_channels=cfg["head_channels"])
