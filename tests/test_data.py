@@ -195,7 +195,8 @@ def _voc_tree(tmp_path: Path, rgb_label: bool = False) -> tuple[Path, np.ndarray
 def test_voc_palette_png_indices(tmp_path, rgb_label):
     devkit, idx = _voc_tree(tmp_path, rgb_label)
     if not rgb_label:
-        assert Image.open(devkit / "VOC2012/SegmentationClass/2007_000032.png").mode == "P"
+        with Image.open(devkit / "VOC2012/SegmentationClass/2007_000032.png") as im:
+            assert im.mode == "P"
     ds = build_dataset("voc", devkit, "train")  # VOCdevkit root descends into VOC2012
     assert ds.info.num_classes == 21
     image, label = ds[0]

@@ -17,6 +17,7 @@ import pickle
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -71,12 +72,10 @@ def _make_restricted_pickle_module(path: str) -> Any:
                 "tensor data nor known checkpoint metadata (a pickle can run code). Nothing from the "
                 "file was executed.")
 
-    class Module:
-        Unpickler = RestrictedUnpickler
-        load = pickle.load
-        __name__ = "gcnet_restricted_pickle"
+    def load(file: Any, **kwargs: Any) -> Any:  # torch's legacy (non-zip) reader calls load() directly
+        return RestrictedUnpickler(file, **kwargs).load()
 
-    return Module
+    return SimpleNamespace(Unpickler=RestrictedUnpickler, load=load, __name__="gcnet_restricted_pickle")
 
 
 def read_checkpoint(source: str | os.PathLike | io.BytesIO, map_location: str | torch.device = "cpu") -> Any:

@@ -271,7 +271,7 @@ class _RngMixin:
         info = torch.utils.data.get_worker_info()
         if info is not None and self._worker_key != (info.id, info.seed):
             # A DataLoader worker got a copy of the parent's generator: derive a distinct, reproducible one.
-            pass
+            self.rng = np.random.default_rng([self._entropy, info.seed])
             self._worker_key = (info.id, info.seed)
         return self.rng
 

@@ -1,0 +1,538 @@
+"""Benchmark every form of a GCNet on this machine: training form vs reparameterized form vs each
+runtime and precision.
+
+For each *form* (see :data:`FORMS`) it reports latency (median, IQR, min/max after warm-up), FPS,
+params, MACs, achieved GFLOP/s (2 x MACs / median latency; for int8 these are effective operations
+per second), the output difference to the fp32 reference (training form, PyTorch eager fp32:
+max/mean abs difference of the 1/8 logits and the fraction of equal argmax labels), peak memory,
+and optionally mIoU on a dataset.
+
+Isolation and memory. By default every form runs in a fresh worker process (``python -m
+gcnet.deploy.bench --worker JOB``), so runtimes do not share thread pools or allocators and the
+memory numbers are per form: ``peak_mem_mb`` is the worker's peak resident set size (VmHWM) minus
+its resident size right after importing its runtime library, i.e. what loading, compiling and
+running this form costs on top of a bare interpreter with the library loaded. On CUDA it is
+``torch.cuda.max_memory_allocated`` (weights + activations). In-process mode (``isolate=False``)
+skips the memory column.
+
+Weights. Speed does not depend on weights, so without a checkpoint a randomly initialised model
+is used whose BatchNorm statistics are first re-estimated on random inputs (so the logits have a
+realistic scale and the output differences are meaningful).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gcnet.deploy.runtimes import default_threads, is_available
+from gcnet.errors import GCNetError
+
+
+@dataclass(frozen=True)
+class Form:
+    name: str
+    kind: str  # torch | onnxruntime | openvino
+    precision: str
+    device: str = "cpu"
+    model_form: str = "deploy"  # train | deploy
+    options: dict = field(default_factory=dict)
+    default: bool = True
+    description: str = ""
+
+
+FORMS: dict[str, Form] = {f.name: f for f in [
+    Form("torch-train-fp32", "torch", "fp32", model_form="train",
+         description="training form (multi-branch GCBlocks, BatchNorm), PyTorch eager fp32"),
+    Form("torch-fp32", "torch", "fp32",
+         description="reparameterized (BN folded), PyTorch eager fp32: the authors' deploy path"),
+    Form("torch-fp32-cl", "torch", "fp32", options={"channels_last": True},
+         description="reparameterized, PyTorch eager fp32, channels_last"),
+    Form("torch-bf16-cl", "torch", "bf16", options={"channels_last": True},
+         description="reparameterized, PyTorch eager, bf16 autocast, channels_last"),
+    Form("torch-fp32-compile", "torch", "fp32", options={"channels_last": True, "compile": True}, default=False,
+         description="reparameterized, torch.compile (inductor), channels_last; slow to compile"),
+    Form("onnxruntime-fp32", "onnxruntime", "fp32", description="ONNX Runtime CPU, all graph optimisations"),
+    Form("onnxruntime-int8", "onnxruntime", "int8", description="ONNX Runtime, static int8 QDQ (u8/s8)"),
+    Form("openvino-fp32", "openvino", "fp32", description="OpenVINO CPU, f32 inference precision"),
+    Form("openvino-bf16", "openvino", "bf16", description="OpenVINO CPU, bf16 inference precision"),
+    Form("openvino-int8", "openvino", "int8", description="OpenVINO CPU, NNCF post-training int8"),
+    # CUDA (used when torch.cuda.is_available())
+    Form("cuda-train-fp32", "torch", "fp32", device="cuda", model_form="train",
+         description="training form, CUDA eager fp32"),
+    Form("cuda-fp32", "torch", "fp32", device="cuda", description="reparameterized, CUDA eager fp32"),
+    Form("cuda-fp16-cl", "torch", "fp16", device="cuda", options={"channels_last": True},
+         description="reparameterized, CUDA fp16 autocast, channels_last"),
+    Form("cuda-bf16-cl", "torch", "bf16", device="cuda", options={"channels_last": True},
+         description="reparameterized, CUDA bf16 autocast, channels_last"),
+    Form("cuda-fp16-cl-graphs", "torch", "fp16", device="cuda",
+         options={"channels_last": True, "cuda_graphs": True},
+         description="fp16, channels_last, replayed as a CUDA graph"),
+    Form("cuda-fp16-cl-compile", "torch", "fp16", device="cuda",
+         options={"channels_last": True, "compile": "max-autotune"},
+         description="fp16, channels_last, torch.compile(mode='max-autotune') (uses CUDA graphs)"),
+]}
+
+QUICK = {"input_size": (128, 256), "warmup": 1, "iters": 3}
+
+
+def default_forms(device: str = "auto") -> list[str]:
+    """Every default form whose runtime is installed; CUDA forms when CUDA is available (or asked)."""
+    cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    names = []
+    for f in FORMS.values():
+        if not f.default or not is_available(f.kind):
+            continue
+        if f.device == "cuda" and not cuda:
+            continue
+        if f.device == "cpu" and device == "cuda":
+            continue
+        names.append(f.name)
+    return names
+
+
+# ------------------------------------------------------------------------------------ statistics
+def latency_stats(times_s: list[float]) -> dict:
+    a = np.asarray(times_s, dtype=np.float64) * 1e3
+    p25, med, p75 = np.percentile(a, [25, 50, 75])
+    return {"median": float(med), "mean": float(a.mean()), "min": float(a.min()), "max": float(a.max()),
+            "p25": float(p25), "p75": float(p75), "iqr": float(p75 - p25), "std": float(a.std()),
+            "n": int(a.size)}
+
+
+def _status_kb(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _rss_mb() -> float | None:
+    kb = _status_kb("VmRSS")
+    return None if kb is None else kb / 1024
+
+
+def _peak_rss_mb() -> float:
+    kb = _status_kb("VmHWM")
+    if kb is None:  # non-Linux: ru_maxrss (kB on Linux, bytes on macOS)
+        import resource
+
+        r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return r / 2**20 if sys.platform == "darwin" else r / 1024
+    return kb / 1024
+
+
+# ------------------------------------------------------------------------------------------ models
+def recalibrate_bn(model: torch.nn.Module, size: tuple[int, int] = (128, 256), batches: int = 2,
+                   seed: int = 0) -> torch.nn.Module:
+    """Re-estimate BatchNorm running statistics on random inputs (for randomly initialised models,
+    so their logits have a realistic scale). Returns the model in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            model(torch.randn(2, 3, *size, generator=g))
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    return model.eval()
+
+
+def bench_model(name: str = "gcnet-s", num_classes: int = 19, checkpoint: str | None = None,
+                seed: int = 0) -> torch.nn.Module:
+    import gcnet
+
+    if checkpoint:
+        return gcnet.load_model(checkpoint).eval()
+    torch.manual_seed(seed)
+    return recalibrate_bn(gcnet.build_model(name, num_classes), seed=seed)
+
+
+# ------------------------------------------------------------------------------------------ worker
+def _build_runtime(job: dict):
+    from gcnet.deploy.runtimes import OnnxRuntime, OpenVINORuntime, TorchRuntime
+
+    form = Form(**job["form"])
+    threads = job["threads"]
+    if form.kind == "torch":
+        import gcnet
+
+        model = gcnet.load_model(job["artifacts"]["checkpoint"]).eval()
+        if form.model_form == "deploy" and not getattr(model, "is_deployed", False):
+            model.reparameterize()
+        return TorchRuntime(model, form.precision, device=form.device, threads=threads, **form.options)
+    if form.kind == "onnxruntime":
+        key = "onnx_int8" if form.precision == "int8" else "onnx"
+        return OnnxRuntime(job["artifacts"][key], form.precision, threads=threads)
+    if form.kind == "openvino":
+        key = "openvino_int8" if form.precision == "int8" else "openvino"
+        return OpenVINORuntime(job["artifacts"][key], form.precision, threads=threads, **form.options)
+    raise GCNetError(f"unknown runtime kind {form.kind}")
+
+
+def run_form(job: dict) -> dict:
+    """Measure one form (called in the worker process, or in-process). ``job`` holds the form,
+    artifact paths, input/reference paths, warm-up/iteration counts and threads."""
+    form = Form(**job["form"])
+    if form.kind in ("onnxruntime", "openvino"):
+        __import__(form.kind)  # baseline memory includes the runtime library
+    cuda = form.device == "cuda"
+    baseline = _rss_mb()
+    t0 = time.perf_counter()
+    rt = _build_runtime(job)
+    x = np.load(job["input"])
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        xt = torch.from_numpy(x).cuda()
+
+        def call():
+            out = rt.forward_tensor(xt)
+            torch.cuda.synchronize()
+            return out
+    else:
+        def call():
+            return rt(x)
+
+    out = call()  # first call: compiles / allocates
+    first_ms = (time.perf_counter() - t0) * 1e3
+    for _ in range(max(0, job["warmup"] - 1)):
+        call()
+    times = []
+    for _ in range(job["iters"]):
+        t = time.perf_counter()
+        out = call()
+        times.append(time.perf_counter() - t)
+    if cuda:
+        out = out.cpu().numpy()
+    result: dict[str, Any] = {"latency_ms": latency_stats(times), "load_and_first_call_ms": first_ms,
+                              "runtime": rt.name, "threads": rt.threads}
+    if cuda:
+        result["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        result["mem_note"] = "torch.cuda.max_memory_allocated (weights + activations)"
+    elif job.get("isolated"):
+        peak = _peak_rss_mb()
+        result["peak_rss_mb"] = peak
+        result["baseline_rss_mb"] = baseline
+        result["peak_mem_mb"] = peak - baseline if baseline is not None else None
+        result["mem_note"] = "peak RSS of the worker minus its RSS after importing the runtime"
+    np.save(job["output"], np.asarray(out, dtype=np.float32))
+    if job.get("eval"):
+        from gcnet.data.datasets import build_dataset
+        from gcnet.data.transforms import EvalTransform
+        from gcnet.deploy.export import evaluate_runtime
+
+        ev = job["eval"]
+        ds = build_dataset(ev["kind"], ev["root"], ev["split"], transform=EvalTransform())
+        r = evaluate_runtime(rt, ds, limit=ev.get("limit"))
+        result["mIoU"] = r["mIoU"]
+        result["aAcc"] = r["aAcc"]
+        result["eval_images"] = r["num_images"]
+    return result
+
+
+def _worker_main(job_path: str) -> int:
+    job = json.loads(Path(job_path).read_text())
+    try:
+        result = run_form(job)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        import traceback
+
+        result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    Path(job["result"]).write_text(json.dumps(result))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ driver
+def machine_info(threads: int) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "logical_cpus": os.cpu_count(), "usable_cpus": default_threads(), "threads": threads,
+            "platform": platform.platform(), "hostname_hash": None}
+    flags = ""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0]
+    except (OSError, IndexError):
+        pass
+    info["isa"] = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+                   if f" {f}" in flags]
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(0)
+        info["cuda_version"] = torch.version.cuda
+    del info["hostname_hash"]
+    return info
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+    for pkg in ("gcnet", "onnx", "onnxruntime", "openvino", "nncf"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            if pkg == "gcnet":
+                import gcnet
+
+                out[pkg] = gcnet.__version__
+    return out
+
+
+def _diff(out: np.ndarray, ref: np.ndarray) -> dict:
+    if out.shape != ref.shape:
+        return {"max_abs_diff": None, "mean_abs_diff": None, "label_agreement": None}
+    d = np.abs(out.astype(np.float64) - ref)
+    return {"max_abs_diff": float(d.max()), "mean_abs_diff": float(d.mean()),
+            "label_agreement": float(np.mean(out.argmax(1) == ref.argmax(1)))}
+
+
+def _calibration(cfg: dict, x: np.ndarray) -> tuple[list[np.ndarray], str]:
+    from gcnet.deploy.export import calibration_from_dataset
+
+    calib = cfg.get("calib")
+    if calib:
+        from gcnet.data.datasets import build_dataset
+        from gcnet.data.transforms import EvalTransform
+
+        ds = build_dataset(calib["kind"], calib["root"], calib["split"], transform=EvalTransform())
+        return calibration_from_dataset(ds, calib.get("num", 16)), f"{calib['kind']}:{calib['split']}"
+    g = np.random.default_rng(1)
+    n = cfg.get("calib_num", 2)
+    return [g.standard_normal((1,) + x.shape[1:]).astype(np.float32) for _ in range(n)], "random"
+
+
+def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: str | None = None,
+                  input_size: tuple[int, int] = (1024, 2048), batch: int = 1, forms: list[str] | None = None,
+                  warmup: int = 3, iters: int = 10, threads: int | None = None, isolate: bool = True,
+                  calib: dict | None = None, calib_num: int = 2, eval: dict | None = None,
+                  artifacts_dir: str | None = None, timeout: float = 1800, progress: bool = True,
+                  command: str | None = None) -> dict:
+    """Benchmark ``forms`` (default: :func:`default_forms`) and return the report dict (the JSON)."""
+    import gcnet
+    from gcnet.deploy import export as E
+
+    threads = threads or default_threads()
+    forms = list(forms) if forms else default_forms()
+    unknown = [f for f in forms if f not in FORMS]
+    if unknown:
+        raise GCNetError(f"unknown form(s) {', '.join(unknown)}; known: {', '.join(FORMS)}")
+    missing = sorted({FORMS[f].kind for f in forms if not is_available(FORMS[f].kind)})
+    if missing:
+        raise GCNetError(f"runtime(s) not installed: {', '.join(missing)} (pip install gcnet[deploy])")
+    if any(FORMS[f].device == "cuda" for f in forms) and not torch.cuda.is_available():
+        raise GCNetError("CUDA forms were requested but torch.cuda.is_available() is False")
+    h, w = int(input_size[0]), int(input_size[1])
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
+
+    loadavg_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+    torch.set_num_threads(threads)
+    net = bench_model(model, num_classes, checkpoint)
+    has_train = not getattr(net, "is_deployed", False)
+    deploy = E.load_for_deploy(net)
+    from gcnet.models.complexity import model_complexity
+
+    complexity = {"deploy": model_complexity(deploy, (h, w)).as_dict()}
+    complexity["deploy"]["macs"] *= batch
+    if has_train:
+        complexity["train"] = model_complexity(net, (h, w)).as_dict()
+        complexity["train"]["macs"] *= batch
+    else:
+        forms = [f for f in forms if FORMS[f].model_form != "train"]
+
+    tmp = tempfile.TemporaryDirectory(prefix="gcnet-bench-") if not artifacts_dir else None
+    work = Path(artifacts_dir or tmp.name)
+    work.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {}
+    try:
+        artifacts: dict[str, str] = {}
+        ckpt = work / "model.pt"
+        gcnet.save_checkpoint(ckpt, net)
+        artifacts["checkpoint"] = str(ckpt)
+        x = np.random.default_rng(0).standard_normal((batch, 3, h, w)).astype(np.float32)
+        np.save(work / "input.npy", x)
+        with torch.no_grad():
+            ref = (net if has_train else deploy)(torch.from_numpy(x)).numpy()
+        export_report: dict[str, Any] = {}
+        kinds = {(FORMS[f].kind, FORMS[f].precision) for f in forms}
+        if any(k in ("onnxruntime", "openvino") for k, _ in kinds):
+            log("exporting ONNX ...")
+            vsize = (min(h, 256), min(w, 512))
+            export_report["onnx"] = E.export_onnx(deploy, work / "model.onnx", input_size=vsize,
+                                                  verify=is_available("onnxruntime"))
+            artifacts["onnx"] = str(work / "model.onnx")
+        calib_source = None
+        if ("onnxruntime", "int8") in kinds or ("openvino", "int8") in kinds:
+            calibration, calib_source = _calibration({"calib": calib, "calib_num": calib_num}, x)
+            if ("onnxruntime", "int8") in kinds:
+                log("quantizing for ONNX Runtime int8 ...")
+                artifacts["onnx_int8"] = str(E.quantize_onnx(work / "model.onnx", work / "model_int8.onnx",
+                                                             calibration))
+        if any(k == "openvino" for k, _ in kinds):
+            ov_model = E.to_openvino(deploy, input_size=(min(h, 256), min(w, 512)))
+            artifacts["openvino"] = str(E.save_openvino(ov_model, work / "model_ov.xml"))
+            if ("openvino", "int8") in kinds:
+                log("quantizing for OpenVINO int8 (NNCF) ...")
+                q = E.quantize_openvino(ov_model, calibration)
+                artifacts["openvino_int8"] = str(E.save_openvino(q, work / "model_ov_int8.xml"))
+        del net, deploy
+
+        results = []
+        for name in forms:
+            form = FORMS[name]
+            log(f"[{len(results) + 1}/{len(forms)}] {name} ...")
+            job = {"form": asdict(form), "artifacts": artifacts, "input": str(work / "input.npy"),
+                   "output": str(work / f"out_{name}.npy"), "result": str(work / f"result_{name}.json"),
+                   "warmup": warmup, "iters": iters, "threads": threads, "isolated": isolate, "eval": eval}
+            if isolate:
+                job_path = work / f"job_{name}.json"
+                job_path.write_text(json.dumps(job))
+                env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+                try:
+                    proc = subprocess.run([sys.executable, "-m", "gcnet.deploy.bench", "--worker", str(job_path)],
+                                          env=env, capture_output=True, text=True, timeout=timeout)
+                    if Path(job["result"]).exists():
+                        res = json.loads(Path(job["result"]).read_text())
+                    else:
+                        res = {"error": f"worker exited with {proc.returncode}: {proc.stderr.strip()[-2000:]}"}
+                except subprocess.TimeoutExpired:
+                    res = {"error": f"timed out after {timeout:.0f} s"}
+            else:
+                try:
+                    res = run_form(job)
+                except Exception as exc:  # noqa: BLE001
+                    res = {"error": f"{type(exc).__name__}: {exc}"}
+            entry: dict[str, Any] = {"form": name, "runtime": form.kind, "precision": form.precision,
+                                     "device": form.device, "model_form": form.model_form,
+                                     "description": form.description}
+            c = complexity["train" if form.model_form == "train" else "deploy"]
+            entry["params"], entry["macs"] = c["params"], c["macs"]
+            if "error" in res:
+                entry["error"] = res["error"]
+                log(f"    failed: {res['error'].splitlines()[0] if res['error'] else res['error']}")
+            else:
+                entry.update(res)
+                med = res["latency_ms"]["median"]
+                entry["fps"] = batch * 1e3 / med
+                entry["gflops"] = 2 * c["macs"] / (med * 1e-3) / 1e9
+                entry.update(_diff(np.load(job["output"]), ref))
+                log(f"    {med:.1f} ms median, {entry['fps']:.2f} FPS, {entry['gflops']:.0f} GFLOP/s")
+            results.append(entry)
+
+        base = next((r for r in results if r["form"] == "torch-fp32" and "latency_ms" in r), None)
+        ref_eval = next((r for r in results if "mIoU" in r and r["precision"] == "fp32"), None)
+        for r in results:
+            if base and "latency_ms" in r:
+                r["speedup_vs_torch_fp32"] = base["latency_ms"]["median"] / r["latency_ms"]["median"]
+            if ref_eval and "mIoU" in r:
+                r["delta_mIoU"] = r["mIoU"] - ref_eval["mIoU"]
+        ok = [r for r in results if "latency_ms" in r]
+        report = {
+            "gcnet_bench_version": 1,
+            "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": command,
+            "machine": machine_info(threads),
+            "versions": versions(),
+            "config": {"model": model, "num_classes": num_classes, "checkpoint": checkpoint,
+                       "weights": "checkpoint" if checkpoint else "random (BN re-estimated)",
+                       "input_size": [h, w], "batch": batch, "warmup": warmup, "iters": iters,
+                       "threads": threads, "isolated": isolate, "calibration": calib_source,
+                       "reference": "torch-train-fp32" if has_train else "torch-fp32",
+                       "eval": eval, "mIoU_reference": ref_eval["form"] if ref_eval else None},
+            "complexity": complexity,
+            "export": export_report,
+            "results": results,
+            "fastest": min(ok, key=lambda r: r["latency_ms"]["median"])["form"] if ok else None,
+            "loadavg": {"start": loadavg_start, "end": os.getloadavg() if hasattr(os, "getloadavg") else None},
+        }
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return report
+
+
+def _fmt(v: Any, spec: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return format(v, spec)
+
+
+def format_report(report: dict) -> str:
+    """A plain-text table of a :func:`run_benchmark` report."""
+    cfg = report["config"]
+    m = report["machine"]
+    lines = [f"{cfg['model']} {cfg['input_size'][0]}x{cfg['input_size'][1]} batch {cfg['batch']} | "
+             f"{m['cpu']}, {m['threads']} threads | {cfg['weights']} | {report['date']}"]
+    has_eval = any("mIoU" in r for r in report["results"])
+    head = (f"{'form':<22}{'median ms':>10}{'IQR':>8}{'min':>8}{'max':>8}{'FPS':>8}{'GFLOP/s':>9}"
+            f"{'speedup':>8}{'max|d|':>10}{'agree%':>8}{'mem MB':>8}")
+    if has_eval:
+        head += f"{'mIoU':>7}{'dmIoU':>7}"
+    lines += [head, "-" * len(head)]
+    for r in report["results"]:
+        if "error" in r:
+            lines.append(f"{r['form']:<22} failed: {r['error'].splitlines()[0]}")
+            continue
+        lat = r["latency_ms"]
+        agree = r.get("label_agreement")
+        row = (f"{r['form']:<22}{lat['median']:>10.1f}{lat['iqr']:>8.1f}{lat['min']:>8.1f}{lat['max']:>8.1f}"
+               f"{r['fps']:>8.2f}{r['gflops']:>9.0f}{_fmt(r.get('speedup_vs_torch_fp32'), '.2f'):>8}"
+               f"{_fmt(r.get('max_abs_diff'), '.2g'):>10}{_fmt(None if agree is None else 100 * agree, '.2f'):>8}"
+               f"{_fmt(r.get('peak_mem_mb'), '.0f'):>8}")
+        if has_eval:
+            row += f"{_fmt(r.get('mIoU'), '.2f'):>7}{_fmt(r.get('delta_mIoU'), '+.2f'):>7}"
+        lines.append(row)
+    c = report["complexity"]
+    lines.append(f"params/MACs: deploy {c['deploy']['params'] / 1e6:.2f} M / {c['deploy']['macs'] / 1e9:.1f} G"
+                 + (f", train {c['train']['params'] / 1e6:.2f} M / {c['train']['macs'] / 1e9:.1f} G"
+                    if "train" in c else ""))
+    if report.get("fastest"):
+        lines.append(f"fastest: {report['fastest']}")
+    return "\n".join(lines)
+
+
+def save_report(report: dict, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def command_line() -> str:
+    return "gcnet " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else "gcnet bench"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        sys.exit(_worker_main(sys.argv[2]))
+    print("usage: python -m gcnet.deploy.bench --worker JOB.json  (internal; use `gcnet bench`)", file=sys.stderr)
+    sys.exit(2)

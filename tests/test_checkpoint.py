@@ -1,0 +1,159 @@
+"""Checkpoint reading/writing: formats, forms, safety, and clear errors."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+
+import pytest
+import torch
+from conftest import tiny_model_kwargs
+from test_fusion import assert_close_rel, randomize_bn
+
+from gcnet import build_model, load_model, load_weights, read_checkpoint, save_checkpoint
+from gcnet.errors import CheckpointError
+
+
+def trained_tiny(num_classes: int = 4):
+    torch.manual_seed(0)
+    model = build_model("gcnet-s", **tiny_model_kwargs(num_classes))
+    randomize_bn(model)
+    return model.eval()
+
+
+def test_save_and_load_model_round_trip_weights_only(tmp_path):
+    model = trained_tiny()
+    path = save_checkpoint(tmp_path / "ckpt.pth", model, iteration=7)
+    raw = torch.load(path, weights_only=True)  # our format never needs unpickling of code
+    assert raw["format"] == "gcnet" and raw["iteration"] == 7 and raw["deployed"] is False
+    loaded = load_model(path)
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert not list(tmp_path.glob(".*.tmp")), "atomic write left a temporary file"
+
+
+def test_deploy_checkpoint_rebuilds_deploy_model(tmp_path):
+    model = trained_tiny()
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        expected = model(x)
+        save_checkpoint(tmp_path / "deploy.pth", model.reparameterize())
+        loaded = load_model(tmp_path / "deploy.pth")
+        assert loaded.is_deployed
+        assert_close_rel(loaded(x), expected)
+
+
+def test_train_weights_load_into_deploy_model(tmp_path):
+    model = trained_tiny()
+    save_checkpoint(tmp_path / "train.pth", model)
+    deploy = build_model("gcnet-s", deploy=True, **tiny_model_kwargs())
+    load_weights(deploy, tmp_path / "train.pth")
+    x = torch.randn(2, 3, 35, 45)
+    with torch.no_grad():
+        assert_close_rel(deploy.eval()(x), model(x))
+
+
+def test_ddp_prefix_and_mmengine_wrapper_are_accepted():
+    model = trained_tiny()
+    wrapped = {"meta": {"epoch": 3}, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}
+    fresh = build_model("gcnet-s", **tiny_model_kwargs())
+    load_weights(fresh, wrapped)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+
+
+def test_class_count_mismatch_is_explained():
+    model = trained_tiny(num_classes=4)
+    other = build_model("gcnet-s", **tiny_model_kwargs(num_classes=7))
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(CheckpointError, match="4 classes but the model has 7"):
+        load_weights(other, model.state_dict())
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items()), "partial load happened"
+
+
+def test_missing_unexpected_and_shape_mismatch_are_listed():
+    state = trained_tiny().state_dict()
+    state.pop("backbone.stem.0.conv.weight")
+    state["backbone.extra.weight"] = torch.zeros(1)
+    state["backbone.down_1.conv.weight"] = torch.zeros(1, 1, 3, 3)
+    with pytest.raises(CheckpointError) as info:
+        load_weights(build_model("gcnet-s", **tiny_model_kwargs()), state)
+    message = str(info.value)
+    assert "missing in checkpoint (1)" in message and "backbone.stem.0.conv.weight" in message
+    assert "unexpected in checkpoint (1)" in message and "backbone.extra.weight" in message
+    assert "shape mismatch (1)" in message and "backbone.down_1.conv.weight" in message
+
+
+def test_deploy_weights_refused_by_training_model():
+    deploy_state = trained_tiny().reparameterize().state_dict()
+    with pytest.raises(CheckpointError, match="deploy=True"):
+        load_weights(build_model("gcnet-s", **tiny_model_kwargs()), deploy_state)
+
+
+class _Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_hostile_pickle_is_refused_without_running_code(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": trained_tiny().state_dict(), "meta": _Payload(str(marker))}, path)
+    with pytest.raises(CheckpointError, match=r"refusing to load.*system"):
+        load_weights(build_model("gcnet-s", **tiny_model_kwargs()), path)
+    assert not marker.exists()
+
+
+def test_legacy_pickle_with_eval_is_refused(tmp_path):
+    path = tmp_path / "evil_legacy.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"x": _Payload(str(tmp_path / "pwned"))}, f)
+    with pytest.raises(CheckpointError):
+        read_checkpoint(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_mmengine_metadata_objects_are_read_inertly():
+    # Simulate what mmengine writes: an object of a class from a package that is not installed.
+    import sys
+    import types
+
+    module = types.ModuleType("mmengine.logging.history_buffer")
+
+    class HistoryBuffer:
+        def __init__(self):
+            self.values = [1.0, 2.0]
+
+    HistoryBuffer.__module__ = module.__name__
+    HistoryBuffer.__qualname__ = "HistoryBuffer"
+    module.HistoryBuffer = HistoryBuffer
+    sys.modules[module.__name__] = module
+    try:
+        buffer = io.BytesIO()
+        torch.save({"state_dict": trained_tiny().state_dict(), "message_hub": {"loss": HistoryBuffer()}}, buffer)
+    finally:
+        del sys.modules[module.__name__]
+    buffer.seek(0)
+    obj = read_checkpoint(buffer)
+    assert type(obj["message_hub"]["loss"]).__name__ == "HistoryBuffer"
+    assert type(obj["message_hub"]["loss"]).__module__ == "gcnet.checkpoint.opaque"
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04truncated zip"])
+def test_corrupt_files_give_clear_errors(tmp_path, content):
+    path = tmp_path / "broken.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="broken.pth"):
+        load_model(path)
+
+
+def test_missing_file_and_foreign_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_model(tmp_path / "nope.pth")
+    torch.save({"state_dict": trained_tiny().state_dict()}, tmp_path / "authors.pth")
+    with pytest.raises(CheckpointError, match="not a gcnet checkpoint"):
+        load_model(tmp_path / "authors.pth")
