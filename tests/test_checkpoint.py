@@ -122,21 +122,27 @@ def test_mmengine_metadata_objects_are_read_inertly():
     import sys
     import types
 
-    module = types.ModuleType("mmengine.logging.history_buffer")
+    names = ["mmengine", "mmengine.logging", "mmengine.logging.history_buffer"]
+    modules = {name: types.ModuleType(name) for name in names}
 
     class HistoryBuffer:
         def __init__(self):
             self.values = [1.0, 2.0]
 
-    HistoryBuffer.__module__ = module.__name__
+    HistoryBuffer.__module__ = names[-1]
     HistoryBuffer.__qualname__ = "HistoryBuffer"
-    module.HistoryBuffer = HistoryBuffer
-    sys.modules[module.__name__] = module
+    modules[names[-1]].HistoryBuffer = HistoryBuffer
+    saved = {name: sys.modules.get(name) for name in names}
+    sys.modules.update(modules)
     try:
         buffer = io.BytesIO()
         torch.save({"state_dict": trained_tiny().state_dict(), "message_hub": {"loss": HistoryBuffer()}}, buffer)
     finally:
-        del sys.modules[module.__name__]
+        for name, previous in saved.items():
+            if previous is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = previous
     buffer.seek(0)
     obj = read_checkpoint(buffer)
     assert type(obj["message_hub"]["loss"]).__name__ == "HistoryBuffer"
