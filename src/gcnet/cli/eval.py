@@ -1,6 +1,240 @@
-"""placeholder (being written)"""
+"""``gcnet eval``: mIoU / per-class IoU and accuracy / aAcc of a checkpoint on a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from gcnet.errors import ConfigError
+
+EPILOG = """\
+examples:
+  gcnet eval runs/s_camvid/best.pth                       # dataset and settings from the run's config
+  gcnet eval best.pth --dataset camvid --data-root data/camvid --split val
+  gcnet eval best.pth --dataset cityscapes --data-root data/cityscapes --mode slide --crop 1024 --stride 683
+  gcnet eval best.pth --dataset camvid --data-root data/camvid --scales 0.75,1.0,1.25 --flip
+  gcnet eval best.pth --dataset camvid --data-root data/camvid --both-forms --json results.json
+  gcnet eval gcnet_s_cityscapes.pth --model gcnet-s --num-classes 19 --dataset cityscapes --data-root data/cityscapes
+  torchrun --nproc_per_node 2 -m gcnet.cli eval best.pth ...  # images split between processes
+
+CHECKPOINT is one of ours (the model config is inside) or the authors' release (training or deploy form;
+then give --model and --num-classes). Metrics are percentages: IoU = TP / (TP + FP + FN) per class,
+mIoU its mean over classes present in the ground truth or prediction, Acc = per-class recall,
+aAcc = overall pixel accuracy.
+"""
 
 
-def register(sub):
-    p = sub.add_parser("eval", help="(being written)")
-    p.set_defaults(func=lambda args: 1)
+def _size(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(p) for p in text.lower().replace(",", "x").split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected HxW or N, e.g. 512x1024 or 512; got {text!r}")
+    return parts[0], parts[1]
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        vals = ()
+    if not vals or min(vals) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive numbers separated by commas, e.g. 0.75,1.0,1.25; got {text!r}")
+    return vals
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint: mIoU, per-class IoU/accuracy, aAcc (text and JSON)",
+        description=textwrap.dedent("""\
+            Evaluate a checkpoint on a dataset split: a per-class IoU / accuracy table, mIoU, mAcc and
+            aAcc. Whole-image or sliding-window inference, optional multi-scale + flip test-time
+            augmentation, in the training form or the reparameterized (deploy) form of the model, which
+            give the same predictions."""),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file (.pth)")
+    d = p.add_argument_group("data (defaults: the training config stored in our checkpoints)")
+    d.add_argument("--dataset", choices=("cityscapes", "camvid", "voc", "folder", "synthetic"),
+                   help="dataset kind")
+    d.add_argument("--data-root", metavar="DIR", help="dataset root folder")
+    d.add_argument("--split", default=None, help="split to evaluate (default: the config's val split, else 'val')")
+    d.add_argument("--info", metavar="NAME", help="class metadata for --dataset folder (e.g. camvid); default: "
+                   "the folder's dataset.json / classes.txt")
+    d.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images (quick checks)")
+    m = p.add_argument_group("model (only for checkpoints without a config inside, e.g. the authors')")
+    m.add_argument("--model", metavar="NAME", help="gcnet-s, gcnet-m or gcnet-l")
+    m.add_argument("--num-classes", type=int, metavar="K", help="number of classes of the checkpoint")
+    i = p.add_argument_group("inference")
+    i.add_argument("--mode", choices=("whole", "slide"), default=None,
+                   help="whole image or overlapping sliding windows (default: the config's, else whole)")
+    i.add_argument("--crop", type=_size, metavar="HxW", help="sliding-window size (--mode slide)")
+    i.add_argument("--stride", type=_size, metavar="HxW", help="sliding-window stride (default 2/3 of --crop)")
+    i.add_argument("--scales", type=_scales, metavar="S1,S2,..", help="test scales, e.g. 0.5,0.75,1.0,1.25,1.5")
+    i.add_argument("--flip", action="store_true", default=None, help="add horizontally flipped inputs")
+    i.add_argument("--reparameterize", action="store_true",
+                   help="evaluate the reparameterized (deploy) form of a training-form checkpoint")
+    i.add_argument("--both-forms", action="store_true",
+                   help="evaluate the training form and the reparameterized form and compare them")
+    i.add_argument("--float64", action="store_true",
+                   help="run in float64 (slow; with --both-forms it shows the two forms' results are identical, "
+                        "free of float32 rounding on near-tied pixels)")
+    r = p.add_argument_group("runtime")
+    r.add_argument("--batch-size", type=int, default=None, help="images per forward pass (same-size images)")
+    r.add_argument("--workers", type=int, default=2, help="data loader workers")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    r.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
+    r.add_argument("--threads", type=int, help="torch CPU threads")
+    r.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-' for stdout)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _load(args: argparse.Namespace):
+    """(model, train_config or None) from the checkpoint."""
+    from gcnet.checkpoint import extract_state_dict, load_weights, read_checkpoint, state_dict_form
+    from gcnet.models.gcnet import build_model
+
+    obj = read_checkpoint(args.checkpoint)
+    train_cfg = obj.get("train_config") if isinstance(obj, dict) else None
+    if isinstance(obj, dict) and obj.get("format") == "gcnet" and "config" in obj:
+        from gcnet.checkpoint import load_model
+
+        model = load_model(args.checkpoint)
+        return model, train_cfg
+    if not args.model or not args.num_classes:
+        raise ConfigError(f"{args.checkpoint} has no model config inside (the authors' format?): pass --model "
+                          "(gcnet-s/m/l) and --num-classes")
+    sd = extract_state_dict(obj, str(args.checkpoint))
+    try:
+        model = build_model(args.model, num_classes=args.num_classes, deploy=state_dict_form(sd) != "train")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    load_weights(model, sd)
+    return model.eval(), None
+
+
+def _settings(args: argparse.Namespace, train_cfg: dict | None) -> dict[str, Any]:
+    from gcnet.engine.config import load_config
+
+    cfg = load_config(train_cfg) if isinstance(train_cfg, dict) else None
+    d = cfg["data"] if cfg else {}
+    e = cfg["eval"] if cfg else {}
+    kind = args.dataset or d.get("kind")
+    root = args.data_root or d.get("root")
+    if not kind or not root:
+        raise ConfigError("which data? pass --dataset and --data-root (this checkpoint has no training config "
+                          "inside to take them from)")
+    split = args.split or d.get("val_split") or "val"
+    mode = args.mode or e.get("mode", "whole")
+    crop = args.crop or (tuple(e["crop_size"]) if e.get("crop_size") else None)
+    stride = args.stride or (tuple(e["stride"]) if e.get("stride") else None)
+    if mode == "slide" and crop is None:
+        raise ConfigError("--mode slide needs --crop HxW")
+    return {
+        "kind": kind, "root": root, "split": split, "info": args.info or (d.get("info") if args.dataset in (None, d.get("kind")) else ""),
+        "mode": mode, "crop": crop, "stride": stride,
+        "scales": args.scales or tuple(e.get("scales", (1.0,))),
+        "flip": bool(args.flip if args.flip is not None else e.get("flip", False)),
+        "batch_size": args.batch_size or e.get("batch_size", 1),
+    }
+
+
+def _dataset(s: dict[str, Any]):
+    from gcnet.data.datasets import build_dataset
+    from gcnet.data.metadata import get_dataset_info
+    from gcnet.data.transforms import EvalTransform
+
+    kind = s["kind"]
+    info = None
+    if kind == "synthetic":
+        info = get_dataset_info("synthetic")
+    elif s["info"]:
+        info = get_dataset_info(s["info"])
+    if not Path(s["root"]).exists():
+        raise ConfigError(f"dataset root {s['root']} does not exist (pass --data-root)")
+    return build_dataset("folder" if kind == "synthetic" else kind, s["root"], s["split"], transform=EvalTransform(),
+                         info=info)
+
+
+def run(args: argparse.Namespace) -> int:
+    import copy
+
+    import torch
+
+    from gcnet.engine import distributed as gdist
+    from gcnet.engine.trainer import resolve_device
+    from gcnet.evaluation.inference import evaluate
+    from gcnet.evaluation.metrics import format_table
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    dist = gdist.init_from_env(device.type)
+    device = resolve_device(args.device, dist.local_rank)
+    try:
+        model, train_cfg = _load(args)
+        s = _settings(args, train_cfg)
+        dataset = _dataset(s)
+        if len(dataset.info.classes) != model.num_classes:
+            raise ConfigError(f"the model has {model.num_classes} classes but the {dataset.info.name} dataset has "
+                              f"{len(dataset.info.classes)}")
+        data = dataset
+        if args.limit:
+            data = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
+            data.info = dataset.info  # type: ignore[attr-defined]
+        if args.float64:
+            model = model.double()
+        forms: list[tuple[str, torch.nn.Module]] = []
+        if args.both_forms:
+            if model.is_deployed:
+                raise ConfigError("--both-forms needs a training-form checkpoint")
+            forms = [("train", model), ("deploy", copy.deepcopy(model).reparameterize())]
+        elif args.reparameterize and not model.is_deployed:
+            forms = [("deploy", model.reparameterize())]
+        else:
+            forms = [("deploy" if model.is_deployed else "train", model)]
+
+        out: dict[str, Any] = {"checkpoint": str(args.checkpoint), "dataset": s["kind"], "data_root": str(s["root"]),
+                               "split": s["split"], "mode": s["mode"], "crop": s["crop"], "stride": s["stride"],
+                               "scales": list(s["scales"]), "flip": s["flip"], "results": {}}
+        main = dist.is_main
+        for name, net in forms:
+            net = net.to(device).eval()
+            res = evaluate(net, data, mode=s["mode"], crop_size=s["crop"], stride=s["stride"], scales=s["scales"],
+                           flip=s["flip"], batch_size=s["batch_size"], workers=args.workers, device=device,
+                           amp_dtype=torch.bfloat16 if args.amp and device.type == "cuda" else None,
+                           progress=not args.no_progress, desc=f"eval ({name} form)")
+            out["results"][name] = res
+            if main:
+                tta = f", scales {','.join(f'{x:g}' for x in s['scales'])}" + (" + flip" if s["flip"] else "")
+                print(f"{args.checkpoint} ({name} form) on {dataset.info.name} {s['split']} "
+                      f"({res['num_images']} images, {s['mode']} inference{tta}, {res['seconds']:.1f}s):")
+                print(format_table(res, res["class_names"]))
+        if main and len(forms) == 2:
+            a, b = out["results"]["train"], out["results"]["deploy"]
+            same = abs(a["mIoU"] - b["mIoU"]) < 1e-9
+            note = "" if same or args.float64 else (" (float32 rounding flips pixels whose two best classes are "
+                                                    "tied to ~1e-6; --float64 removes it)")
+            print(f"training form mIoU {a['mIoU']:.4f} vs reparameterized form mIoU {b['mIoU']:.4f}: "
+                  + ("identical" if same else f"differ by {abs(a['mIoU'] - b['mIoU']):.4f}{note}"))
+            out["identical_mIoU"] = same
+        if main and args.json:
+            text = json.dumps(out, indent=2)
+            if args.json == "-":
+                print(text)
+            else:
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json).write_text(text + "\n", encoding="utf-8")
+                print(f"results written to {args.json}")
+    finally:
+        gdist.cleanup()
+    return 0

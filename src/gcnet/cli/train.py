@@ -131,7 +131,7 @@ def _resolve(args: argparse.Namespace):
     cfg = load_config(source, overrides)
     if work_dir is None:
         stem = Path(str(source)).name
-        stem = stem[: -len(".toml")] if stem.endswith(".toml") else stem
+        stem = stem.removesuffix(".toml")
         work_dir = str(Path("runs") / stem)
     return cfg, work_dir, overrides
 
@@ -181,4 +181,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["register", "run", "collect_overrides", "apply_overrides"]
+__all__ = ["apply_overrides", "collect_overrides", "register", "run"]

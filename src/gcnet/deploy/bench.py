@@ -141,7 +141,7 @@ def _peak_rss_mb() -> float:
 
 
 # ------------------------------------------------------------------------------------------ models
-def recalibrate_bn(model: torch.nn.Module, size: tuple[int, int] = (128, 256), batches: int = 2,
+def recalibrate_bn(model: torch.nn.Module, size: tuple[int, int] = (64, 128), batches: int = 2,
                    seed: int = 0) -> torch.nn.Module:
     """Re-estimate BatchNorm running statistics on random inputs (for randomly initialised models,
     so their logits have a realistic scale). Returns the model in eval mode."""
@@ -179,9 +179,8 @@ def _build_runtime(job: dict):
     if form.kind == "torch":
         import gcnet
 
-        model = gcnet.load_model(job["artifacts"]["checkpoint"]).eval()
-        if form.model_form == "deploy" and not getattr(model, "is_deployed", False):
-            model.reparameterize()
+        key = "checkpoint" if form.model_form == "train" else "checkpoint_deploy"
+        model = gcnet.load_model(job["artifacts"][key]).eval()
         return TorchRuntime(model, form.precision, device=form.device, threads=threads, **form.options)
     if form.kind == "onnxruntime":
         key = "onnx_int8" if form.precision == "int8" else "onnx"
@@ -355,6 +354,7 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
     loadavg_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     torch.set_num_threads(threads)
     net = bench_model(model, num_classes, checkpoint)
+    model, num_classes = net.config.get("name", model), int(net.num_classes)
     has_train = not getattr(net, "is_deployed", False)
     deploy = E.load_for_deploy(net)
     from gcnet.models.complexity import model_complexity
@@ -376,6 +376,7 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
         ckpt = work / "model.pt"
         gcnet.save_checkpoint(ckpt, net)
         artifacts["checkpoint"] = str(ckpt)
+        artifacts["checkpoint_deploy"] = str(gcnet.save_checkpoint(work / "model_deploy.pt", deploy))
         x = np.random.default_rng(0).standard_normal((batch, 3, h, w)).astype(np.float32)
         np.save(work / "input.npy", x)
         with torch.no_grad():
@@ -417,7 +418,7 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
                 env = dict(os.environ, OMP_NUM_THREADS=str(threads))
                 try:
                     proc = subprocess.run([sys.executable, "-m", "gcnet.deploy.bench", "--worker", str(job_path)],
-                                          env=env, capture_output=True, text=True, timeout=timeout)
+                                          env=env, capture_output=True, text=True, timeout=timeout, check=False)
                     if Path(job["result"]).exists():
                         res = json.loads(Path(job["result"]).read_text())
                     else:
@@ -488,8 +489,9 @@ def format_report(report: dict) -> str:
     """A plain-text table of a :func:`run_benchmark` report."""
     cfg = report["config"]
     m = report["machine"]
-    lines = [f"{cfg['model']} {cfg['input_size'][0]}x{cfg['input_size'][1]} batch {cfg['batch']} | "
-             f"{m['cpu']}, {m['threads']} threads | {cfg['weights']} | {report['date']}"]
+    title = (f"{cfg['model']} {cfg['input_size'][0]}x{cfg['input_size'][1]} batch {cfg['batch']} | "
+             f"{m['cpu']}, {m['threads']} threads | {cfg['weights']} | {report['date']}")
+    lines = [title]
     has_eval = any("mIoU" in r for r in report["results"])
     head = (f"{'form':<22}{'median ms':>10}{'IQR':>8}{'min':>8}{'max':>8}{'FPS':>8}{'GFLOP/s':>9}"
             f"{'speedup':>8}{'max|d|':>10}{'agree%':>8}{'mem MB':>8}")
@@ -521,7 +523,7 @@ def format_report(report: dict) -> str:
 def save_report(report: dict, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     os.replace(tmp, path)
     return path

@@ -115,15 +115,15 @@ def export_onnx(model: nn.Module | str | os.PathLike, path: str | os.PathLike, *
     out_name = "labels" if postprocess else "logits"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    kwargs: dict[str, Any] = dict(input_names=["input"], output_names=[out_name], opset_version=opset,
-                                  do_constant_folding=True)
+    kwargs: dict[str, Any] = {"input_names": ["input"], "output_names": [out_name], "opset_version": opset,
+                              "do_constant_folding": True}
     if dynamic:
         kwargs["dynamic_axes"] = {"input": {0: "batch", 2: "height", 3: "width"},
                                   out_name: ({0: "batch", 1: "out_height", 2: "out_width"} if postprocess
                                              else {0: "batch", 2: "out_height", 3: "out_width"})}
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kwargs["dynamo"] = False  # the TorchScript exporter: no onnxscript needed, dynamic_axes honoured
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
@@ -140,12 +140,20 @@ def export_onnx(model: nn.Module | str | os.PathLike, path: str | os.PathLike, *
         ort = require("onnxruntime")
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         checks = []
-        for x in verification_inputs(input_size, dynamic):
-            with torch.no_grad():
-                ref = net(x).numpy()
-            out = sess.run(None, {"input": x.numpy()})[0]
-            check = _check_close(f"ONNX Runtime on {tuple(x.shape)}", ref, out, tolerance, labels=postprocess)
-            checks.append({"input_shape": list(x.shape), **check})
+        try:
+            for x in verification_inputs(input_size, dynamic):
+                with torch.no_grad():
+                    ref = net(x).numpy()
+                try:
+                    out = sess.run(None, {"input": x.numpy()})[0]
+                except Exception as exc:
+                    raise ExportError(f"ONNX Runtime cannot run the export on {tuple(x.shape)}: {exc}") from exc
+                check = _check_close(f"ONNX Runtime on {tuple(x.shape)}", ref, out, tolerance, labels=postprocess)
+                checks.append({"input_shape": list(x.shape), **check})
+        except ExportError:
+            del sess
+            path.unlink(missing_ok=True)  # a file on disk is always a verified one
+            raise
         report["verification"] = checks
         if not postprocess:
             report["max_abs_diff"] = max(c["max_abs_diff"] for c in checks)
@@ -182,7 +190,7 @@ def quantize_onnx(onnx_path: str | os.PathLike, out_path: str | os.PathLike,
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
             quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
-        except Exception:  # pre-processing is an optimisation; quantize the original on failure
+        except Exception:  # noqa: BLE001 - pre-processing is an optimisation; quantize the original
             pre = Path(onnx_path)
         tmp_out = Path(tmp) / "q.onnx"
         quant.quantize_static(str(pre), str(tmp_out), Reader(), quant_format=quant.QuantFormat.QDQ,
@@ -209,7 +217,7 @@ def export_torchscript(model: nn.Module | str | os.PathLike, path: str | os.Path
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, (_example(input_size),), check_trace=False)
         traced = torch.jit.freeze(traced.eval()) if hasattr(torch.jit, "freeze") else traced
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     torch.jit.save(traced, str(tmp))
     os.replace(tmp, path)
     report: dict[str, Any] = {"format": "torchscript", "path": str(path), "size_mb": path.stat().st_size / 2**20}
@@ -229,37 +237,47 @@ def export_torch_export(model: nn.Module | str | os.PathLike, path: str | os.Pat
                         input_size: Sequence[int] = (512, 1024), dynamic: bool = True, verify: bool = True,
                         tolerance: float = 1e-4) -> dict:
     """``torch.export`` the deploy form to a ``.pt2`` archive (load with ``torch.export.load``).
-    With ``dynamic`` the batch, height and width are symbolic (height and width as multiples of 8
-    plus any remainder is not expressible, so they are free dims); falls back to static shapes if
-    torch cannot prove the model shape-generic, and says so in the report."""
+
+    With ``dynamic`` (and a torch that has ``Dim.AUTO``) height and width are exported as symbolic
+    sizes; torch narrows them to the range it can prove shape-generic (DAPPM's pooling pyramid
+    adds guards), reported as ``range_constraints``. The batch stays at the example's size.
+    Without dynamic support the export is static, and ``dynamic`` is False in the report."""
     model = load_for_deploy(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x = _example(input_size)
     ep, is_dynamic = None, False
-    if dynamic:
+    auto = getattr(getattr(torch.export, "Dim", None), "AUTO", None)
+    if dynamic and auto is not None:
         try:
-            dims = {0: torch.export.Dim("batch", min=1, max=64), 2: torch.export.Dim("height", min=32, max=8192),
-                    3: torch.export.Dim("width", min=32, max=8192)}
-            ep = torch.export.export(model, (x,), dynamic_shapes=({k: v for k, v in dims.items()},))
-            is_dynamic = True
+            ep = torch.export.export(model, (x,), dynamic_shapes=({2: auto, 3: auto},))
+            is_dynamic = bool(ep.range_constraints)
         except Exception:  # noqa: BLE001 - fall back to a static export below
             ep = None
     if ep is None:
         ep = torch.export.export(model, (x,))
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     torch.export.save(ep, str(tmp))
     os.replace(tmp, path)
     report: dict[str, Any] = {"format": "torch.export", "path": str(path), "dynamic": is_dynamic,
+                              "range_constraints": {str(k): str(v) for k, v in ep.range_constraints.items()},
                               "size_mb": path.stat().st_size / 2**20}
     if verify:
         loaded = torch.export.load(str(path)).module()
         checks = []
-        inputs = verification_inputs(input_size, is_dynamic)
-        for xi in inputs:
+        h, w = int(input_size[0]), int(input_size[1])
+        inputs = [x] + ([_example((h - 8, w - 8), 1, seed=2)] if is_dynamic and min(h, w) > 72 else [])
+        for i, xi in enumerate(inputs):
             with torch.no_grad():
-                checks.append({"input_shape": list(xi.shape), **_check_close(
-                    f"torch.export on {tuple(xi.shape)}", model(xi).numpy(), loaded(xi).numpy(), tolerance)})
+                ref = model(xi).numpy()
+                try:
+                    out = loaded(xi).numpy()
+                except Exception as exc:
+                    if i == 0:
+                        raise ExportError(f"the torch.export program fails on its example input: {exc}") from exc
+                    continue
+            checks.append({"input_shape": list(xi.shape),
+                           **_check_close(f"torch.export on {tuple(xi.shape)}", ref, out, tolerance)})
         report["verification"] = checks
         report["max_abs_diff"] = max(c["max_abs_diff"] for c in checks)
     return report
@@ -345,7 +363,7 @@ def calibration_from_images(paths: Iterable[str | os.PathLike], num: int = 16) -
         try:
             with Image.open(p) as im:
                 rgb = np.asarray(im.convert("RGB"))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise GCNetError(f"cannot read calibration image {p}: {exc}") from exc
         out.append(normalize(rgb).unsqueeze(0).numpy().astype(np.float32))
     if not out:
@@ -390,11 +408,13 @@ def compare_accuracy(runtimes: Mapping[str, Runtime | Any], dataset: Any, *, ref
     if not runtimes:
         return {}
     reference = reference or next(iter(runtimes))
+    if reference not in runtimes:
+        raise GCNetError(f"reference runtime {reference!r} is not among {', '.join(runtimes)}")
     out: dict[str, dict] = {}
     for name, rt in runtimes.items():
         r = evaluate_runtime(rt, dataset, **kwargs)
         out[name] = {"mIoU": r["mIoU"], "aAcc": r["aAcc"], "mAcc": r["mAcc"], "num_images": r["num_images"]}
     ref = out[reference]["mIoU"]
-    for name in out:
-        out[name]["delta_mIoU"] = out[name]["mIoU"] - ref
+    for value in out.values():
+        value["delta_mIoU"] = value["mIoU"] - ref
     return {"reference": reference, "results": out}

@@ -282,8 +282,8 @@ def create_runtime(kind: str, source: nn.Module | str | os.PathLike, precision: 
                    **options: Any) -> Runtime:
     """Build a runtime of ``kind`` for ``source``.
 
-    ``source`` is a GCNet module (reparameterized here if it is not yet; the caller's module is
-    changed in place), a gcnet checkpoint (``.pt``/``.pth``), an ONNX file (``.onnx``) or an
+    ``source`` is a GCNet module (a reparameterized copy is used if it is in training form; the
+    caller's module is not changed), a gcnet checkpoint (``.pt``/``.pth``), an ONNX file (``.onnx``) or an
     OpenVINO IR (``.xml``). Conversions happen on the fly (ONNX export into ``work_dir`` or a temp
     dir). ``precision="int8"`` on a float source runs post-training quantization with
     ``calibration`` (an iterable of float32 NCHW arrays, a few real images are enough).

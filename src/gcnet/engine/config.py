@@ -38,17 +38,17 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 __all__ = [
     "SCHEMA",
-    "default_config",
-    "list_presets",
-    "preset_path",
-    "load_config",
     "apply_overrides",
-    "parse_override_args",
-    "validate_config",
-    "get",
-    "dumps_toml",
-    "save_config",
     "config_diff",
+    "default_config",
+    "dumps_toml",
+    "get",
+    "list_presets",
+    "load_config",
+    "parse_override_args",
+    "preset_path",
+    "save_config",
+    "validate_config",
 ]
 
 _ANY = object()
@@ -71,8 +71,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any, str]]] = {
         "val_split": (str, "val", "split used for periodic validation ('' disables validation)"),
         "crop_size": (("list", int, 2), [1024, 1024], "training crop [height, width]"),
         "scale_range": (("list", float, 2), [0.5, 2.0], "random rescale range [min, max]"),
-        "base_scale": (("optional_list", int, 2), [], "MMSeg RandomResize scale (e.g. [2048, 1024]) the "
-                       "scale range is relative to; [] = each image's own size"),
+        "base_scale": (("optional_list", int, 2), [], ("MMSeg RandomResize scale (e.g. [2048, 1024]) the "
+                                                        "scale range is relative to; [] = each image's own size")),
         "cat_max_ratio": (float, 0.75, "max fraction of a crop one class may cover (1.0 disables)"),
         "flip_prob": (float, 0.5, "horizontal flip probability"),
         "photometric": (bool, True, "photometric distortion (brightness/contrast/saturation/hue)"),
@@ -101,6 +101,10 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any, str]]] = {
         "ckpt_interval": (int, 4000, "write iter_N.pth every N iterations (latest.pth too)"),
         "log_interval": (int, 50, "log metrics every N iterations"),
         "keep_ckpts": (int, 3, "keep only the newest N iter_*.pth files (0 = keep all)"),
+        "time_budget_min": (float, 0.0, ("train for this many minutes instead of a fixed iteration count "
+                                         "(0 = off): the poly decay follows elapsed training time and iters is "
+                                         "only a cap. For fixed-time CPU runs; the number of iterations then "
+                                         "depends on the machine")),
     },
     "eval": {
         "mode": (("choice", ("whole", "slide")), "whole", "inference mode for validation"),
@@ -147,7 +151,7 @@ def list_presets() -> list[str]:
 
 def preset_path(name: str):
     """The resource path of preset ``name`` (``.toml`` optional)."""
-    stem = name[: -len(".toml")] if name.endswith(".toml") else name
+    stem = name.removesuffix(".toml")
     path = _configs_dir() / f"{stem}.toml"
     if not path.is_file():
         raise ConfigError(
@@ -264,7 +268,7 @@ def _split_assignment(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-_DOTTED = re.compile(r"^--([a-z_]+\.[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)?)(?:=(.*))?$", re.S)
+_DOTTED = re.compile(r"^--([a-z_]+\.[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)?)(?:=(.*))?$", re.DOTALL)
 
 
 def parse_override_args(tokens: list[str]) -> list[str]:
@@ -409,6 +413,7 @@ def validate_config(cfg: dict) -> dict:
     need(o["weight_decay"] >= 0, "optim.weight_decay must be >= 0")
     need(o["power"] >= 0, "optim.power must be >= 0")
     need(s["iters"] >= 1, "schedule.iters must be >= 1")
+    need(s["time_budget_min"] >= 0, "schedule.time_budget_min must be >= 0")
     for k in ("val_interval", "ckpt_interval", "keep_ckpts"):
         need(s[k] >= 0, f"schedule.{k} must be >= 0")
     need(s["log_interval"] >= 1, "schedule.log_interval must be >= 1")

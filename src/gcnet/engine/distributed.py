@@ -14,8 +14,16 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "env_world_size", "init_from_env", "is_main", "barrier", "all_reduce_sum",
-           "broadcast_buffers", "cleanup"]
+__all__ = [
+    "DistInfo",
+    "all_reduce_sum",
+    "barrier",
+    "broadcast_buffers",
+    "cleanup",
+    "env_world_size",
+    "init_from_env",
+    "is_main",
+]
 
 
 @dataclass(frozen=True)

@@ -36,22 +36,23 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: F401  (kept for users extending the trainer)
 from torch import nn
 
 from gcnet.engine import distributed as gdist
-from gcnet.engine.config import config_diff, dumps_toml, load_config, save_config
+from gcnet.engine.config import config_diff, load_config, save_config
 from gcnet.errors import CheckpointError, ConfigError, DatasetError, GCNetError
 
 __all__ = [
-    "NonFiniteLossError",
-    "Trainer",
-    "train",
-    "poly_lr",
     "InfiniteBatchSampler",
-    "resolve_device",
+    "NonFiniteLossError",
+    "SeededTrainSet",
+    "Trainer",
     "build_datasets",
+    "build_model_from_config",
     "load_init_weights",
+    "poly_lr",
+    "resolve_device",
+    "train",
 ]
 
 
@@ -377,7 +378,7 @@ class _Logger:
 def _fmt_time(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
@@ -413,6 +414,7 @@ class Trainer:
         self.kill_at = kill_at
         self._log_fn = log or (lambda msg: print(msg, flush=True))
         self.dist = gdist.DistInfo()
+        self.model: nn.Module | None = None
 
     # -- helpers -------------------------------------------------------------------------------
     def log(self, msg: str) -> None:
@@ -438,7 +440,10 @@ class Trainer:
         return p
 
     # -- main ----------------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
+    def run(self, keep_process_group: bool = False) -> dict[str, Any]:
+        """Train; returns a summary dict (also written to ``work_dir/summary.json``). The process group
+        that torchrun's environment made this call create is destroyed at the end unless
+        ``keep_process_group``."""
         cfg = self.cfg
         rt, sched, optim_cfg = cfg["runtime"], cfg["schedule"], cfg["optim"]
         want = resolve_device(rt["device"])
@@ -449,7 +454,8 @@ class Trainer:
             if self._bar is not None:
                 self._bar.close()
                 self._bar = None
-            gdist.cleanup()
+            if not keep_process_group:
+                gdist.cleanup()
 
     def _run(self, cfg, rt, sched, optim_cfg) -> dict[str, Any]:
         dist_info = self.dist
@@ -519,8 +525,8 @@ class Trainer:
         random.seed(seed)
         model = build_model_from_config(cfg)
         if ckpt is None and cfg["init"]["load_from"]:
-            if dist_info.is_main or True:  # every rank loads (DDP would broadcast rank 0's anyway)
-                load_init_weights(model, cfg["init"]["load_from"], self.log if dist_info.is_main else (lambda m: None))
+            # every rank loads (DDP would broadcast rank 0's weights anyway); only rank 0 talks
+            load_init_weights(model, cfg["init"]["load_from"], self.log if dist_info.is_main else (lambda m: None))
         if ckpt is not None:
             from gcnet.checkpoint import load_weights
 
@@ -531,6 +537,7 @@ class Trainer:
             else:
                 self.log("note: model.sync_bn is ignored on CPU (SyncBatchNorm needs CUDA); using BatchNorm")
         model.to(device)
+        self.model = model  # the trained module (unwrapped), e.g. for tests or notebooks
         net = model
         if dist_info.enabled:
             net = nn.parallel.DistributedDataParallel(
@@ -580,28 +587,45 @@ class Trainer:
                      f"{f' ({world} processes x {per_rank_bs})' if world > 1 else ''}, device {device}"
                      f"{', amp ' + rt['amp_dtype'] if amp else ''}; work dir {self.work_dir}")
 
+        budget_s = sched["time_budget_min"] * 60.0
+        # Training time so far (excludes validation and checkpoint writing); with a time budget it drives
+        # the poly decay and the stop. Under DDP rank 0's clock is shared through the loss all-reduce so
+        # that every rank uses the same learning rate and stops at the same iteration.
+        train_time = float(ckpt.get("train_time_s", 0.0)) if ckpt is not None else 0.0
+        local_time = train_time
+        if budget_s and dist_info.is_main:
+            self.log(f"time budget: {sched['time_budget_min']:g} min of training (poly decay over time, "
+                     f"at most {total} iterations)")
+
+        def progress_frac(i: int) -> float:
+            if budget_s:
+                return min(train_time / budget_s, 1.0)
+            return i / total
+
         if self.progress and dist_info.is_main:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, initial=start_iter, desc="train", unit="it", dynamic_ncols=True,
-                             smoothing=0.05)
+            self._bar = tqdm(total=None if budget_s else total, initial=start_iter, desc="train", unit="it",
+                             dynamic_ncols=True, smoothing=0.05)
         net.train()
         t_start = time.perf_counter()
-        t_last, it_last = t_start, start_iter
+        it_last, time_last = start_iter, train_time
         data_time = 0.0
         window: list[torch.Tensor] = []
         last_val: dict[str, Any] | None = None
         last_ckpt_it = start_iter
         it = start_iter
         data_iter = iter(loader)
+        done = False
         try:
-            while it < total:
+            while not done:
                 t0 = time.perf_counter()
                 images, labels = next(data_iter)
                 data_time += time.perf_counter() - t0
                 images = images.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True).long()
-                lr = poly_lr(optim_cfg["lr"], it, total, optim_cfg["power"], optim_cfg["min_lr"])
+                lr = optim_cfg["min_lr"] + (optim_cfg["lr"] - optim_cfg["min_lr"]) * (
+                    1.0 - progress_frac(it)) ** optim_cfg["power"]
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
@@ -615,7 +639,11 @@ class Trainer:
                                      *(torch.as_tensor(parts.get(k, 0.0), device=loss.device).detach().float()
                                        for k in ("loss_main", "loss_aux"))])
                 if dist_info.enabled:
+                    clock = torch.tensor([local_time if dist_info.is_main else 0.0], dtype=torch.float64)
                     stats = gdist.all_reduce_sum(stats) / world
+                    train_time = float(gdist.all_reduce_sum(clock).item())
+                else:
+                    train_time = local_time
                 if not bool(torch.isfinite(stats).all()):
                     raise NonFiniteLossError(self._nonfinite_message(it + 1, stats, lr))
                 optimizer.zero_grad(set_to_none=True)
@@ -623,35 +651,44 @@ class Trainer:
                 scaler.step(optimizer)
                 scaler.update()
                 it += 1
+                local_time += time.perf_counter() - t0
+                if not dist_info.enabled:
+                    train_time = local_time
                 window.append(stats)
+                done = it >= total or (budget_s > 0 and train_time >= budget_s)
 
                 if self._bar is not None:
                     self._bar.update(1)
-                    if it % max(1, min(10, sched["log_interval"])) == 0 or it == total:
+                    if it % max(1, min(10, sched["log_interval"])) == 0 or done:
                         self._bar.set_postfix_str(f"loss {stats[0].item():.4f} lr {lr:.2e}", refresh=False)
 
-                if it % sched["log_interval"] == 0 or it == total:
+                if it % sched["log_interval"] == 0 or done:
                     now = time.perf_counter()
-                    ips = (it - it_last) / max(now - t_last, 1e-9)
+                    ips = (it - it_last) / max(local_time - time_last, 1e-9)
                     mean = torch.stack(window).mean(0).tolist()
                     window.clear()
-                    eta = (total - it) / ips if ips > 0 else float("inf")
+                    if budget_s:
+                        eta = max(budget_s - train_time, 0.0)
+                        if self._bar is not None:
+                            self._bar.total = it + int(eta * ips)
+                    else:
+                        eta = (total - it) / ips if ips > 0 else float("inf")
                     rec = {"type": "train", "iter": it, "loss": mean[0], "loss_main": mean[1], "loss_aux": mean[2],
                            "lr": lr, "it_per_s": ips, "data_time": data_time / max(it - it_last, 1),
-                           "eta_s": eta, "elapsed_s": now - t_start}
+                           "eta_s": eta, "elapsed_s": now - t_start, "train_time_s": train_time}
                     logger.write(rec)
                     if self._bar is None:
-                        self.log(f"iter {it}/{total}  loss {mean[0]:.4f} (main {mean[1]:.4f}, aux {mean[2]:.4f})  "
+                        of = f"{it}" if budget_s else f"{it}/{total}"
+                        self.log(f"iter {of}  loss {mean[0]:.4f} (main {mean[1]:.4f}, aux {mean[2]:.4f})  "
                                  f"lr {lr:.3e}  {ips:.3f} it/s  data {rec['data_time']:.3f}s  "
                                  f"eta {_fmt_time(eta)}")
-                    t_last, it_last, data_time = now, it, 0.0
+                    it_last, time_last, data_time = it, local_time, 0.0
 
                 do_val = val_set is not None and (
-                    it == total or (sched["val_interval"] > 0 and it % sched["val_interval"] == 0))
-                do_ckpt = it == total or (sched["ckpt_interval"] > 0 and it % sched["ckpt_interval"] == 0) \
+                    done or (sched["val_interval"] > 0 and it % sched["val_interval"] == 0))
+                do_ckpt = done or (sched["ckpt_interval"] > 0 and it % sched["ckpt_interval"] == 0) \
                     or (self.kill_at is not None and it == self.kill_at)
                 if do_val:
-                    t_val = time.perf_counter()
                     last_val = self._validate(model, val_set, eval_kwargs, it, logger)
                     improved = last_val["mIoU"] > best["mIoU"]
                     if improved:
@@ -662,10 +699,9 @@ class Trainer:
                             save_checkpoint(self.work_dir / "best.pth", model, iteration=it, best=best,
                                             results=_json_safe(last_val), train_config=cfg)
                     gdist.barrier()
-                    t_last += time.perf_counter() - t_val  # keep it/s about training only
                     net.train()
                 if do_ckpt:
-                    self._save(model, optimizer, scaler, sampler, it, best, cfg, world)
+                    self._save(model, optimizer, scaler, sampler, it, best, cfg, world, local_time)
                     last_ckpt_it = it
                 if self.kill_at is not None and it == self.kill_at and dist_info.is_main:
                     self.log(f"test hook: killing this process (SIGKILL) after iteration {it}")
@@ -680,6 +716,7 @@ class Trainer:
 
         seconds = time.perf_counter() - t_start
         summary = {"iterations": it, "start_iteration": start_iter, "seconds": round(seconds, 1),
+                   "train_time_s": round(local_time, 1),
                    "best": best, "final": _json_safe(last_val) if last_val else None,
                    "work_dir": str(self.work_dir), "last_checkpoint": str(self.work_dir / "latest.pth"),
                    "last_checkpoint_iteration": last_ckpt_it}
@@ -695,10 +732,10 @@ class Trainer:
     @staticmethod
     def _eval_kwargs(cfg, class_names, num_classes, ignore_index, device, amp_dtype) -> dict[str, Any]:
         e = cfg["eval"]
-        return dict(num_classes=num_classes, ignore_index=ignore_index, class_names=class_names,
-                    mode=e["mode"], crop_size=e["crop_size"] or None, stride=e["stride"] or None,
-                    scales=tuple(e["scales"]), flip=e["flip"], batch_size=e["batch_size"],
-                    workers=min(cfg["data"]["workers"], 2), device=device, amp_dtype=amp_dtype)
+        return {"num_classes": num_classes, "ignore_index": ignore_index, "class_names": class_names,
+                    "mode": e["mode"], "crop_size": e["crop_size"] or None, "stride": e["stride"] or None,
+                    "scales": tuple(e["scales"]), "flip": e["flip"], "batch_size": e["batch_size"],
+                    "workers": min(cfg["data"]["workers"], 2), "device": device, "amp_dtype": amp_dtype}
 
     def _validate(self, model, val_set, eval_kwargs, it, logger) -> dict[str, Any]:
         from gcnet.evaluation.inference import evaluate
@@ -715,12 +752,13 @@ class Trainer:
                      + format_table(res, names))
         return res
 
-    def _save(self, model, optimizer, scaler, sampler, it, best, cfg, world) -> None:
+    def _save(self, model, optimizer, scaler, sampler, it, best, cfg, world, train_time: float = 0.0) -> None:
         if self.dist.is_main:
             from gcnet.checkpoint import save_checkpoint
 
-            extra = dict(optimizer=optimizer.state_dict(), iteration=it, sampler=sampler.state(it),
-                         rng=_rng_state(), best=best, train_config=cfg, world_size=world)
+            extra = {"optimizer": optimizer.state_dict(), "iteration": it, "sampler": sampler.state(it),
+                         "rng": _rng_state(), "best": best, "train_config": cfg, "world_size": world,
+                         "train_time_s": float(train_time)}
             if scaler.is_enabled():
                 extra["scaler"] = scaler.state_dict()
             latest = self.work_dir / "latest.pth"
@@ -785,5 +823,3 @@ def train(cfg: Mapping | str | Path, work_dir: str | Path, **kwargs: Any) -> dic
     """Convenience wrapper: ``Trainer(cfg, work_dir, **kwargs).run()``."""
     return Trainer(cfg, work_dir, **kwargs).run()
 
-
-__all__ += ["SeededTrainSet", "build_model_from_config", "dumps_toml"]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["infer_logits", "slide_logits", "evaluate", "predict"]
+__all__ = ["evaluate", "infer_logits", "predict", "slide_logits"]
 
 
 def _pair(v, name: str) -> tuple[int, int] | None:
@@ -116,7 +116,7 @@ def infer_logits(
     probs: Tensor | None = None
     n = 0
     for s in scales:
-        size = (max(1, int(math.floor(h * s + 0.5))), max(1, int(math.floor(w * s + 0.5))))
+        size = (max(1, math.floor(h * s + 0.5)), max(1, math.floor(w * s + 0.5)))
         x = _resize(images, size)
         variants = [False, True] if flip else [False]
         for do_flip in variants:
@@ -148,6 +148,16 @@ def _collate_eval(batch):
     return images, labels  # variable sizes: processed one by one
 
 
+def _is_dataset(data: Any) -> bool:
+    """A dataset of ``(image [3,H,W], label)`` items, as opposed to an iterable of batches."""
+    if isinstance(data, torch.utils.data.Dataset):
+        return True
+    if isinstance(data, (list, tuple)) and len(data) > 0:
+        first = data[0]
+        return isinstance(first, (list, tuple)) and isinstance(first[0], Tensor) and first[0].dim() == 3
+    return False
+
+
 def _dist_info() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -174,8 +184,9 @@ def evaluate(
     distributed: bool | None = None,
     desc: str = "eval",
 ) -> dict[str, Any]:
-    """Evaluate ``model`` on a dataset (items ``(image [3,H,W] normalised, label [H,W])``) or on
-    an iterable of ``(images, labels)`` batches. Returns ``ConfusionMatrix.compute()`` plus
+    """Evaluate ``model`` on a dataset (a ``torch.utils.data.Dataset`` or a list of items ``(image [3,H,W]
+    normalised, label [H,W])``) or on an iterable of ``(images [B,3,H,W], labels [B,H,W])`` batches
+    (e.g. a DataLoader). Returns ``ConfusionMatrix.compute()`` plus
     ``class_names``, ``num_images`` and ``seconds``.
 
     Under an initialised ``torch.distributed`` process group (or ``distributed=True``) a dataset
@@ -204,7 +215,7 @@ def evaluate(
     rank, world = _dist_info()
     use_dist = world > 1 if distributed is None else (distributed and world > 1)
 
-    if isinstance(data, torch.utils.data.Dataset) or hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+    if _is_dataset(data):
         dataset = data
         indices = list(range(len(dataset)))
         if use_dist:
@@ -233,6 +244,8 @@ def evaluate(
     n_images = 0
     t0 = time.perf_counter()
     use_amp = amp_dtype is not None and device.type == "cuda"
+    # inputs follow the model's floating dtype (e.g. a float64 model for exactness checks)
+    in_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     try:
         with torch.no_grad():
             for images, labels in loader:
@@ -240,7 +253,7 @@ def evaluate(
                     (i.unsqueeze(0), torch.as_tensor(l).unsqueeze(0)) for i, l in zip(images, labels)
                 ]
                 for img, lab in pairs:
-                    img = img.to(device, non_blocking=True)
+                    img = img.to(device, dtype=in_dtype, non_blocking=True)
                     lab = torch.as_tensor(lab).to(device, non_blocking=True)
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                         logits = infer_logits(model, img, mode=mode, crop_size=crop_size, stride=stride,

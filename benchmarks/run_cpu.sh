@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Reproduce the CPU results in docs/deploy.md (run on an otherwise idle machine: other processes on
+# the same cores distort the timings; the JSON records the load average before and after).
+#
+#   bash benchmarks/run_cpu.sh [CHECKPOINT] [CAMVID_ROOT]
+#
+# CHECKPOINT: a trained GCNet-S CamVid checkpoint (for the accuracy columns); CAMVID_ROOT: CamVid in
+# the SegNet layout. Without them only the speed benchmark (random weights) runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATE=$(date +%Y-%m-%d)
+OUT=benchmarks/results
+mkdir -p "$OUT"
+
+# 1. the machine's fp32 peak: FMA microbenchmark, clock, sgemm (OpenVINO/oneDNN and PyTorch/MKL)
+python benchmarks/fp32_peak.py --json "$OUT/peak_fp32_${DATE}.json"
+
+# 2. every CPU form at 1024x2048, batch 1 (random weights; speed does not depend on weights)
+gcnet bench gcnet-s --size 1024x2048 --batch 1 --warmup 3 --iters 20 --json "$OUT/cpu_${DATE}.json"
+
+# 3. the trained CamVid model: speed at 1024x2048 and mIoU on CamVid val (whole 360x480 frames) of
+#    every form; int8 calibrated on 32 CamVid train frames
+if [[ $# -ge 2 ]]; then
+  gcnet bench --checkpoint "$1" --size 1024x2048 --warmup 3 --iters 10 \
+    --calib-dataset camvid --calib-root "$2" --num-calib 32 \
+    --eval-dataset camvid --eval-root "$2" --json "$OUT/cpu_camvid_${DATE}.json"
+fi

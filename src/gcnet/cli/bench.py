@@ -1,0 +1,156 @@
+"""``gcnet bench``: latency / FPS / GFLOP/s / memory / accuracy of every form and runtime."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gcnet.errors import ConfigError
+
+
+def _forms_help() -> str:
+    from gcnet.deploy.bench import FORMS
+
+    return "\n".join(f"  {f.name:<22}{f.description}{'' if f.default else ' [not in the default set]'}"
+                     for f in FORMS.values())
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="benchmark training vs reparameterized form vs each runtime and precision",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"""\
+Benchmark a GCNet on this machine: the training form, the reparameterized (deploy) form and every
+runtime/precision, at one input size and batch (default gcnet-s, 1024x2048, batch 1).
+
+Per form: latency after warm-up (median, IQR, min, max over --iters timed runs), FPS, params,
+MACs, achieved GFLOP/s (= 2 x MACs / median latency; for bf16/int8 this is the effective rate of
+the fp32 network's work), speed-up over the authors' path (torch-fp32: reparameterized, eager
+fp32), the difference of the 1/8 logits to the fp32 reference (training form, eager fp32): max
+abs difference and % of equal argmax labels, and peak memory.
+
+Timing: one thread pool per form, --threads threads (default: all usable cores); on CUDA every
+iteration ends with torch.cuda.synchronize(). Each form runs in a fresh worker process (unless
+--in-process), so forms do not disturb each other and memory is per form: "mem MB" is the worker's
+peak resident memory (VmHWM) minus its resident memory after importing its runtime library, i.e.
+what loading, compiling and running the form costs; on CUDA it is torch.cuda.max_memory_allocated.
+
+Weights: --checkpoint (or --model/--weights); otherwise random weights with BatchNorm statistics
+re-estimated on random data (speed does not depend on the weights). int8 forms are calibrated on
+--calib-* data or, without it, on random inputs (fine for speed, not for accuracy). --eval-* adds
+mIoU per form and its change against the fp32 reference.
+
+forms (--forms; default: every form marked default whose runtime is installed, CUDA forms when
+CUDA is available):
+{_forms_help()}""",
+        epilog="""\
+examples:
+  gcnet bench                                   # gcnet-s, 1024x2048, every CPU runtime
+  gcnet bench --quick --json bench.json         # tiny size, few iterations (smoke test)
+  gcnet bench --forms torch-fp32 openvino-int8 --checkpoint camvid.pt \\
+      --calib-dataset camvid --calib-root data/camvid --eval-dataset camvid --eval-root data/camvid""")
+    from gcnet.cli.predict import add_model_args
+
+    p.add_argument("variant", nargs="?", default=None, metavar="MODEL",
+                   help="variant for random weights: gcnet-s (default), gcnet-m, gcnet-l")
+    add_model_args(p, allow_exported=False, required=False)
+    p.add_argument("--size", type=_size, default=None, metavar="HxW", help="input size (default: 1024x2048)")
+    p.add_argument("--batch", type=int, default=1, help="batch size (default: %(default)s)")
+    p.add_argument("--forms", nargs="+", metavar="FORM", help="forms to run (see above); 'all' = every form")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="which default forms: CPU, CUDA, or both when CUDA is available (default: auto)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up runs per form (default: 3)")
+    p.add_argument("--iters", type=int, default=None, help="timed runs per form (default: 10)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all usable cores)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: 128x256, 1 warm-up, 3 timed runs (explicit options still win)")
+    p.add_argument("--in-process", action="store_true", help="run every form in this process (no memory column)")
+    p.add_argument("--calib-dataset", metavar="KIND", help="int8 calibration dataset kind")
+    p.add_argument("--calib-root", metavar="DIR", help="int8 calibration dataset root")
+    p.add_argument("--calib-split", default="train", help="calibration split (default: %(default)s)")
+    p.add_argument("--num-calib", type=int, default=None,
+                   help="calibration images (default: 16 from a dataset, 2 random inputs otherwise)")
+    p.add_argument("--eval-dataset", metavar="KIND", help="also measure mIoU per form on this dataset kind")
+    p.add_argument("--eval-root", metavar="DIR", help="evaluation dataset root")
+    p.add_argument("--eval-split", default="val", help="evaluation split (default: %(default)s)")
+    p.add_argument("--eval-limit", type=int, metavar="N", help="evaluate on the first N images only")
+    p.add_argument("--keep-artifacts", metavar="DIR", help="keep the exported/quantized models in DIR")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per form (default: %(default)s)")
+    p.add_argument("--json", metavar="FILE", help="write the full report as JSON")
+    p.set_defaults(func=run)
+
+
+def _size(text: str) -> tuple[int, int]:
+    from gcnet.cli.info import parse_size
+
+    return parse_size(text)
+
+
+def run(args: argparse.Namespace) -> int:
+    import gcnet
+    from gcnet.deploy.bench import (
+        FORMS,
+        QUICK,
+        command_line,
+        default_forms,
+        format_report,
+        run_benchmark,
+        save_report,
+    )
+
+    if args.variant and (args.model or args.checkpoint):
+        raise ConfigError("give the variant either positionally or with --model/--checkpoint, not both")
+    variant = (args.variant or args.model or "gcnet-s").lower()
+    if variant not in gcnet.list_models():
+        raise ConfigError(f"unknown model {variant!r}; choose from {', '.join(gcnet.list_models())}")
+    checkpoint = None
+    if args.checkpoint or args.weights:
+        from gcnet.cli.predict import model_from_args
+
+        if args.checkpoint:
+            model_from_args(args)  # validates the file early
+            checkpoint = args.checkpoint
+        else:
+            import tempfile
+
+            model = model_from_args(args)
+            checkpoint = str(gcnet.save_checkpoint(tempfile.mkdtemp(prefix="gcnet-bench-w-") + "/w.pt", model))
+    size = args.size or (QUICK["input_size"] if args.quick else (1024, 2048))
+    warmup = args.warmup if args.warmup is not None else (QUICK["warmup"] if args.quick else 3)
+    iters = args.iters if args.iters is not None else (QUICK["iters"] if args.quick else 10)
+    if warmup < 1 or iters < 1 or args.batch < 1:
+        raise ConfigError("--warmup, --iters and --batch must be >= 1")
+    if args.forms == ["all"]:
+        forms = [f for f in FORMS if FORMS[f].device == "cpu" or args.device != "cpu"]
+        import torch
+
+        if not torch.cuda.is_available():
+            forms = [f for f in forms if FORMS[f].device == "cpu"]
+    else:
+        forms = args.forms or default_forms(args.device)
+    if not forms:
+        raise ConfigError("no forms to run")
+    calib = None
+    if args.calib_dataset:
+        if not args.calib_root:
+            raise ConfigError("--calib-dataset needs --calib-root")
+        calib = {"kind": args.calib_dataset, "root": args.calib_root, "split": args.calib_split,
+                 "num": args.num_calib or 16}
+    ev = None
+    if args.eval_dataset:
+        if not args.eval_root:
+            raise ConfigError("--eval-dataset needs --eval-root")
+        ev = {"kind": args.eval_dataset, "root": args.eval_root, "split": args.eval_split, "limit": args.eval_limit}
+    report = run_benchmark(variant, args.num_classes or 19, checkpoint=checkpoint, input_size=size,
+                           batch=args.batch, forms=forms, warmup=warmup, iters=iters, threads=args.threads,
+                           isolate=not args.in_process, calib=calib, calib_num=args.num_calib or 2, eval=ev,
+                           artifacts_dir=args.keep_artifacts, timeout=args.timeout, command=command_line())
+    print(format_report(report))
+    if args.json:
+        save_report(report, args.json)
+        print(f"report: {args.json}")
+    failed = [r["form"] for r in report["results"] if "error" in r]
+    if failed:
+        print(f"gcnet bench: {len(failed)} form(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0

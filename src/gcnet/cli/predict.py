@@ -1,0 +1,197 @@
+"""``gcnet predict``: segment images, folders (recursive) and videos."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gcnet.errors import ConfigError
+
+MODEL_SOURCES_HELP = (
+    "Model: either --checkpoint FILE (a gcnet checkpoint .pt/.pth from `gcnet train`, or a file from "
+    "`gcnet export`: .onnx or OpenVINO .xml), or --model VARIANT --weights FILE --num-classes K for the "
+    "authors' released weights (mmengine .pth, training or deploy form).")
+
+
+def add_model_args(p: argparse.ArgumentParser, *, allow_exported: bool = True, required: bool = True) -> None:
+    g = p.add_argument_group("model", MODEL_SOURCES_HELP if required else
+                             MODEL_SOURCES_HELP + " Without either, a randomly initialised model is used.")
+    g.add_argument("--checkpoint", "-c", metavar="FILE",
+                   help="gcnet checkpoint" + (" or exported .onnx/.xml model" if allow_exported else ""))
+    g.add_argument("--model", "-m", metavar="VARIANT", help="gcnet-s, gcnet-m or gcnet-l (with --weights)")
+    g.add_argument("--weights", "-w", metavar="FILE", help="weights for --model (authors' or ours)")
+    g.add_argument("--num-classes", type=int, metavar="K", help="classes of --model (default 19)")
+
+
+def model_from_args(args: argparse.Namespace, *, required: bool = True, allow_exported: bool = False):
+    """The model (torch module) or exported file path selected by the model arguments."""
+    import gcnet
+
+    if args.checkpoint and (args.model or args.weights):
+        raise ConfigError("give either --checkpoint or --model/--weights, not both")
+    if args.checkpoint:
+        path = Path(args.checkpoint)
+        if not path.is_file():
+            raise ConfigError(f"checkpoint not found: {path}")
+        if path.suffix.lower() in (".onnx", ".xml"):
+            if not allow_exported:
+                raise ConfigError(f"{path}: this command needs a gcnet checkpoint, not an exported model")
+            return path
+        return gcnet.load_model(path)
+    if args.weights and not args.model:
+        raise ConfigError("--weights needs --model VARIANT (e.g. --model gcnet-s)")
+    if args.model:
+        if args.model.lower() not in gcnet.list_models():
+            raise ConfigError(f"unknown model {args.model!r}; choose from {', '.join(gcnet.list_models())}")
+        model = gcnet.build_model(args.model.lower(), args.num_classes or 19)
+        if args.weights:
+            if not Path(args.weights).is_file():
+                raise ConfigError(f"weights file not found: {args.weights}")
+            gcnet.load_weights(model, args.weights)
+        elif required:
+            raise ConfigError("--model needs --weights FILE (or use --checkpoint)")
+        return model.eval()
+    if required:
+        raise ConfigError("no model given: use --checkpoint FILE or --model VARIANT --weights FILE")
+    return None
+
+
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("runtime")
+    g.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino"), default="torch",
+                   help="inference engine (torch for gcnet checkpoints; an .onnx/.xml checkpoint picks "
+                        "onnxruntime/openvino automatically)")
+    g.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"), default="fp32",
+                   help="fp32; bf16 (torch autocast / OpenVINO); fp16 (torch on CUDA); int8 needs an "
+                        "already-quantized model from `gcnet export --precision int8`")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="torch runtime device")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads (default: all usable cores)")
+
+
+def runtime_from_args(args: argparse.Namespace, source):
+    import torch
+
+    from gcnet.deploy.runtimes import create_runtime
+
+    kind = args.runtime
+    if isinstance(source, Path):
+        kind = "openvino" if source.suffix.lower() == ".xml" else ("onnxruntime" if kind == "torch" else kind)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if (kind == "torch" and torch.cuda.is_available()) else "cpu"
+    if args.precision == "int8" and not isinstance(source, Path):
+        raise ConfigError("--precision int8 needs a quantized model: run `gcnet export --precision int8 ...` "
+                          "and pass the .xml/.onnx it writes as --checkpoint")
+    if args.precision == "int8" and isinstance(source, Path) and source.suffix.lower() == ".xml":
+        from gcnet.deploy.runtimes import OpenVINORuntime, is_quantized_openvino, require
+
+        model = require("openvino").Core().read_model(str(source))
+        if is_quantized_openvino(model):
+            return OpenVINORuntime(model, "int8", threads=args.threads)
+    return create_runtime(kind, source, args.precision, threads=args.threads, device=device)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict", help="segment images, folders and videos (label PNGs, overlays, annotated video)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Segment images, folders (searched recursively) and video files.
+
+For every image <stem> it writes, under --out (folder inputs keep their sub-folder layout):
+  <stem>_label.png     class-index PNG (palette mode: pixel value = class index; viewers show
+                       the dataset colours; 16-bit greyscale above 256 classes)
+  <stem>_overlay.png   the image with the coloured prediction blended over it (--alpha)
+For every video (.mp4 .avi .mov .mkv .webm ...):
+  <stem>_overlay.mp4   every frame with its overlay and the measured model FPS drawn on it
+
+Pre-processing: RGB, normalised with the training mean/std, optionally resized to --input-size;
+the 1/8-resolution logits are upsampled bilinearly to the input size and argmax'ed.
+
+Failures: an unreadable, corrupt or truncated input is reported by name on stderr and skipped;
+the other inputs are still processed. The exit status is 0 when every input succeeded, 1 when any
+input was skipped (a summary lists them), 2 for usage errors (bad model, bad option).
+Nothing already written is lost: every output is written to a temporary file and renamed into
+place only when complete, so a failed or interrupted input never truncates or replaces an
+earlier output.""",
+        epilog="""\
+examples:
+  gcnet predict photos/ --checkpoint runs/camvid/best.pt --out pred/
+  gcnet predict street.mp4 --model gcnet-s --weights gcnet-s_cityscapes.pth --num-classes 19
+  gcnet predict img.png --checkpoint gcnet-s_int8.xml --precision int8 --dataset camvid""")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, video files or folders")
+    p.add_argument("--out", "-o", default="predictions", metavar="DIR", help="output folder (default: %(default)s)")
+    add_model_args(p)
+    add_runtime_args(p)
+    p.add_argument("--dataset", metavar="NAME",
+                   help="palette/class names: cityscapes, camvid, voc, synthetic (default: guessed from the "
+                        "number of classes: 19 cityscapes, 11 camvid, 21 voc, else a generic palette)")
+    p.add_argument("--input-size", type=_size, metavar="HxW",
+                   help="resize inputs to HxW before the model (outputs stay at the original size); "
+                        "default: native resolution")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours (default: %(default)s)")
+    p.add_argument("--no-label", action="store_true", help="do not write *_label.png")
+    p.add_argument("--no-overlay", action="store_true", help="do not write *_overlay.png")
+    p.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
+    p.add_argument("--max-frames", type=int, metavar="N", help="process at most N frames per video")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first unreadable input (exit 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def _size(text: str) -> tuple[int, int]:
+    from gcnet.cli.info import parse_size
+
+    return parse_size(text)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gcnet.deploy.predict import InputError, Predictor, default_info, predict_paths
+
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ConfigError("--alpha must be in [0, 1]")
+    if args.no_label and args.no_overlay and not any(
+            Path(i).suffix.lower() in (".mp4", ".avi", ".mov", ".mkv", ".webm") for i in args.inputs):
+        raise ConfigError("--no-label and --no-overlay together leave nothing to write")
+    source = model_from_args(args, allow_exported=True)
+    runtime = runtime_from_args(args, source)
+    num_classes = _num_classes(source, runtime)
+    info = default_info(num_classes, args.dataset)
+    predictor = Predictor(runtime, input_size=args.input_size)
+    variant = getattr(source, "config", {}).get("name") if not isinstance(source, Path) else None
+    pretty = variant.replace("gcnet", "GCNet").replace("-s", "-S").replace("-m", "-M").replace("-l", "-L") \
+        if variant else "GCNet"
+    label_text = f"{pretty} {runtime.name}"
+    try:
+        summary = predict_paths(predictor, args.inputs, args.out, info, recursive=not args.no_recursive,
+                                save_label=not args.no_label, save_overlay=not args.no_overlay, alpha=args.alpha,
+                                max_frames=args.max_frames, progress=not args.no_progress,
+                                fail_fast=args.fail_fast, label_text=label_text)
+    except InputError as exc:
+        print(f"gcnet predict: stopped (--fail-fast): {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(summary.written)} file(s) for {summary.processed} input(s) to {args.out}")
+    if summary.failed:
+        print(f"gcnet predict: {len(summary.failed)} input(s) failed and were skipped:", file=sys.stderr)
+        for path, reason in summary.failed:
+            print(f"  {path}: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _num_classes(source, runtime) -> int:
+    if not isinstance(source, Path):
+        return int(source.num_classes)
+    if source.suffix.lower() == ".onnx":
+        shape = list(runtime.session.get_outputs()[0].shape)
+        dim = shape[1] if len(shape) == 4 else None
+    else:
+        shape = runtime.model.outputs[0].get_partial_shape()
+        dim = shape[1].get_length() if len(shape) == 4 and shape[1].is_static else None
+    if len(shape) != 4:
+        raise ConfigError(f"{source}: the model outputs labels, not logits (exported with --postprocess?); "
+                          "export it again without --postprocess for `gcnet predict`")
+    if not isinstance(dim, int):
+        raise ConfigError(f"{source}: cannot tell the number of classes from the model's output shape")
+    return dim

@@ -1,0 +1,347 @@
+"""Run a GCNet on images, folders (recursive) and videos; write label PNGs, colour overlays and
+annotated videos.
+
+Outputs for an input ``<stem>`` (folder inputs keep their sub-folder layout under the output dir):
+
+- ``<stem>_label.png``: palette ("P" mode) PNG whose pixel values are the class indices (reading it
+  with PIL/numpy gives the indices; viewers show the dataset colours); 16-bit greyscale if the model
+  has more than 256 classes.
+- ``<stem>_overlay.png``: the image with the colourised prediction blended over it.
+- videos: ``<stem>_overlay.mp4``: every frame with its overlay and the measured FPS drawn on it.
+
+Every file is written to a temporary name in the output folder and renamed into place only when
+complete, so an interrupted or failed run never leaves a truncated file or damages an earlier
+output. Unreadable inputs are reported by name and skipped; :func:`predict_paths` returns them in
+``failed`` (the CLI then exits with status 1).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from gcnet.deploy.runtimes import Runtime, TorchRuntime
+from gcnet.errors import GCNetError
+
+IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"})
+VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})
+
+
+class InputError(GCNetError):
+    """An input file cannot be read or decoded (the message names it)."""
+
+
+def default_info(num_classes: int, dataset: str | None = None):
+    """Dataset metadata for the palette: ``dataset`` if given, else guessed from the class count
+    (19 Cityscapes, 11 CamVid, 21 VOC), else a generic palette."""
+    from gcnet.data.metadata import DatasetInfo, default_palette, get_dataset_info
+
+    if dataset:
+        info = get_dataset_info(dataset)
+        if info.num_classes != num_classes:
+            raise GCNetError(f"dataset {dataset!r} has {info.num_classes} classes but the model predicts "
+                             f"{num_classes}")
+        return info
+    guess = {19: "cityscapes", 11: "camvid", 21: "voc"}.get(num_classes)
+    if guess:
+        return get_dataset_info(guess)
+    return DatasetInfo(f"{num_classes}-class", tuple(f"class_{i}" for i in range(num_classes)),
+                       default_palette(num_classes))
+
+
+class Predictor:
+    """RGB uint8 image -> class map at the image size.
+
+    Pre-processing: normalise with the training MEAN/STD; optionally resize to ``input_size``
+    (H, W) first. Post-processing: upsample the 1/8 logits bilinearly (align_corners=False) to the
+    image size and take the argmax.
+    """
+
+    def __init__(self, runtime: Runtime | torch.nn.Module | Callable[[np.ndarray], np.ndarray], *,
+                 input_size: Sequence[int] | None = None) -> None:
+        if isinstance(runtime, torch.nn.Module):
+            from gcnet.deploy.export import load_for_deploy
+
+            runtime = TorchRuntime(load_for_deploy(runtime))
+        self.runtime = runtime
+        self.input_size = tuple(int(s) for s in input_size) if input_size else None
+        self.num_classes: int | None = None
+
+    def logits(self, image: np.ndarray) -> torch.Tensor:
+        """``(K, H, W)`` float logits at the image size."""
+        from gcnet.data.transforms import normalize
+
+        h, w = image.shape[:2]
+        x = normalize(image).unsqueeze(0)
+        if self.input_size and tuple(self.input_size) != (h, w):
+            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False)
+        if isinstance(self.runtime, TorchRuntime):
+            out = self.runtime.forward_tensor(x).float()
+        else:
+            out = torch.from_numpy(np.asarray(self.runtime(x.numpy()), dtype=np.float32))
+        self.num_classes = int(out.shape[1])
+        return F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)[0]
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            label = self.logits(image).argmax(0)
+        dtype = np.uint8 if (self.num_classes or 0) <= 256 else np.uint16
+        return label.cpu().numpy().astype(dtype)
+
+
+# -------------------------------------------------------------------------------------------- I/O
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file fully (truncated/corrupt files raise :class:`InputError`)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.array(im.convert("RGB"), dtype=np.uint8)
+    except Exception as exc:
+        raise InputError(f"cannot read image {path}: {exc}") from exc
+
+
+def _tmp_name(final: Path) -> Path:
+    return final.with_name(f".{final.stem}.tmp{os.getpid()}{final.suffix}")
+
+
+def save_png_atomic(image: Image.Image, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def label_image(label: np.ndarray, info: Any) -> Image.Image:
+    """Class-index PNG: "P" mode carrying the dataset palette (ignore/out-of-range drawn black),
+    or 16-bit greyscale above 256 classes."""
+    if label.dtype != np.uint8:
+        return Image.fromarray(label.astype(np.uint16))
+    label = np.ascontiguousarray(label)
+    im = Image.frombytes("P", (label.shape[1], label.shape[0]), label.tobytes())
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    pal = info.palette_array()[:256]
+    palette[: len(pal)] = pal
+    im.putpalette(palette.reshape(-1).tolist())
+    return im
+
+
+# ---------------------------------------------------------------------------------------- inputs
+@dataclass
+class InputItem:
+    path: Path
+    kind: str  # image | video
+    stem: Path  # output path without the suffix, relative to the output dir
+
+
+def collect_inputs(inputs: Iterable[str | os.PathLike], *, recursive: bool = True,
+                   exclude: Iterable[str | os.PathLike] = ()) -> tuple[list[InputItem], list[tuple[str, str]]]:
+    """Expand files and folders into image/video items. Folders are walked (recursively by
+    default) in sorted order, keeping files with known image/video extensions, skipping hidden
+    files and anything under ``exclude`` (the output dir). Explicit files of unknown extension are
+    treated as images. Returns (items, missing) where missing lists (path, reason)."""
+    excluded = [Path(e).resolve() for e in exclude]
+    items: list[InputItem] = []
+    missing: list[tuple[str, str]] = []
+
+    def kind_of(p: Path) -> str:
+        return "video" if p.suffix.lower() in VIDEO_EXTS else "image"
+
+    def is_excluded(p: Path) -> bool:
+        rp = p.resolve()
+        return any(rp == e or e in rp.parents for e in excluded)
+
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            walker = p.rglob("*") if recursive else p.glob("*")
+            files = sorted(f for f in walker if f.is_file() and f.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                           and not is_excluded(f))
+            for f in files:
+                items.append(InputItem(f, kind_of(f), f.relative_to(p).with_suffix("")))
+        elif p.is_file():
+            items.append(InputItem(p, kind_of(p), Path(p.stem)))
+        else:
+            missing.append((str(p), "no such file or directory"))
+    # two inputs with the same stem (a.png, a.jpg) keep their extension in the output name
+    counts: dict[Path, int] = {}
+    for it in items:
+        counts[it.stem] = counts.get(it.stem, 0) + 1
+    for it in items:
+        if counts[it.stem] > 1:
+            it.stem = it.stem.with_name(it.path.name)
+    return items, missing
+
+
+# -------------------------------------------------------------------------------------- predicting
+def predict_image(predictor: Predictor, path: str | os.PathLike, out_dir: str | os.PathLike,
+                  stem: str | os.PathLike, info: Any, *, save_label: bool = True, save_overlay: bool = True,
+                  alpha: float = 0.5) -> list[Path]:
+    from gcnet.data.metadata import overlay
+
+    image = read_rgb(path)
+    label = predictor(image)
+    base = Path(out_dir) / stem
+    written = []
+    if save_label:
+        written.append(save_png_atomic(label_image(label, info), base.with_name(base.name + "_label.png")))
+    if save_overlay:
+        ov = overlay(image, label, info, alpha=alpha)
+        written.append(save_png_atomic(Image.fromarray(ov), base.with_name(base.name + "_overlay.png")))
+    return written
+
+
+def _draw_text(frame_bgr: np.ndarray, text: str) -> None:
+    """White text on a dark box in the top-left corner."""
+    import cv2
+
+    scale = max(0.45, frame_bgr.shape[0] / 800)
+    thick = max(1, round(scale * 1.5))
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    pad = max(3, int(6 * scale))
+    x0, y0, x1, y1 = pad, pad, pad + tw + 2 * pad, pad + th + base + 2 * pad
+    box = frame_bgr[y0:y1, x0:x1]
+    box[:] = (box * 0.35).astype(frame_bgr.dtype)
+    cv2.putText(frame_bgr, text, (x0 + pad, y0 + pad + th), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
+                thick, cv2.LINE_AA)
+
+
+def predict_video(predictor: Predictor, path: str | os.PathLike, out_dir: str | os.PathLike,
+                  stem: str | os.PathLike, info: Any, *, alpha: float = 0.5, label_text: str = "GCNet",
+                  max_frames: int | None = None, progress: bool = True) -> tuple[list[Path], dict]:
+    """Annotated ``<stem>_overlay.mp4`` (mp4v codec, the input's frame rate) with the model FPS
+    (inference incl. pre/post-processing, averaged over the last 30 frames) drawn on each frame.
+    Returns (written files, stats with frames and mean FPS)."""
+    from gcnet.data.metadata import overlay
+    from gcnet.deploy.runtimes import require
+
+    cv2 = require("cv2")
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise InputError(f"cannot open video {path}")
+    fps_in = cap.get(cv2.CAP_PROP_FPS)
+    fps_in = fps_in if fps_in and 0 < fps_in < 1000 else 25.0
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    if max_frames:
+        total = min(total or max_frames, max_frames)
+    final = Path(out_dir) / stem
+    final = final.with_name(final.name + "_overlay.mp4")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(final)
+    writer = None
+    frames, model_time = 0, 0.0
+    recent: deque[float] = deque(maxlen=30)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=Path(path).name, unit="frame", leave=False, file=sys.stderr)
+    try:
+        while max_frames is None or frames < max_frames:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            t = time.perf_counter()
+            label = predictor(rgb)
+            dt = time.perf_counter() - t
+            model_time += dt
+            recent.append(dt)
+            frames += 1
+            out = cv2.cvtColor(overlay(rgb, label, info, alpha=alpha), cv2.COLOR_RGB2BGR)
+            _draw_text(out, f"{label_text}  {len(recent) / sum(recent):.1f} FPS")
+            if writer is None:
+                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps_in,
+                                         (out.shape[1], out.shape[0]))
+                if not writer.isOpened():
+                    raise InputError(f"cannot write video {final} (no mp4v encoder in this OpenCV build?)")
+            writer.write(out)
+            if bar is not None:
+                bar.update(1)
+        if frames == 0:
+            raise InputError(f"cannot decode any frame of video {path}")
+        writer.release()
+        writer = None
+        os.replace(tmp, final)
+    except BaseException:
+        if writer is not None:
+            writer.release()
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        cap.release()
+        if bar is not None:
+            bar.close()
+    return [final], {"frames": frames, "fps": frames / model_time if model_time > 0 else None,
+                     "input_fps": fps_in}
+
+
+@dataclass
+class PredictSummary:
+    written: list[Path] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    processed: int = 0
+    videos: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def predict_paths(predictor: Predictor, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
+                  info: Any, *, recursive: bool = True, save_label: bool = True, save_overlay: bool = True,
+                  alpha: float = 0.5, max_frames: int | None = None, progress: bool = True,
+                  fail_fast: bool = False, label_text: str = "GCNet",
+                  log: Callable[[str], None] | None = None) -> PredictSummary:
+    """Predict every image/video under ``inputs``; failures are reported through ``log`` and
+    collected in the summary (or raised with ``fail_fast``)."""
+    out_dir = Path(out_dir)
+    items, missing = collect_inputs(inputs, recursive=recursive, exclude=[out_dir])
+    summary = PredictSummary(failed=list(missing))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(items, desc="predict", unit="file", file=sys.stderr)
+        log = log or bar.write
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    for path, reason in missing:
+        log(f"skipped {path}: {reason}")
+        if fail_fast:
+            raise InputError(f"{path}: {reason}")
+    for item in (bar if bar is not None else items):
+        try:
+            if item.kind == "video":
+                files, stats = predict_video(predictor, item.path, out_dir, item.stem, info, alpha=alpha,
+                                             max_frames=max_frames, progress=progress, label_text=label_text)
+                summary.videos[str(item.path)] = stats
+                log(f"{item.path}: {stats['frames']} frames, {stats['fps']:.1f} FPS (model incl. pre/post)")
+            else:
+                files = predict_image(predictor, item.path, out_dir, item.stem, info, save_label=save_label,
+                                      save_overlay=save_overlay, alpha=alpha)
+            summary.written.extend(files)
+            summary.processed += 1
+        except InputError as exc:
+            summary.failed.append((str(item.path), str(exc)))
+            log(f"skipped {item.path}: {exc}")
+            if fail_fast:
+                raise
+    if bar is not None:
+        bar.close()
+    return summary

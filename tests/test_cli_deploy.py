@@ -1,0 +1,146 @@
+"""CLI: gcnet predict / export / bench (exit codes, files, documented JSON keys)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_model_kwargs
+from PIL import Image
+
+import gcnet
+from gcnet.cli import main
+from gcnet.deploy.bench import recalibrate_bn
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = recalibrate_bn(gcnet.build_model("gcnet-s", **tiny_model_kwargs(num_classes=5)), size=(64, 96))
+    return gcnet.save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model)
+
+
+@pytest.mark.parametrize("cmd", ["predict", "export", "bench"])
+def test_help(cmd, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([cmd, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert len(text) > 1000
+    if cmd == "predict":
+        assert "skipped" in text and "exit status" in text
+    if cmd == "bench":
+        assert "openvino-int8" in text and "median" in text
+
+
+def test_predict_folder_with_corrupt_file(checkpoint, tmp_path, capsys):
+    src = tmp_path / "imgs"
+    (src / "nested").mkdir(parents=True)
+    for i, name in enumerate(["one.png", "nested/two.jpg"]):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(src / name)
+    (src / "bad.png").write_bytes(b"not an image at all")
+    out = tmp_path / "pred"
+    code = main(["predict", str(src), "--checkpoint", str(checkpoint), "--out", str(out), "--no-progress",
+                 "--dataset", "synthetic", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "bad.png" in err
+    assert (out / "one_label.png").is_file() and (out / "one_overlay.png").is_file()
+    assert (out / "nested" / "two_label.png").is_file()
+    assert not (out / "bad_label.png").exists()
+    code = main(["predict", str(src / "one.png"), "--checkpoint", str(checkpoint), "--out", str(out),
+                 "--no-progress", "--no-overlay", "--device", "cpu"])
+    assert code == 0
+
+
+def test_predict_usage_errors(checkpoint, tmp_path, capsys):
+    assert main(["predict", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "no model given" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path), "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert main(["predict", str(tmp_path), "--checkpoint", str(checkpoint), "--dataset", "cityscapes"]) == 2
+    assert "classes" in capsys.readouterr().err
+
+
+def test_export_torchscript(checkpoint, tmp_path):
+    out = tmp_path / "exp"
+    code = main(["export", "--checkpoint", str(checkpoint), "--format", "torchscript", "--out", str(out),
+                 "--input-size", "64x96", "--json", str(out / "report.json")])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["exports"]["torchscript"]["max_abs_diff"] < 1e-3
+    assert (out / "tiny.ts").is_file()
+
+
+def test_export_errors(checkpoint, capsys):
+    assert main(["export", "--format", "onnx"]) == 2
+    assert main(["export", "--checkpoint", str(checkpoint), "--precision", "int8", "--format", "onnx"]) == 2
+    assert "calibration" in capsys.readouterr().err
+
+
+@pytest.mark.deploy
+@pytest.mark.slow
+def test_export_onnx_openvino_int8_with_accuracy(checkpoint, tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="needs onnxruntime")
+    pytest.importorskip("openvino", reason="needs openvino")
+    pytest.importorskip("nncf", reason="needs nncf")
+    synth = pytest.importorskip("gcnet.data.synthetic", reason="needs gcnet.data.synthetic")
+    root = synth.make_synthetic_dataset(tmp_path / "synth", num_train=3, num_val=3, size=(64, 96))
+    out = tmp_path / "exp"
+    code = main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "openvino", "--out", str(out),
+                 "--input-size", "64x96", "--precision", "int8", "--calib-dataset", "folder", "--calib-root",
+                 str(root), "--num-calib", "2", "--eval-dataset", "folder", "--eval-root", str(root),
+                 "--threads", "1", "--json", str(out / "r.json")])
+    assert code == 0
+    report = json.loads((out / "r.json").read_text())
+    for name in ["tiny.onnx", "tiny.xml", "tiny.bin", "tiny_int8.xml", "tiny_int8.onnx"]:
+        assert (out / name).is_file(), name
+    acc = report["accuracy"]["results"]
+    assert set(acc) >= {"torch-fp32", "onnxruntime-fp32", "openvino-fp32", "openvino-int8", "onnxruntime-int8"}
+    assert acc["torch-fp32"]["delta_mIoU"] == 0
+    assert all(np.isfinite(v["delta_mIoU"]) for v in acc.values())
+    assert "delta mIoU" in capsys.readouterr().out
+
+
+BENCH_KEYS = {"date", "command", "machine", "versions", "config", "complexity", "results", "fastest"}
+RESULT_KEYS = {"form", "runtime", "precision", "device", "model_form", "params", "macs", "latency_ms", "fps",
+               "gflops", "max_abs_diff", "mean_abs_diff", "label_agreement", "peak_mem_mb"}
+
+
+def test_bench_quick_json(tmp_path):
+    path = tmp_path / "bench.json"
+    code = main(["bench", "--quick", "--threads", "1", "--forms", "torch-train-fp32", "torch-fp32",
+                 "--json", str(path)])
+    assert code == 0
+    report = json.loads(path.read_text())
+    assert BENCH_KEYS <= set(report)
+    assert report["config"]["input_size"] == [128, 256] and report["config"]["batch"] == 1
+    assert [r["form"] for r in report["results"]] == ["torch-train-fp32", "torch-fp32"]
+    for r in report["results"]:
+        assert RESULT_KEYS <= set(r), RESULT_KEYS - set(r)
+        assert {"median", "iqr", "min", "max"} <= set(r["latency_ms"])
+        assert r["fps"] > 0 and r["gflops"] > 0 and r["peak_mem_mb"] > 0
+        assert r["label_agreement"] > 0.99
+    train, deploy = report["results"]
+    assert deploy["params"] < train["params"] and deploy["macs"] < train["macs"]
+    assert deploy["speedup_vs_torch_fp32"] == 1.0
+
+
+@pytest.mark.deploy
+def test_bench_quick_runtimes_in_process(tmp_path):
+    pytest.importorskip("onnxruntime", reason="needs onnxruntime")
+    pytest.importorskip("openvino", reason="needs openvino")
+    path = tmp_path / "bench.json"
+    code = main(["bench", "--quick", "--in-process", "--threads", "1", "--size", "64x128", "--forms",
+                 "onnxruntime-fp32", "openvino-fp32", "--json", str(path)])
+    assert code == 0
+    report = json.loads(path.read_text())
+    assert report["export"]["onnx"]["max_abs_diff"] < 1e-2
+    for r in report["results"]:
+        assert r["label_agreement"] > 0.99 and r["max_abs_diff"] < 1e-2
+
+
+def test_bench_errors(capsys):
+    assert main(["bench", "--quick", "--forms", "nope"]) == 2
+    assert "unknown form" in capsys.readouterr().err

@@ -1,0 +1,115 @@
+"""``gcnet train`` / ``gcnet eval`` / ``gcnet demo`` end to end on generated data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gcnet.cli import main
+
+TINY = ["--data.synthetic_size", "[64, 80]", "--data.synthetic_train", "16", "--data.synthetic_val", "4",
+        "--data.crop_size", "64", "--data.batch_size", "4", "--data.workers", "0", "--device", "cpu",
+        "--no-progress"]
+
+
+def test_help_lists_every_config_key(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for key in ("--data.root", "--schedule.iters", "--optim.lr", "--loss.min_kept", "--init.load_from", "--resume",
+                "--launcher", "--sync-bn", "--amp", "--set"):
+        assert key in text
+    for cmd in ("eval", "demo"):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        assert "examples:" in capsys.readouterr().out
+
+
+def test_list_presets_and_print_config(capsys):
+    assert main(["train", "--list-presets"]) == 0
+    out = capsys.readouterr().out
+    assert "gcnet-s_cityscapes" in out and "gcnet-l_voc" in out and "gcnet-s_camvid-scratch" in out
+    assert main(["train", "gcnet-s_camvid", "--print-config", "--schedule.iters", "77", "--set", "optim.lr=0.02",
+                 "--seed", "3", "--data.root=/x"]) == 0
+    out = capsys.readouterr().out
+    assert "iters = 77" in out and "lr = 0.02" in out and "seed = 3" in out and 'root = "/x"' in out
+
+
+def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
+    assert main(["train", "gcnet-s_cityscapes", "--schedule.iters", "zero", "--print-config"]) == 2
+    assert "schedule.iters must be an integer" in capsys.readouterr().err
+    assert main(["train", "no_such_preset"]) == 2
+    assert "unknown preset" in capsys.readouterr().err
+    assert main(["train", "gcnet-s_camvid", "--data.root", str(tmp_path / "missing"), "--work-dir",
+                 str(tmp_path / "w")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse: unknown option
+        main(["train", "gcnet-s_camvid", "--data.rooot", "x"])
+    assert exc.value.code == 2
+    assert main(["eval", str(tmp_path / "nothing.pth")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_train_then_eval_both_forms(tmp_path, capsys):
+    work = tmp_path / "run"
+    rc = main(["train", "tiny_synthetic", "--data.root", str(tmp_path / "data"), "--work-dir", str(work),
+               "--schedule.iters", "30", "--schedule.val_interval", "15", "--schedule.log_interval", "10", *TINY])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "iter 30/30" in out and "validation at iteration 30" in out and "mIoU" in out
+    assert (work / "best.pth").is_file() and (work / "latest.pth").is_file()
+
+    js = tmp_path / "eval.json"
+    rc = main(["eval", str(work / "latest.pth"), "--both-forms", "--json", str(js), "--no-progress",
+               "--workers", "0", "--device", "cpu"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "training form mIoU" in out and "Class" in out
+    res = json.loads(js.read_text())
+    assert res["dataset"] == "synthetic" and res["split"] == "val"  # taken from the run's config
+    tr, de = res["results"]["train"], res["results"]["deploy"]
+    assert tr["num_images"] == de["num_images"] == 4
+    assert abs(tr["mIoU"] - de["mIoU"]) < 0.5  # identical up to float32 rounding of near-ties
+    rc = main(["eval", str(work / "latest.pth"), "--both-forms", "--float64", "--no-progress", "--workers", "0"])
+    assert rc == 0 and "identical" in capsys.readouterr().out
+    assert len(tr["IoU"]) == 5 and 0 <= tr["aAcc"] <= 100
+
+    # explicit dataset options, sliding window + multi-scale + flip
+    rc = main(["eval", str(work / "latest.pth"), "--dataset", "synthetic", "--data-root", str(tmp_path / "data"),
+               "--mode", "slide", "--crop", "48x48", "--stride", "32", "--scales", "0.75,1.0", "--flip",
+               "--reparameterize", "--json", "-", "--no-progress", "--workers", "0", "--limit", "2"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    payload = json.loads(out[out.index("{"):])
+    assert payload["mode"] == "slide" and payload["flip"] is True and list(payload["results"]) == ["deploy"]
+    assert payload["results"]["deploy"]["num_images"] == 2
+
+    # resume a finished run: nothing to do, exits cleanly
+    assert main(["train", "--resume", "--work-dir", str(work), "--no-progress"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_eval_of_an_authors_style_state_dict_needs_model_and_classes(tmp_path, capsys):
+    from conftest import tiny_model_kwargs
+
+    from gcnet import build_model
+
+    model = build_model("gcnet-s", **tiny_model_kwargs(5))
+    path = tmp_path / "bare.pth"
+    torch.save({"state_dict": model.state_dict(), "meta": {}}, path)
+    assert main(["eval", str(path), "--dataset", "synthetic", "--data-root", str(tmp_path)]) == 2
+    assert "--model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--iters", "40", "--no-progress", "--num-overlays", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "-> identical" in text and "faster" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mIoU"]["identical"] and summary["train"]["iterations"] == 40
+    assert len(list((out / "overlays").glob("*.png"))) == 2

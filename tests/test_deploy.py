@@ -1,0 +1,194 @@
+"""Runtimes and exports on a tiny GCNet: ONNX round trip with dynamic shapes, OpenVINO vs PyTorch,
+int8 calibration with an mIoU delta, TorchScript / torch.export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_model_kwargs
+
+from gcnet import build_model
+from gcnet.deploy import export as E
+from gcnet.deploy.bench import recalibrate_bn
+from gcnet.deploy.runtimes import TorchRuntime, create_runtime
+from gcnet.errors import GCNetError
+
+
+def _rel_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a - b)) / max(1.0, np.max(np.abs(b))))
+
+
+@pytest.fixture(scope="module")
+def tiny() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return recalibrate_bn(build_model("gcnet-s", **tiny_model_kwargs(num_classes=5)), size=(64, 96))
+
+
+@pytest.fixture(scope="module")
+def tiny_deploy(tiny):
+    return E.load_for_deploy(tiny)
+
+
+def _x(b: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((b, 3, h, w)).astype(np.float32)
+
+
+def test_load_for_deploy_copies_training_model(tiny):
+    deploy = E.load_for_deploy(tiny)
+    assert deploy.is_deployed and not tiny.is_deployed
+    assert E.load_for_deploy(deploy) is deploy
+
+
+def test_torch_runtime_matches_module(tiny, tiny_deploy):
+    x = _x(1, 67, 101)
+    rt = create_runtime("torch", tiny)
+    assert rt.name == "torch-fp32" and rt.kind == "torch"
+    out = rt(x)
+    with torch.no_grad():
+        ref = tiny(torch.from_numpy(x)).numpy()
+    assert out.shape == (1, 5, 9, 13)
+    assert _rel_diff(out, ref) < 1e-4
+    cl = TorchRuntime(tiny_deploy, channels_last=True)
+    assert _rel_diff(cl(x), ref) < 1e-4
+
+
+def test_unknown_runtime_and_precision_are_clear(tiny):
+    with pytest.raises(GCNetError, match="unknown runtime"):
+        create_runtime("tensorrt", tiny)
+    with pytest.raises(GCNetError, match="precision"):
+        create_runtime("onnxruntime", tiny, "fp16")
+
+
+@pytest.mark.deploy
+def test_onnx_roundtrip_dynamic_shapes(tiny, tiny_deploy, tmp_path):
+    pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
+    ort = pytest.importorskip("onnxruntime", reason="ONNX verification needs onnxruntime")
+    path = tmp_path / "tiny.onnx"
+    report = E.export_onnx(tiny, path, input_size=(67, 101))
+    assert report["opset"] >= 17 and report["max_abs_diff"] < 1e-3
+    assert [c["input_shape"] for c in report["verification"]][1][0] == 2  # batch 2 was verified
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    dims = sess.get_inputs()[0].shape
+    assert isinstance(dims[0], str) and isinstance(dims[2], str) and isinstance(dims[3], str)
+    for shape in [(1, 3, 67, 101), (3, 3, 45, 77), (1, 3, 96, 128)]:
+        x = _x(*[shape[0], shape[2], shape[3]], seed=sum(shape))
+        out = sess.run(None, {"input": x})[0]
+        with torch.no_grad():
+            ref = tiny_deploy(torch.from_numpy(x)).numpy()
+        assert out.shape == ref.shape == (shape[0], 5, -(-shape[2] // 8), -(-shape[3] // 8))
+        assert _rel_diff(out, ref) < 1e-4
+    rt = create_runtime("onnxruntime", path, threads=1)
+    assert rt.name == "onnxruntime-fp32"
+    assert rt(_x(1, 40, 56)).shape == (1, 5, 5, 7)
+
+
+@pytest.mark.deploy
+def test_onnx_postprocess_returns_labels(tiny_deploy, tmp_path):
+    pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
+    ort = pytest.importorskip("onnxruntime", reason="ONNX verification needs onnxruntime")
+    path = tmp_path / "labels.onnx"
+    E.export_onnx(tiny_deploy, path, input_size=(67, 101), postprocess=True)
+    x = _x(2, 50, 70)
+    labels = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    with torch.no_grad():
+        logits = tiny_deploy(torch.from_numpy(x))
+        ref = torch.nn.functional.interpolate(logits, size=(50, 70), mode="bilinear").argmax(1).numpy()
+    assert labels.shape == (2, 50, 70)
+    assert np.mean(labels == ref) > 0.999
+
+
+@pytest.mark.deploy
+def test_onnx_verification_failure_is_clear_and_leaves_no_file(tiny_deploy, tmp_path):
+    pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
+    pytest.importorskip("onnxruntime", reason="ONNX verification needs onnxruntime")
+    path = tmp_path / "bad.onnx"
+    with pytest.raises(E.ExportError, match="exceeds the tolerance"):
+        E.export_onnx(tiny_deploy, path, input_size=(32, 48), tolerance=-1.0)
+    assert not path.exists()
+    with pytest.raises(E.ExportError, match="opset"):
+        E.export_onnx(tiny_deploy, path, opset=13)
+
+
+@pytest.mark.deploy
+def test_openvino_fp32_matches_torch_and_bf16_runs(tiny, tiny_deploy, tmp_path):
+    pytest.importorskip("openvino", reason="the OpenVINO runtime needs the openvino package")
+    rt = create_runtime("openvino", tiny, "fp32", threads=1)
+    assert rt.name == "openvino-fp32"
+    for b, h, w in [(1, 67, 101), (2, 48, 64), (1, 67, 101)]:
+        x = _x(b, h, w, seed=h)
+        with torch.no_grad():
+            ref = tiny_deploy(torch.from_numpy(x)).numpy()
+        out = rt(x)
+        assert out.shape == ref.shape
+        assert _rel_diff(out, ref) < 1e-4
+    path = E.save_openvino(E.to_openvino(tiny_deploy), tmp_path / "tiny.xml")
+    bf16 = create_runtime("openvino", path, "bf16", threads=1, static_shapes=False)
+    out = bf16(_x(1, 67, 101))
+    assert out.shape == (1, 5, 9, 13) and np.isfinite(out).all()
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    synth = pytest.importorskip("gcnet.data.synthetic", reason="needs gcnet.data.synthetic")
+    from gcnet.data.datasets import build_dataset
+    from gcnet.data.transforms import EvalTransform
+
+    root = synth.make_synthetic_dataset(tmp_path_factory.mktemp("synth"), num_train=4, num_val=4, size=(64, 96))
+    return (build_dataset("folder", root, "train", transform=EvalTransform()),
+            build_dataset("folder", root, "val", transform=EvalTransform()))
+
+
+@pytest.mark.deploy
+def test_openvino_int8_calibration_reports_miou_delta(synthetic):
+    pytest.importorskip("openvino", reason="int8 needs openvino")
+    pytest.importorskip("nncf", reason="OpenVINO int8 quantization needs nncf")
+    train, val = synthetic
+    torch.manual_seed(0)
+    model = recalibrate_bn(build_model("gcnet-s", **tiny_model_kwargs(num_classes=5)), size=(64, 96))
+    calib = E.calibration_from_dataset(train, num=3)
+    assert len(calib) == 3 and calib[0].shape == (1, 3, 64, 96) and calib[0].dtype == np.float32
+    int8 = create_runtime("openvino", model, "int8", calibration=calib, threads=1)
+    assert int8.name == "openvino-int8"
+    with pytest.raises(GCNetError, match="calibration"):
+        create_runtime("openvino", model, "int8")
+    acc = E.compare_accuracy({"fp32": create_runtime("torch", model), "int8": int8}, val)
+    assert acc["reference"] == "fp32"
+    res = acc["results"]
+    assert res["fp32"]["delta_mIoU"] == 0.0
+    assert np.isfinite(res["int8"]["mIoU"]) and np.isfinite(res["int8"]["delta_mIoU"])
+    assert res["int8"]["num_images"] == len(val)
+
+
+@pytest.mark.deploy
+def test_onnxruntime_int8_qdq(synthetic, tiny_deploy, tmp_path):
+    pytest.importorskip("onnx", reason="needs onnx")
+    pytest.importorskip("onnxruntime", reason="needs onnxruntime")
+    train, val = synthetic
+    calib = E.calibration_from_dataset(train, num=2)
+    rt = create_runtime("onnxruntime", tiny_deploy, "int8", calibration=calib, work_dir=tmp_path, threads=1)
+    assert rt.name == "onnxruntime-int8"
+    assert E.is_quantized_onnx(rt.path)
+    out = rt(calib[0])
+    assert out.shape == (1, 5, 8, 12) and np.isfinite(out).all()
+    r = E.evaluate_runtime(rt, val, limit=2)
+    assert r["num_images"] == 2 and 0 <= r["mIoU"] <= 100
+
+
+def test_torchscript_roundtrip(tiny_deploy, tmp_path):
+    report = E.export_torchscript(tiny_deploy, tmp_path / "m.ts", input_size=(67, 101))
+    loaded = torch.jit.load(str(tmp_path / "m.ts"))
+    x = torch.from_numpy(_x(2, 45, 77))
+    with torch.no_grad():
+        assert _rel_diff(loaded(x).numpy(), tiny_deploy(x).numpy()) < 1e-4
+    assert report["max_abs_diff"] < 1e-3
+
+
+@pytest.mark.slow
+def test_torch_export_roundtrip(tiny_deploy, tmp_path):
+    report = E.export_torch_export(tiny_deploy, tmp_path / "m.pt2", input_size=(64, 96))
+    program = torch.export.load(str(tmp_path / "m.pt2")).module()
+    x = torch.from_numpy(_x(1, 64, 96))
+    with torch.no_grad():
+        assert _rel_diff(program(x).numpy(), tiny_deploy(x).numpy()) < 1e-4
+    assert report["max_abs_diff"] < 1e-3

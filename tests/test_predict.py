@@ -1,0 +1,116 @@
+"""gcnet.deploy.predict: folders with corrupt files, atomic outputs, label PNGs, video."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_model_kwargs
+from PIL import Image
+
+from gcnet import build_model
+from gcnet.data.metadata import get_dataset_info
+from gcnet.deploy.predict import Predictor, collect_inputs, predict_paths
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    torch.manual_seed(0)
+    return Predictor(build_model("gcnet-s", **tiny_model_kwargs(num_classes=5)).eval())
+
+
+@pytest.fixture(scope="module")
+def info():
+    return get_dataset_info("synthetic")
+
+
+def _image(path, h=40, w=56, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_predictor_label_at_input_size(predictor):
+    image = np.random.default_rng(0).integers(0, 255, (45, 67, 3), dtype=np.uint8)
+    label = predictor(image)
+    assert label.shape == (45, 67) and label.dtype == np.uint8 and label.max() < 5
+    resized = Predictor(predictor.runtime, input_size=(64, 96))(image)
+    assert resized.shape == (45, 67)
+
+
+def test_folder_with_corrupt_files(predictor, info, tmp_path):
+    src = tmp_path / "in"
+    _image(src / "a.png")
+    _image(src / "sub" / "b.jpg", 33, 47, seed=1)
+    (src / "sub" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+    good = src / "good.png"
+    _image(good, 64, 80)
+    truncated = src / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:200])
+    (src / "notes.txt").write_text("ignored: not an image")
+    out = tmp_path / "out"
+    # an output from an earlier run must survive a failing input of the same name
+    (out).mkdir()
+    old = out / "truncated_label.png"
+    old.write_bytes(b"earlier result")
+    messages: list[str] = []
+    summary = predict_paths(predictor, [src], out, info, progress=False, log=messages.append)
+    failed = sorted(p for p, _ in summary.failed)
+    assert failed == sorted([str(src / "sub" / "corrupt.png"), str(truncated)])
+    assert any("corrupt.png" in m for m in messages) and any("truncated.png" in m for m in messages)
+    assert summary.processed == 3 and not summary.ok
+    for stem in ["a", "sub/b", "good"]:
+        label = Image.open(out / f"{stem}_label.png")
+        assert label.mode == "P"
+        assert np.asarray(label).max() < 5
+        assert Image.open(out / f"{stem}_overlay.png").size == label.size
+    assert Image.open(out / "sub" / "b_label.png").size == (47, 33)
+    assert old.read_bytes() == b"earlier result"
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_collect_inputs(tmp_path):
+    _image(tmp_path / "x.png")
+    _image(tmp_path / "x.jpg")
+    _image(tmp_path / "deep" / "y.png")
+    _image(tmp_path / "out" / "z_label.png")
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    items, missing = collect_inputs([tmp_path, tmp_path / "nope.png"], exclude=[tmp_path / "out"])
+    names = {str(i.stem): i.kind for i in items}
+    assert names == {"x.png": "image", "x.jpg": "image", "deep/y": "image", "clip": "video"}
+    assert missing and "nope.png" in missing[0][0]
+    flat, _ = collect_inputs([tmp_path], recursive=False, exclude=[tmp_path / "out"])
+    assert "deep/y" not in {str(i.stem) for i in flat}
+
+
+def _make_video(path, frames=5, h=48, w=64):
+    cv2 = pytest.importorskip("cv2", reason="video needs opencv-python-headless")
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (w, h))
+    if not writer.isOpened():
+        pytest.skip("this OpenCV build cannot write mp4v")
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+def test_video_prediction(predictor, info, tmp_path):
+    cv2 = pytest.importorskip("cv2", reason="video needs opencv-python-headless")
+    video = _make_video(tmp_path / "clip.mp4")
+    (tmp_path / "broken.avi").write_bytes(b"RIFF....not a video")
+    out = tmp_path / "out"
+    summary = predict_paths(predictor, [video, tmp_path / "broken.avi"], out, info, progress=False,
+                            log=lambda m: None)
+    result = out / "clip_overlay.mp4"
+    assert result.is_file()
+    cap = cv2.VideoCapture(str(result))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    assert n == 5
+    stats = summary.videos[str(video)]
+    assert stats["frames"] == 5 and stats["fps"] > 0
+    assert [p for p, _ in summary.failed] == [str(tmp_path / "broken.avi")]
+    assert not (out / "broken_overlay.mp4").exists()
