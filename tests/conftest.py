@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import ast
 import os
-from pathlib import Path
 
-import pytest
-import torch
+# On a small shared CPU, OpenMP threads that spin while waiting slow every other process 10-20x
+# (subprocesses started by tests inherit this too). Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import ast  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = Path(os.environ.get("GCNET_REFERENCE_DIR", REPO.parent / "shared" / "reference"))

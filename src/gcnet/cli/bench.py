@@ -69,7 +69,7 @@ examples:
     p.add_argument("--calib-root", metavar="DIR", help="int8 calibration dataset root")
     p.add_argument("--calib-split", default="train", help="calibration split (default: %(default)s)")
     p.add_argument("--num-calib", type=int, default=None,
-                   help="calibration images (default: 16 from a dataset, 2 random inputs otherwise)")
+                   help="calibration images (default: 32 from a dataset, 2 random inputs otherwise)")
     p.add_argument("--eval-dataset", metavar="KIND", help="also measure mIoU per form on this dataset kind")
     p.add_argument("--eval-root", metavar="DIR", help="evaluation dataset root")
     p.add_argument("--eval-split", default="val", help="evaluation split (default: %(default)s)")
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.calib_root:
             raise ConfigError("--calib-dataset needs --calib-root")
         calib = {"kind": args.calib_dataset, "root": args.calib_root, "split": args.calib_split,
-                 "num": args.num_calib or 16}
+                 "num": args.num_calib or 32}
     ev = None
     if args.eval_dataset:
         if not args.eval_root:

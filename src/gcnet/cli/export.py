@@ -67,7 +67,12 @@ examples:
     q.add_argument("--calib-root", metavar="DIR", help="calibration dataset root")
     q.add_argument("--calib-split", default="train", help="calibration split (default: %(default)s)")
     q.add_argument("--calib-images", metavar="DIR", help="or: a folder of calibration images")
-    q.add_argument("--num-calib", type=int, default=16, help="calibration images (default: %(default)s)")
+    q.add_argument("--num-calib", type=int, default=32, help="calibration images (default: %(default)s)")
+    q.add_argument("--quant-preset", choices=("mixed", "performance"), default="mixed",
+                   help="OpenVINO int8: mixed = asymmetric u8 activations (default, more accurate), "
+                        "performance = symmetric")
+    q.add_argument("--full-bias-correction", action="store_true",
+                   help="OpenVINO int8: per-layer bias correction instead of the fast one (slower to quantize)")
     q.add_argument("--eval-dataset", metavar="KIND", help="evaluate fp32 vs int8 on this dataset kind")
     q.add_argument("--eval-root", metavar="DIR", help="evaluation dataset root")
     q.add_argument("--eval-split", default="val", help="evaluation split (default: %(default)s)")
@@ -169,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
         if "openvino" in formats:
             path = out / f"{name}_int8.xml"
             log(f"quantizing OpenVINO int8 (NNCF, {len(calibration)} images) -> {path}")
-            q = E.quantize_openvino(E.to_openvino(deploy, input_size=args.input_size), calibration)
+            q = E.quantize_openvino(E.to_openvino(deploy, input_size=args.input_size), calibration,
+                                    preset=args.quant_preset, fast_bias_correction=not args.full_bias_correction)
             E.save_openvino(q, path)
             report["exports"]["openvino-int8"] = {"format": "openvino", "precision": "int8", "path": str(path)}
             runtimes["openvino-int8"] = OpenVINORuntime(path, "int8", threads=args.threads)

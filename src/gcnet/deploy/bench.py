@@ -322,7 +322,7 @@ def _calibration(cfg: dict, x: np.ndarray) -> tuple[list[np.ndarray], str]:
         from gcnet.data.transforms import EvalTransform
 
         ds = build_dataset(calib["kind"], calib["root"], calib["split"], transform=EvalTransform())
-        return calibration_from_dataset(ds, calib.get("num", 16)), f"{calib['kind']}:{calib['split']}"
+        return calibration_from_dataset(ds, calib.get("num", 32)), f"{calib['kind']}:{calib['split']}"
     g = np.random.default_rng(1)
     n = cfg.get("calib_num", 2)
     return [g.standard_normal((1,) + x.shape[1:]).astype(np.float32) for _ in range(n)], "random"

@@ -312,10 +312,13 @@ def save_openvino(ov_model: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def quantize_openvino(ov_model: Any, calibration: Iterable[np.ndarray], *, preset: str = "performance",
+def quantize_openvino(ov_model: Any, calibration: Iterable[np.ndarray], *, preset: str = "mixed",
                       fast_bias_correction: bool = True) -> Any:
-    """NNCF post-training int8 quantization of an OpenVINO model (per-channel s8 weights, u8/s8
-    activations, min-max-style range estimation on ``calibration`` float32 NCHW arrays)."""
+    """NNCF post-training int8 quantization of an OpenVINO model: per-channel symmetric s8 weights,
+    activations asymmetric u8 (``preset="mixed"``, the default: on GCNet it keeps mIoU clearly
+    closer to fp32 than symmetric activations at the same speed) or symmetric (``"performance"``);
+    ranges estimated on ``calibration`` (float32 NCHW arrays), then bias correction (fast, or the
+    full per-layer one with ``fast_bias_correction=False``)."""
     nncf = require("nncf")
     samples = [np.ascontiguousarray(c, dtype=np.float32) for c in calibration]
     if not samples:
