@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -356,7 +357,7 @@ def test_dataset_infos():
         get_dataset_info("kitti")
     with pytest.raises(ValueError):
         DatasetInfo("bad", ("a", "b"), ((0, 0, 0),))
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cs.ignore_index = 0  # frozen
 
 

@@ -139,8 +139,9 @@ def _settings(args: argparse.Namespace, train_cfg: dict | None) -> dict[str, Any
     stride = args.stride or (tuple(e["stride"]) if e.get("stride") else None)
     if mode == "slide" and crop is None:
         raise ConfigError("--mode slide needs --crop HxW")
+    same_dataset = args.dataset in (None, d.get("kind"))
     return {
-        "kind": kind, "root": root, "split": split, "info": args.info or (d.get("info") if args.dataset in (None, d.get("kind")) else ""),
+        "kind": kind, "root": root, "split": split, "info": args.info or (d.get("info") if same_dataset else ""),
         "mode": mode, "crop": crop, "stride": stride,
         "scales": args.scales or tuple(e.get("scales", (1.0,))),
         "flip": bool(args.flip if args.flip is not None else e.get("flip", False)),

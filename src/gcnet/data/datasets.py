@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Union
 
 import numpy as np
 from PIL import Image
@@ -126,7 +127,7 @@ def _image_size(path: Path, full_decode: bool = False) -> tuple[int, int]:
 class _IndexDecoder:
     """Single-channel index labels; optional value remapping ``{src: dst}``."""
 
-    def __init__(self, remap: Optional[dict[int, int]] = None) -> None:
+    def __init__(self, remap: dict[int, int] | None = None) -> None:
         self.remap = dict(remap or {})
 
     def __call__(self, raw: np.ndarray, path: Path) -> np.ndarray:
@@ -222,14 +223,14 @@ class SegmentationDataset(Dataset):
         self,
         samples: Sequence[tuple[PathLike, PathLike]],
         info: DatasetInfo,
-        label_decoder: Optional[Callable[[np.ndarray, Path], np.ndarray]] = None,
-        transform: Optional[Callable] = None,
+        label_decoder: Callable[[np.ndarray, Path], np.ndarray] | None = None,
+        transform: Callable | None = None,
         *,
         kind: str = "folder",
-        root: Optional[PathLike] = None,
+        root: PathLike | None = None,
         split: str = "",
         check_labels: bool = True,
-        seed: Optional[int] = None,
+        seed: int | None = None,
     ) -> None:
         self.samples: list[tuple[Path, Path]] = [(Path(i), Path(l)) for i, l in samples]
         self.info = info
@@ -541,11 +542,11 @@ def build_dataset(
     kind: str,
     root: PathLike,
     split: str,
-    transform: Optional[Callable] = None,
-    info: Optional[DatasetInfo] = None,
+    transform: Callable | None = None,
+    info: DatasetInfo | None = None,
     *,
     check_labels: bool = True,
-    seed: Optional[int] = None,
+    seed: int | None = None,
 ) -> SegmentationDataset:
     """Build the dataset of ``kind`` (``cityscapes``, ``camvid``, ``voc``, ``folder``) from ``root`` / ``split``.
 

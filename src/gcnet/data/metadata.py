@@ -11,7 +11,6 @@ encodings (Cityscapes labelIds, CamVid colours, SegNet's ``11``) to this convent
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -59,7 +58,7 @@ class DatasetInfo:
     classes: tuple[str, ...]
     palette: tuple[Color, ...]
     ignore_index: int = 255
-    class_weights: Optional[tuple[float, ...]] = None
+    class_weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         # Normalise lists (e.g. from JSON) to tuples so instances stay hashable and immutable.

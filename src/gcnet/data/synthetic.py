@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image
@@ -91,7 +90,7 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int] = (128, 160), i
 
 
 def make_synthetic_dataset(
-    root: Union[str, Path],
+    root: str | Path,
     num_train: int = 48,
     num_val: int = 12,
     size: tuple[int, int] = (128, 160),

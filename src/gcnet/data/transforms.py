@@ -25,7 +25,8 @@ resizing do not need it.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Union
 
 import numpy as np
 import torch
@@ -136,7 +137,7 @@ def random_resize(
     image: np.ndarray,
     label: np.ndarray,
     rng: np.random.Generator,
-    base_scale: Optional[Sequence[int]] = None,
+    base_scale: Sequence[int] | None = None,
     ratio_range: tuple[float, float] = (0.5, 2.0),
 ) -> tuple[np.ndarray, np.ndarray]:
     """MMSeg ``RandomResize(scale=base_scale, ratio_range, keep_ratio=True)``.
@@ -257,13 +258,13 @@ def pad_to_size(
 class _RngMixin:
     accepts_rng = True  # SegmentationDataset passes per-sample generators to transforms that set this
 
-    def _init_rng(self, seed: Optional[int]) -> None:
+    def _init_rng(self, seed: int | None) -> None:
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self._entropy = np.random.SeedSequence(seed).entropy
         self._worker_key = None
 
-    def reseed(self, seed: Optional[int]) -> None:
+    def reseed(self, seed: int | None) -> None:
         """Reset the transform's own generator (e.g. per worker or per run)."""
         self._init_rng(seed)
 
@@ -301,8 +302,8 @@ class TrainTransform(_RngMixin):
         flip_prob: float = 0.5,
         photometric: bool = True,
         ignore_index: int = 255,
-        base_scale: Optional[Sequence[int]] = None,
-        seed: Optional[int] = None,
+        base_scale: Sequence[int] | None = None,
+        seed: int | None = None,
         pad_val: float = 0.0,
     ) -> None:
         self.crop_size = _pair(crop_size, "crop_size")
@@ -326,7 +327,7 @@ class TrainTransform(_RngMixin):
         )
 
     def __call__(
-        self, image: np.ndarray, label: np.ndarray, rng: Optional[np.random.Generator] = None
+        self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         image = np.asarray(image)
         label = np.asarray(label)
@@ -354,7 +355,7 @@ class EvalTransform(_RngMixin):
     at full resolution (predictions are resized back to it). ``label=None`` gives ``(image, None)``.
     """
 
-    def __init__(self, scale: Optional[Sequence[int]] = None, keep_ratio: bool = True) -> None:
+    def __init__(self, scale: Sequence[int] | None = None, keep_ratio: bool = True) -> None:
         self.scale = None if scale is None else _pair(scale, "scale")
         self.keep_ratio = bool(keep_ratio)
         self._init_rng(None)
@@ -362,7 +363,7 @@ class EvalTransform(_RngMixin):
     def __repr__(self) -> str:
         return f"EvalTransform(scale={self.scale}, keep_ratio={self.keep_ratio})"
 
-    def __call__(self, image: np.ndarray, label: Optional[np.ndarray] = None, rng=None):
+    def __call__(self, image: np.ndarray, label: np.ndarray | None = None, rng=None):
         image = np.asarray(image)
         if self.scale is not None:
             h, w = image.shape[:2]

@@ -7,7 +7,8 @@ use); :class:`GCNetLoss` resizes the 1/8-resolution logits to the label size and
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,7 @@ class OhemCrossEntropy(nn.Module):
         self,
         thresh: float = 0.9,
         min_kept: int = 131072,
-        class_weight: Optional[Sequence[float]] = None,
+        class_weight: Sequence[float] | None = None,
         ignore_index: int = 255,
         loss_weight: float = 1.0,
     ) -> None:
@@ -115,8 +116,8 @@ class GCNetLoss(nn.Module):
 
     def __init__(
         self,
-        criterion_main: Optional[nn.Module] = None,
-        criterion_aux: Optional[nn.Module] = None,
+        criterion_main: nn.Module | None = None,
+        criterion_aux: nn.Module | None = None,
         aux_weight: float = 0.4,
         align_corners: bool = False,
     ) -> None:

@@ -9,7 +9,8 @@ Acc NaN; ``mIoU`` / ``mAcc`` are NaN-ignoring means (like MMSeg's ``np.nanmean``
 from __future__ import annotations
 
 import math
-from typing import Sequence, Union
+from collections.abc import Sequence
+from typing import Union
 
 import numpy as np
 import torch

@@ -7,9 +7,8 @@ these); BatchNorm, activations, pooling and interpolation are elementwise and le
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import copy
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
