@@ -53,6 +53,15 @@ def test_torch_runtime_matches_module(tiny, tiny_deploy):
     assert _rel_diff(cl(x), ref) < 1e-4
 
 
+def test_torch_bf16_runtime_leaves_the_model_alone(tiny_deploy):
+    x = _x(1, 64, 96)
+    rt = TorchRuntime(tiny_deploy, "bf16", channels_last=True)
+    out = rt(x)
+    assert out.dtype == np.float32 and out.shape == (1, 5, 8, 12) and np.isfinite(out).all()
+    assert next(tiny_deploy.parameters()).dtype == torch.float32
+    assert rt.name == "torch-bf16-cl"
+
+
 def test_unknown_runtime_and_precision_are_clear(tiny):
     with pytest.raises(GCNetError, match="unknown runtime"):
         create_runtime("tensorrt", tiny)

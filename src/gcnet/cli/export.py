@@ -129,7 +129,9 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {"model": deploy.config, "input_size": list(args.input_size), "exports": {}}
     verify = not args.no_verify
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
 
     for fmt in formats:
         path = out / f"{name}{SUFFIX[fmt]}"

@@ -141,7 +141,7 @@ def _peak_rss_mb() -> float:
 
 
 # ------------------------------------------------------------------------------------------ models
-def recalibrate_bn(model: torch.nn.Module, size: tuple[int, int] = (64, 128), batches: int = 2,
+def recalibrate_bn(model: torch.nn.Module, size: tuple[int, int] = (128, 256), batches: int = 2,
                    seed: int = 0) -> torch.nn.Module:
     """Re-estimate BatchNorm running statistics on random inputs (for randomly initialised models,
     so their logits have a realistic scale). Returns the model in eval mode."""

@@ -14,6 +14,7 @@ Only PyTorch is required; the other runtimes are imported when first used and ra
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from collections.abc import Callable, Iterable
@@ -100,16 +101,18 @@ class Runtime:
 class TorchRuntime(Runtime):
     """PyTorch eager (optionally channels_last, bf16/fp16, ``torch.compile``, CUDA graphs).
 
-    ``precision`` "bf16"/"fp16" use autocast on CPU and CUDA (weights stay fp32, convs run in low
-    precision). ``cuda_graphs`` captures one forward per input shape (CUDA only, static shapes).
-    The model is used as given: pass a reparameterized model for the deploy form.
+    ``precision`` "bf16"/"fp16": a copy of the model is cast to that dtype (weights, activations;
+    inputs are cast on entry, logits returned as float32), or with ``cast_model=False`` autocast
+    runs the convs in low precision with fp32 weights. ``cuda_graphs`` captures one forward per
+    input shape (CUDA only). The model is used as given (moved to ``device``; channels_last
+    applied): pass a reparameterized model for the deploy form.
     """
 
     kind = "torch"
 
     def __init__(self, model: nn.Module, precision: str = "fp32", *, device: str = "cpu",
                  threads: int | None = None, channels_last: bool = False, compile: bool | str = False,
-                 cuda_graphs: bool = False) -> None:
+                 cuda_graphs: bool = False, cast_model: bool = True) -> None:
         tag = ("-cl" if channels_last else "") + ("-compile" if compile else "") + (
             "-graphs" if cuda_graphs else "")
         super().__init__(precision, device, threads, tag)
@@ -125,6 +128,10 @@ class TorchRuntime(Runtime):
         self.channels_last = channels_last
         self.cuda_graphs = cuda_graphs
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self._dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self._cast = bool(cast_model and self._dtype is not None)
+        if self._cast:
+            model = copy.deepcopy(model).to(self._dtype)
         model = model.eval().to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -133,12 +140,13 @@ class TorchRuntime(Runtime):
         if compile:
             mode = compile if isinstance(compile, str) else None
             self._forward = torch.compile(model, mode=mode, dynamic=False)
-        self._dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         self._graphs: dict[tuple, tuple] = {}
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self._dtype is None:
             return self._forward(x)
+        if self._cast:
+            return self._forward(x.to(self._dtype))
         with torch.autocast(self.device, dtype=self._dtype):
             return self._forward(x)
 

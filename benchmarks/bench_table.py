@@ -1,0 +1,55 @@
+"""Render a `gcnet bench --json` report as a Markdown table (used for docs/deploy.md).
+
+    python benchmarks/bench_table.py benchmarks/results/cpu_2026-11-21.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(report: dict) -> str:
+    has_eval = any("mIoU" in r for r in report["results"])
+    head = ["form", "median ms", "IQR ms", "min-max ms", "FPS", "GFLOP/s", "x authors' path",
+            "max abs diff", "argmax agree %", "peak mem MB"]
+    if has_eval:
+        head += ["mIoU", "Δ mIoU"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in report["results"]:
+        if "error" in r:
+            lines.append(f"| {r['form']} | failed: {r['error'].splitlines()[0]} |")
+            continue
+        lat = r["latency_ms"]
+        agree = r.get("label_agreement")
+        row = [f"`{r['form']}`", f"{lat['median']:.1f}", f"{lat['iqr']:.1f}", f"{lat['min']:.0f}-{lat['max']:.0f}",
+               f"{r['fps']:.2f}", f"{r['gflops']:.0f}", fmt(r.get("speedup_vs_torch_fp32"), ".2f"),
+               fmt(r.get("max_abs_diff"), ".2g"), fmt(None if agree is None else 100 * agree, ".2f"),
+               fmt(r.get("peak_mem_mb"), ".0f")]
+        if has_eval:
+            row += [fmt(r.get("mIoU"), ".2f"), fmt(r.get("delta_mIoU"), "+.2f")]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    for path in sys.argv[1:]:
+        report = json.loads(open(path).read())
+        cfg, m, v = report["config"], report["machine"], report["versions"]
+        print(f"`{report['command']}` — {report['date']}, {m['cpu']} ({m['usable_cpus']} cores, "
+              f"{m['threads']} threads, {', '.join(m['isa'])}), torch {v['torch']}, onnxruntime "
+              f"{v.get('onnxruntime')}, openvino {v.get('openvino')}, nncf {v.get('nncf')}; "
+              f"{cfg['model']} {cfg['num_classes']} classes, {cfg['input_size'][0]}x{cfg['input_size'][1]}, "
+              f"batch {cfg['batch']}, {cfg['weights']}, {cfg['warmup']} warm-up + {cfg['iters']} timed runs; "
+              f"int8 calibration: {cfg['calibration']}; load average start/end "
+              f"{report['loadavg']['start'][0]:.2f}/{report['loadavg']['end'][0]:.2f}\n")
+        print(table(report))
+        print()
+
+
+if __name__ == "__main__":
+    main()
