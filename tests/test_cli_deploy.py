@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +15,13 @@ from PIL import Image
 import gcnet
 from gcnet.cli import main
 from gcnet.deploy.bench import recalibrate_bn
+
+
+def run_cli(args: list[str]) -> subprocess.CompletedProcess:
+    """Run ``gcnet`` in its own process, as a user does. The OpenVINO / ONNX Runtime / NNCF thread pools
+    those commands start must not live on in the test process: forking DataLoader workers after them
+    (later tests) is unsafe."""
+    return subprocess.run([sys.executable, "-m", "gcnet.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +74,7 @@ def test_predict_usage_errors(checkpoint, tmp_path, capsys):
 
 def test_export_torchscript(checkpoint, tmp_path):
     out = tmp_path / "exp"
-    code = main(["export", "--checkpoint", str(checkpoint), "--format", "torchscript", "--out", str(out),
+    code = main(["export", str(checkpoint), "--format", "torchscript", "--out", str(out),
                  "--input-size", "64x96", "--json", str(out / "report.json")])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
@@ -80,19 +89,18 @@ def test_export_errors(checkpoint, capsys):
 
 
 @pytest.mark.deploy
-@pytest.mark.slow
-def test_export_onnx_openvino_int8_with_accuracy(checkpoint, tmp_path, capsys):
+def test_export_onnx_openvino_int8_with_accuracy(checkpoint, tmp_path):
     pytest.importorskip("onnxruntime", reason="needs onnxruntime")
     pytest.importorskip("openvino", reason="needs openvino")
     pytest.importorskip("nncf", reason="needs nncf")
     synth = pytest.importorskip("gcnet.data.synthetic", reason="needs gcnet.data.synthetic")
     root = synth.make_synthetic_dataset(tmp_path / "synth", num_train=3, num_val=3, size=(64, 96))
     out = tmp_path / "exp"
-    code = main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "openvino", "--out", str(out),
-                 "--input-size", "64x96", "--precision", "int8", "--calib-dataset", "folder", "--calib-root",
-                 str(root), "--num-calib", "2", "--eval-dataset", "folder", "--eval-root", str(root),
-                 "--threads", "1", "--json", str(out / "r.json")])
-    assert code == 0
+    result = run_cli(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "openvino", "--out", str(out),
+                      "--input-size", "64x96", "--precision", "int8", "--calib-dataset", "folder", "--calib-root",
+                      str(root), "--num-calib", "2", "--eval-dataset", "folder", "--eval-root", str(root),
+                      "--threads", "1", "--json", str(out / "r.json")])
+    assert result.returncode == 0, result.stderr
     report = json.loads((out / "r.json").read_text())
     for name in ["tiny.onnx", "tiny.xml", "tiny.bin", "tiny_int8.xml", "tiny_int8.onnx"]:
         assert (out / name).is_file(), name
@@ -100,7 +108,7 @@ def test_export_onnx_openvino_int8_with_accuracy(checkpoint, tmp_path, capsys):
     assert set(acc) >= {"torch-fp32", "onnxruntime-fp32", "openvino-fp32", "openvino-int8", "onnxruntime-int8"}
     assert acc["torch-fp32"]["delta_mIoU"] == 0
     assert all(np.isfinite(v["delta_mIoU"]) for v in acc.values())
-    assert "delta mIoU" in capsys.readouterr().out
+    assert "delta mIoU" in result.stdout
 
 
 BENCH_KEYS = {"date", "command", "machine", "versions", "config", "complexity", "results", "fastest"}
@@ -132,9 +140,9 @@ def test_bench_quick_runtimes_in_process(tmp_path):
     pytest.importorskip("onnxruntime", reason="needs onnxruntime")
     pytest.importorskip("openvino", reason="needs openvino")
     path = tmp_path / "bench.json"
-    code = main(["bench", "--quick", "--in-process", "--threads", "1", "--size", "64x128", "--forms",
-                 "onnxruntime-fp32", "openvino-fp32", "--json", str(path)])
-    assert code == 0
+    result = run_cli(["bench", "--quick", "--in-process", "--threads", "1", "--size", "64x128", "--forms",
+                      "onnxruntime-fp32", "openvino-fp32", "--json", str(path)])
+    assert result.returncode == 0, result.stderr
     report = json.loads(path.read_text())
     assert report["export"]["onnx"]["max_abs_diff"] < 1e-2
     for r in report["results"]:

@@ -193,7 +193,6 @@ def test_torchscript_roundtrip(tiny_deploy, tmp_path):
     assert report["max_abs_diff"] < 1e-3
 
 
-@pytest.mark.slow
 def test_torch_export_roundtrip(tiny_deploy, tmp_path):
     report = E.export_torch_export(tiny_deploy, tmp_path / "m.pt2", input_size=(64, 96))
     program = torch.export.load(str(tmp_path / "m.pt2")).module()

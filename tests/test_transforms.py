@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -262,7 +266,7 @@ class _RepeatDataset(torch.utils.data.Dataset):
         return self.tt(self.img, self.lbl)
 
 
-def test_workers_get_distinct_reproducible_streams():
+def check_worker_streams() -> None:
     def run(seed):
         loader = torch.utils.data.DataLoader(
             _RepeatDataset(TrainTransform(16, seed=0)), batch_size=1, num_workers=2,
@@ -275,3 +279,12 @@ def test_workers_get_distinct_reproducible_streams():
     assert not torch.equal(a[0], a[1])
     b = run(0)
     assert all(torch.equal(u, v) for u, v in zip(a, b))
+
+
+def test_workers_get_distinct_reproducible_streams():
+    # In a fresh interpreter: runtimes that other tests load into this process (OpenVINO, ONNX Runtime)
+    # start thread pools after which forking or spawning DataLoader workers is unsafe.
+    code = "import test_transforms as t; t.check_worker_streams(); print('ok')"
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

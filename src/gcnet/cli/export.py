@@ -43,10 +43,11 @@ evaluated (whole-image inference) and the mIoU change of each int8 model against
 reported. A JSON report of everything (paths, verification, accuracy) goes to --json.""",
         epilog="""\
 examples:
-  gcnet export --checkpoint best.pt --format onnx openvino --out exported/
+  gcnet export best.pt --format onnx openvino --out exported/
   gcnet export --model gcnet-s --weights gcnet-s_cityscapes.pth --num-classes 19 --format torchscript
   gcnet export --checkpoint camvid.pt --format openvino onnx --precision int8 \\
       --calib-dataset camvid --calib-root data/camvid --eval-dataset camvid --eval-root data/camvid""")
+    p.add_argument("source", nargs="?", metavar="CHECKPOINT", help="gcnet checkpoint (same as --checkpoint)")
     add_model_args(p, allow_exported=False)
     p.add_argument("--format", "-f", nargs="+", choices=FORMATS, default=["onnx"], help="output formats")
     p.add_argument("--out", "-o", default="exported", metavar="DIR", help="output folder (default: %(default)s)")
@@ -122,6 +123,10 @@ def run(args: argparse.Namespace) -> int:
     if "onnx" in formats and not args.no_verify and not is_available("onnxruntime"):
         raise ConfigError("verifying the ONNX export needs onnxruntime (install it or pass --no-verify)")
 
+    if args.source:
+        if args.checkpoint:
+            raise ConfigError("give the checkpoint either positionally or with --checkpoint, not both")
+        args.checkpoint = args.source
     model = model_from_args(args)
     deploy = E.load_for_deploy(model)
     name = args.name or (Path(args.checkpoint).stem if args.checkpoint else f"{args.model.lower()}")

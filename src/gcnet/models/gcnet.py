@@ -10,7 +10,6 @@ features after stage 4's fusion.
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
 import torch.nn.functional as F
@@ -99,17 +98,17 @@ class GCNetBackbone(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Returns (detail features after stage 4's fusion, final features), both at 1/8."""
-        size = (math.ceil(x.shape[-2] / 8), math.ceil(x.shape[-1] / 8))
         x = self.stem(x)
-        x_s, x_d = self._fuse(self.semantic_branch_layers[0](x), self.detail_branch_layers[0](x),
-                              self.compression_1, self.down_1, size)
+        # The detail branch runs at ceil(H/8) x ceil(W/8) (three stride-2 3x3 convs); taking the size
+        # from its tensor rather than from Python ints keeps traced / exported graphs shape-dynamic.
+        x_s, x_d = self.semantic_branch_layers[0](x), self.detail_branch_layers[0](x)
+        x_s, x_d = self._fuse(x_s, x_d, self.compression_1, self.down_1, x_d.shape[-2:])
         c4_feat = x_d
-        x_s, x_d = self._fuse(self.semantic_branch_layers[1](self.relu(x_s)),
-                              self.detail_branch_layers[1](self.relu(x_d)),
-                              self.compression_2, self.down_2, size)
+        x_s, x_d = self.semantic_branch_layers[1](self.relu(x_s)), self.detail_branch_layers[1](self.relu(x_d))
+        x_s, x_d = self._fuse(x_s, x_d, self.compression_2, self.down_2, x_d.shape[-2:])
         x_d = self.detail_branch_layers[2](self.relu(x_d))
         x_s = self.spp(self.semantic_branch_layers[2](self.relu(x_s)))
-        return c4_feat, x_d + self._up(x_s, size)
+        return c4_feat, x_d + self._up(x_s, x_d.shape[-2:])
 
 
 class GCNetHead(nn.Module):
