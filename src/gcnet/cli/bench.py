@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gcnet.cli.args import parse_size
 from gcnet.errors import ConfigError
 
 
@@ -54,7 +55,7 @@ examples:
     p.add_argument("variant", nargs="?", default=None, metavar="MODEL",
                    help="variant for random weights: gcnet-s (default), gcnet-m, gcnet-l")
     add_model_args(p, allow_exported=False, required=False)
-    p.add_argument("--size", type=_size, default=None, metavar="HxW", help="input size (default: 1024x2048)")
+    p.add_argument("--size", type=parse_size, default=None, metavar="HxW", help="input size (default: 1024x2048)")
     p.add_argument("--batch", type=int, default=1, help="batch size (default: %(default)s)")
     p.add_argument("--forms", nargs="+", metavar="FORM", help="forms to run (see above); 'all' = every form")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -78,12 +79,6 @@ examples:
     p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per form (default: %(default)s)")
     p.add_argument("--json", metavar="FILE", help="write the full report as JSON")
     p.set_defaults(func=run)
-
-
-def _size(text: str) -> tuple[int, int]:
-    from gcnet.cli.info import parse_size
-
-    return parse_size(text)
 
 
 def run(args: argparse.Namespace) -> int:

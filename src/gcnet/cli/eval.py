@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from gcnet.cli.args import parse_size
 from gcnet.errors import ConfigError
 
 EPILOG = """\
@@ -25,18 +26,6 @@ then give --model and --num-classes). Metrics are percentages: IoU = TP / (TP + 
 mIoU its mean over classes present in the ground truth or prediction, Acc = per-class recall,
 aAcc = overall pixel accuracy.
 """
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        parts = [int(p) for p in text.lower().replace(",", "x").split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"expected HxW or N, e.g. 512x1024 or 512; got {text!r}")
-    return parts[0], parts[1]
 
 
 def _scales(text: str) -> tuple[float, ...]:
@@ -76,8 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     i = p.add_argument_group("inference")
     i.add_argument("--mode", choices=("whole", "slide"), default=None,
                    help="whole image or overlapping sliding windows (default: the config's, else whole)")
-    i.add_argument("--crop", type=_size, metavar="HxW", help="sliding-window size (--mode slide)")
-    i.add_argument("--stride", type=_size, metavar="HxW", help="sliding-window stride (default 2/3 of --crop)")
+    i.add_argument("--crop", type=parse_size, metavar="HxW", help="sliding-window size (--mode slide)")
+    i.add_argument("--stride", type=parse_size, metavar="HxW", help="sliding-window stride (default 2/3 of --crop)")
     i.add_argument("--scales", type=_scales, metavar="S1,S2,..", help="test scales, e.g. 0.5,0.75,1.0,1.25,1.5")
     i.add_argument("--flip", action="store_true", default=None, help="add horizontally flipped inputs")
     i.add_argument("--reparameterize", action="store_true",

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from gcnet.cli.args import parse_size
 from gcnet.cli.predict import add_model_args, model_from_args
 from gcnet.errors import ConfigError
 
@@ -52,7 +53,7 @@ examples:
     p.add_argument("--format", "-f", nargs="+", choices=FORMATS, default=["onnx"], help="output formats")
     p.add_argument("--out", "-o", default="exported", metavar="DIR", help="output folder (default: %(default)s)")
     p.add_argument("--name", help="base file name (default: the checkpoint's or variant's name)")
-    p.add_argument("--input-size", type=_size, default=(512, 1024), metavar="HxW",
+    p.add_argument("--input-size", type=parse_size, default=(512, 1024), metavar="HxW",
                    help="example/verification input size (default: 512x1024); exports stay dynamic")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default: %(default)s)")
     p.add_argument("--static", action="store_true", help="fixed input shape in ONNX/torch.export")
@@ -81,12 +82,6 @@ examples:
     p.add_argument("--threads", type=int, help="CPU threads for verification/evaluation (default: all)")
     p.add_argument("--json", metavar="FILE", help="write the export report as JSON")
     p.set_defaults(func=run)
-
-
-def _size(text: str) -> tuple[int, int]:
-    from gcnet.cli.info import parse_size
-
-    return parse_size(text)
 
 
 def _dataset(kind: str, root: str | None, split: str, what: str):

@@ -5,22 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from gcnet.cli.args import parse_size
 from gcnet.errors import ConfigError
 from gcnet.models.complexity import model_info
 from gcnet.models.gcnet import list_models
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'1024x2048' (HxW) or '512' (square) -> (H, W)."""
-    try:
-        parts = [int(p) for p in text.lower().replace(",", "x").split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 8:
-        raise argparse.ArgumentTypeError(f"size must be HxW with both >= 8, e.g. 1024x2048; got {text!r}")
-    return parts[0], parts[1]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from gcnet.cli.args import parse_size
 from gcnet.errors import ConfigError
 
 MODEL_SOURCES_HELP = (
@@ -127,7 +128,7 @@ examples:
     p.add_argument("--dataset", metavar="NAME",
                    help="palette/class names: cityscapes, camvid, voc, synthetic (default: guessed from the "
                         "number of classes: 19 cityscapes, 11 camvid, 21 voc, else a generic palette)")
-    p.add_argument("--input-size", type=_size, metavar="HxW",
+    p.add_argument("--input-size", type=parse_size, metavar="HxW",
                    help="resize inputs to HxW before the model (outputs stay at the original size); "
                         "default: native resolution")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours (default: %(default)s)")
@@ -138,12 +139,6 @@ examples:
     p.add_argument("--fail-fast", action="store_true", help="stop at the first unreadable input (exit 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
-
-
-def _size(text: str) -> tuple[int, int]:
-    from gcnet.cli.info import parse_size
-
-    return parse_size(text)
 
 
 def run(args: argparse.Namespace) -> int:
