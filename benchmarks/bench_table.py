@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import sys
 
+from gcnet.deploy.bench import fmt_ms
+
 
 def fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
@@ -26,7 +28,7 @@ def table(report: dict) -> str:
             continue
         lat = r["latency_ms"]
         agree = r.get("label_agreement")
-        row = [f"`{r['form']}`", f"{lat['median']:.1f}", f"{lat['iqr']:.1f}", f"{lat['min']:.0f}-{lat['max']:.0f}",
+        row = [f"`{r['form']}`", fmt_ms(lat["median"]), fmt_ms(lat["iqr"]), f"{fmt_ms(lat['min'])}-{fmt_ms(lat['max'])}",
                f"{r['fps']:.2f}", f"{r['gflops']:.0f}", fmt(r.get("speedup_vs_torch_fp32"), ".2f"),
                fmt(r.get("max_abs_diff"), ".2g"), fmt(None if agree is None else 100 * agree, ".2f"),
                fmt(r.get("peak_mem_mb"), ".0f")]
@@ -40,11 +42,13 @@ def main() -> None:
     for path in sys.argv[1:]:
         report = json.loads(open(path).read())
         cfg, m, v = report["config"], report["machine"], report["versions"]
-        print(f"`{report['command']}` — {report['date']}, {m['cpu']} ({m['usable_cpus']} cores, "
+        gpu = f"{m['cuda_device']} (CUDA {m.get('cuda_version')}), " if m.get("cuda_device") else ""
+        print(f"`{report['command']}` — {report['date']}, {gpu}{m['cpu']} ({m['usable_cpus']} cores, "
               f"{m['threads']} threads, {', '.join(m['isa'])}), torch {v['torch']}, onnxruntime "
               f"{v.get('onnxruntime')}, openvino {v.get('openvino')}, nncf {v.get('nncf')}; "
               f"{cfg['model']} {cfg['num_classes']} classes, {cfg['input_size'][0]}x{cfg['input_size'][1]}, "
-              f"batch {cfg['batch']}, {cfg['weights']}, {cfg['warmup']} warm-up + {cfg['iters']} timed runs; "
+              f"batch {cfg['batch']}, {cfg['weights']}, {cfg['warmup']} warm-up + at least {cfg['iters']} timed runs"
+              f"{' and ' + str(cfg['min_time_s']) + ' s' if cfg.get('min_time_s') else ''}; "
               f"int8 calibration: {cfg['calibration']}; load average start/end "
               f"{report['loadavg']['start'][0]:.2f}/{report['loadavg']['end'][0]:.2f}\n")
         print(table(report))

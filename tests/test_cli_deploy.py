@@ -149,6 +149,18 @@ def test_bench_quick_runtimes_in_process(tmp_path):
         assert r["label_agreement"] > 0.99 and r["max_abs_diff"] < 1e-2
 
 
+def test_bench_min_time_adds_runs(tmp_path):
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--in-process", "--threads", "1", "--size", "32x64", "--forms", "torch-fp32",
+                 "--iters", "2", "--min-time", "0.3", "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    lat = report["results"][0]["latency_ms"]
+    assert report["config"]["min_time_s"] == 0.3
+    assert lat["n"] > 2 and lat["n"] * lat["mean"] >= 300
+
+
 def test_bench_errors(capsys):
     assert main(["bench", "--quick", "--forms", "nope"]) == 2
     assert "unknown form" in capsys.readouterr().err
+    assert main(["bench", "--quick", "--forms", "torch-fp32", "--min-time", "-1"]) == 2
+    assert "--min-time must be >= 0" in capsys.readouterr().err

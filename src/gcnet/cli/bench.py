@@ -30,11 +30,13 @@ the fp32 network's work), speed-up over the authors' path (torch-fp32: reparamet
 fp32), the difference of the 1/8 logits to the fp32 reference (training form, eager fp32): max
 abs difference and % of equal argmax labels, and peak memory.
 
-Timing: one thread pool per form, --threads threads (default: all usable cores); on CUDA every
-iteration ends with torch.cuda.synchronize(). Each form runs in a fresh worker process (unless
---in-process), so forms do not disturb each other and memory is per form: "mem MB" is the worker's
-peak resident memory (VmHWM) minus its resident memory after importing its runtime library, i.e.
-what loading, compiling and running the form costs; on CUDA it is torch.cuda.max_memory_allocated.
+Timing: one thread pool per form, --threads threads (default: all usable cores); at least --iters
+timed runs and at least --min-time seconds of them; on CUDA the input is already on the GPU, every
+iteration ends with torch.cuda.synchronize() and cuDNN autotuning (cudnn.benchmark) is on. Each
+form runs in a fresh worker process (unless --in-process), so forms do not disturb each other and
+memory is per form: "mem MB" is the worker's peak resident memory (VmHWM) minus its resident
+memory after importing its runtime library, i.e. what loading, compiling and running the form
+costs; on CUDA it is torch.cuda.max_memory_allocated.
 
 Weights: --checkpoint (or --model/--weights); otherwise random weights with BatchNorm statistics
 re-estimated on random data (speed does not depend on the weights). int8 forms are calibrated on
@@ -48,6 +50,7 @@ CUDA is available):
 examples:
   gcnet bench                                   # gcnet-s, 1024x2048, every CPU runtime
   gcnet bench --quick --json bench.json         # tiny size, few iterations (smoke test)
+  gcnet bench --device cuda --json gpu.json     # every CUDA form (fp32, fp16/bf16, graphs, compile)
   gcnet bench --forms torch-fp32 openvino-int8 --checkpoint camvid.pt \\
       --calib-dataset camvid --calib-root data/camvid --eval-dataset camvid --eval-root data/camvid""")
     from gcnet.cli.predict import add_model_args
@@ -61,7 +64,10 @@ examples:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="which default forms: CPU, CUDA, or both when CUDA is available (default: auto)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up runs per form (default: 3)")
-    p.add_argument("--iters", type=int, default=None, help="timed runs per form (default: 10)")
+    p.add_argument("--iters", type=int, default=None, help="timed runs per form, at least (default: 10)")
+    p.add_argument("--min-time", type=float, default=None, metavar="SEC",
+                   help="time each form for at least SEC seconds: more runs than --iters for fast forms, "
+                        "e.g. on a GPU (default: 1.0; 0 with --quick)")
     p.add_argument("--threads", type=int, help="CPU threads (default: all usable cores)")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 128x256, 1 warm-up, 3 timed runs (explicit options still win)")
@@ -113,8 +119,11 @@ def run(args: argparse.Namespace) -> int:
     size = args.size or (QUICK["input_size"] if args.quick else (1024, 2048))
     warmup = args.warmup if args.warmup is not None else (QUICK["warmup"] if args.quick else 3)
     iters = args.iters if args.iters is not None else (QUICK["iters"] if args.quick else 10)
+    min_time = args.min_time if args.min_time is not None else (QUICK["min_time"] if args.quick else 1.0)
     if warmup < 1 or iters < 1 or args.batch < 1:
         raise ConfigError("--warmup, --iters and --batch must be >= 1")
+    if min_time < 0:
+        raise ConfigError("--min-time must be >= 0")
     if args.forms == ["all"]:
         forms = [f for f in FORMS if FORMS[f].device == "cpu" or args.device != "cpu"]
         import torch
@@ -137,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--eval-dataset needs --eval-root")
         ev = {"kind": args.eval_dataset, "root": args.eval_root, "split": args.eval_split, "limit": args.eval_limit}
     report = run_benchmark(variant, args.num_classes or 19, checkpoint=checkpoint, input_size=size,
-                           batch=args.batch, forms=forms, warmup=warmup, iters=iters, threads=args.threads,
+                           batch=args.batch, forms=forms, warmup=warmup, iters=iters, min_time=min_time,
+                           threads=args.threads,
                            isolate=not args.in_process, calib=calib, calib_num=args.num_calib or 2, eval=ev,
                            artifacts_dir=args.keep_artifacts, timeout=args.timeout, command=command_line())
     print(format_report(report))

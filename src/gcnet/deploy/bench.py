@@ -63,7 +63,10 @@ FORMS: dict[str, Form] = {f.name: f for f in [
     Form("torch-fp32-cl", "torch", "fp32", options={"channels_last": True},
          description="reparameterized, PyTorch eager fp32, channels_last"),
     Form("torch-bf16-cl", "torch", "bf16", options={"channels_last": True},
-         description="reparameterized, PyTorch eager, bf16 autocast, channels_last"),
+         description="reparameterized, PyTorch eager, model cast to bf16, channels_last"),
+    Form("torch-fp16-cl", "torch", "fp16", options={"channels_last": True}, default=False,
+         description="reparameterized, model cast to fp16, channels_last: slow on CPUs, for checking "
+                     "the accuracy of the CUDA fp16 forms"),
     Form("torch-fp32-compile", "torch", "fp32", options={"channels_last": True, "compile": True}, default=False,
          description="reparameterized, torch.compile (inductor), channels_last; slow to compile"),
     Form("onnxruntime-fp32", "onnxruntime", "fp32", description="ONNX Runtime CPU, all graph optimisations"),
@@ -74,11 +77,12 @@ FORMS: dict[str, Form] = {f.name: f for f in [
     # CUDA (used when torch.cuda.is_available())
     Form("cuda-train-fp32", "torch", "fp32", device="cuda", model_form="train",
          description="training form, CUDA eager fp32"),
-    Form("cuda-fp32", "torch", "fp32", device="cuda", description="reparameterized, CUDA eager fp32"),
+    Form("cuda-fp32", "torch", "fp32", device="cuda",
+         description="reparameterized, CUDA eager fp32 (cuDNN convs may use TF32, PyTorch's default)"),
     Form("cuda-fp16-cl", "torch", "fp16", device="cuda", options={"channels_last": True},
-         description="reparameterized, CUDA fp16 autocast, channels_last"),
+         description="reparameterized, CUDA eager, model cast to fp16, channels_last"),
     Form("cuda-bf16-cl", "torch", "bf16", device="cuda", options={"channels_last": True},
-         description="reparameterized, CUDA bf16 autocast, channels_last"),
+         description="reparameterized, CUDA eager, model cast to bf16, channels_last"),
     Form("cuda-fp16-cl-graphs", "torch", "fp16", device="cuda",
          options={"channels_last": True, "cuda_graphs": True},
          description="fp16, channels_last, replayed as a CUDA graph"),
@@ -87,7 +91,8 @@ FORMS: dict[str, Form] = {f.name: f for f in [
          description="fp16, channels_last, torch.compile(mode='max-autotune') (uses CUDA graphs)"),
 ]}
 
-QUICK = {"input_size": (128, 256), "warmup": 1, "iters": 3}
+MAX_ITERS = 100_000
+QUICK = {"input_size": (128, 256), "warmup": 1, "iters": 3, "min_time": 0.0}
 
 
 def default_forms(device: str = "auto") -> list[str]:
@@ -193,7 +198,9 @@ def _build_runtime(job: dict):
 
 def run_form(job: dict) -> dict:
     """Measure one form (called in the worker process, or in-process). ``job`` holds the form,
-    artifact paths, input/reference paths, warm-up/iteration counts and threads."""
+    artifact paths, input/reference paths, warm-up/iteration counts and threads. Timed runs go on
+    until there are ``iters`` of them *and* they took ``min_time_s`` seconds together, so fast forms
+    (a GPU at a few ms per frame) are timed over many runs."""
     form = Form(**job["form"])
     if form.kind in ("onnxruntime", "openvino"):
         __import__(form.kind)  # baseline memory includes the runtime library
@@ -218,8 +225,9 @@ def run_form(job: dict) -> dict:
     first_ms = (time.perf_counter() - t0) * 1e3
     for _ in range(max(0, job["warmup"] - 1)):
         call()
-    times = []
-    for _ in range(job["iters"]):
+    times: list[float] = []
+    min_time = float(job.get("min_time_s", 0.0))
+    while len(times) < job["iters"] or (sum(times) < min_time and len(times) < MAX_ITERS):
         t = time.perf_counter()
         out = call()
         times.append(time.perf_counter() - t)
@@ -347,7 +355,8 @@ def _bench_input(data: dict | None, batch: int, h: int, w: int) -> tuple[np.ndar
 
 def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: str | None = None,
                   input_size: tuple[int, int] = (1024, 2048), batch: int = 1, forms: list[str] | None = None,
-                  warmup: int = 3, iters: int = 10, threads: int | None = None, isolate: bool = True,
+                  warmup: int = 3, iters: int = 10, min_time: float = 1.0, threads: int | None = None,
+                  isolate: bool = True,
                   calib: dict | None = None, calib_num: int = 2, eval: dict | None = None,
                   artifacts_dir: str | None = None, timeout: float = 1800, progress: bool = True,
                   command: str | None = None) -> dict:
@@ -428,7 +437,8 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
             log(f"[{len(results) + 1}/{len(forms)}] {name} ...")
             job = {"form": asdict(form), "artifacts": artifacts, "input": str(work / "input.npy"),
                    "output": str(work / f"out_{name}.npy"), "result": str(work / f"result_{name}.json"),
-                   "warmup": warmup, "iters": iters, "threads": threads, "isolated": isolate, "eval": eval}
+                   "warmup": warmup, "iters": iters, "min_time_s": min_time, "threads": threads,
+                   "isolated": isolate, "eval": eval}
             if isolate:
                 job_path = work / f"job_{name}.json"
                 job_path.write_text(json.dumps(job))
@@ -464,11 +474,14 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
                 log(f"    {med:.1f} ms median, {entry['fps']:.2f} FPS, {entry['gflops']:.0f} GFLOP/s")
             results.append(entry)
 
-        base = next((r for r in results if r["form"] == "torch-fp32" and "latency_ms" in r), None)
+        # speed-up against the authors' path on the same device: reparameterized, eager fp32
+        base = {dev: next((r for r in results if r["form"] == name and "latency_ms" in r), None)
+                for dev, name in (("cpu", "torch-fp32"), ("cuda", "cuda-fp32"))}
         ref_eval = next((r for r in results if "mIoU" in r and r["precision"] == "fp32"), None)
         for r in results:
-            if base and "latency_ms" in r:
-                r["speedup_vs_torch_fp32"] = base["latency_ms"]["median"] / r["latency_ms"]["median"]
+            b = base.get(r["device"])
+            if b and "latency_ms" in r:
+                r["speedup_vs_torch_fp32"] = b["latency_ms"]["median"] / r["latency_ms"]["median"]
             if ref_eval and "mIoU" in r:
                 r["delta_mIoU"] = r["mIoU"] - ref_eval["mIoU"]
         ok = [r for r in results if "latency_ms" in r]
@@ -481,6 +494,7 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
             "config": {"model": model, "num_classes": num_classes, "checkpoint": checkpoint,
                        "weights": "checkpoint" if checkpoint else "random (BN re-estimated)",
                        "input_size": [h, w], "batch": batch, "warmup": warmup, "iters": iters,
+                       "min_time_s": min_time,
                        "threads": threads, "isolated": isolate, "calibration": calib_source,
                        "input": input_desc,
                        "reference": "torch-train-fp32" if has_train else "torch-fp32",
@@ -503,12 +517,18 @@ def _fmt(v: Any, spec: str) -> str:
     return format(v, spec)
 
 
+def fmt_ms(v: float) -> str:
+    """Milliseconds with about three significant digits (1.73, 51.4, 329.1)."""
+    return f"{v:.1f}" if v >= 10 else f"{v:.2f}" if v >= 1 else f"{v:.3f}"
+
+
 def format_report(report: dict) -> str:
     """A plain-text table of a :func:`run_benchmark` report."""
     cfg = report["config"]
     m = report["machine"]
     title = (f"{cfg['model']} {cfg['input_size'][0]}x{cfg['input_size'][1]} batch {cfg['batch']} | "
-             f"{m['cpu']}, {m['threads']} threads | {cfg['weights']} | {report['date']}")
+             f"{m['cuda_device'] + ' + ' if m.get('cuda_device') else ''}{m['cpu']}, {m['threads']} threads | "
+             f"{cfg['weights']} | {report['date']}")
     lines = [title]
     has_eval = any("mIoU" in r for r in report["results"])
     head = (f"{'form':<22}{'median ms':>10}{'IQR':>8}{'min':>8}{'max':>8}{'FPS':>8}{'GFLOP/s':>9}"
@@ -522,7 +542,8 @@ def format_report(report: dict) -> str:
             continue
         lat = r["latency_ms"]
         agree = r.get("label_agreement")
-        row = (f"{r['form']:<22}{lat['median']:>10.1f}{lat['iqr']:>8.1f}{lat['min']:>8.1f}{lat['max']:>8.1f}"
+        row = (f"{r['form']:<22}{fmt_ms(lat['median']):>10}{fmt_ms(lat['iqr']):>8}{fmt_ms(lat['min']):>8}"
+               f"{fmt_ms(lat['max']):>8}"
                f"{r['fps']:>8.2f}{r['gflops']:>9.0f}{_fmt(r.get('speedup_vs_torch_fp32'), '.2f'):>8}"
                f"{_fmt(r.get('max_abs_diff'), '.2g'):>10}{_fmt(None if agree is None else 100 * agree, '.2f'):>8}"
                f"{_fmt(r.get('peak_mem_mb'), '.0f'):>8}")

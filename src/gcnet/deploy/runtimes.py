@@ -104,15 +104,17 @@ class TorchRuntime(Runtime):
     ``precision`` "bf16"/"fp16": a copy of the model is cast to that dtype (weights, activations;
     inputs are cast on entry, logits returned as float32), or with ``cast_model=False`` autocast
     runs the convs in low precision with fp32 weights. ``cuda_graphs`` captures one forward per
-    input shape (CUDA only). The model is used as given (moved to ``device``; channels_last
-    applied): pass a reparameterized model for the deploy form.
+    input shape (CUDA only). On CUDA, ``cudnn_benchmark`` (default on) lets cuDNN time its
+    convolution algorithms on the first call of each input shape and keep the fastest (this sets
+    the process-wide ``torch.backends.cudnn.benchmark``). The model is used as given (moved to
+    ``device``; channels_last applied): pass a reparameterized model for the deploy form.
     """
 
     kind = "torch"
 
     def __init__(self, model: nn.Module, precision: str = "fp32", *, device: str = "cpu",
                  threads: int | None = None, channels_last: bool = False, compile: bool | str = False,
-                 cuda_graphs: bool = False, cast_model: bool = True) -> None:
+                 cuda_graphs: bool = False, cast_model: bool = True, cudnn_benchmark: bool = True) -> None:
         tag = ("-cl" if channels_last else "") + ("-compile" if compile else "") + (
             "-graphs" if cuda_graphs else "")
         super().__init__(precision, device, threads, tag)
@@ -125,6 +127,8 @@ class TorchRuntime(Runtime):
             raise GCNetError("CUDA graphs need device='cuda'")
         if threads and device == "cpu":
             torch.set_num_threads(int(threads))
+        if device == "cuda" and cudnn_benchmark:
+            torch.backends.cudnn.benchmark = True
         self.channels_last = channels_last
         self.cuda_graphs = cuda_graphs
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
