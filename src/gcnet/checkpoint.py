@@ -80,7 +80,7 @@ def _make_restricted_pickle_module(path: str) -> Any:
 
 def read_checkpoint(source: str | os.PathLike | io.BytesIO, map_location: str | torch.device = "cpu") -> Any:
     """Read any supported checkpoint file without executing code from it."""
-    name = str(getattr(source, "name", source))
+    name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else str(getattr(source, "name", source))
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
