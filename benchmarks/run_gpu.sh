@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU results for docs/deploy.md: every CUDA form of GCNet-S at 1024x2048, batch 1 (the paper's
+# GPU results for docs/deploy.md: the CUDA tests, then every CUDA form of GCNet-S at 1024x2048, batch 1 (the paper's
 # setting: 193 FPS on an A100; our target is >= 3x that, i.e. <= 1.73 ms per frame, on an H100/H200).
 #
 #   bash benchmarks/run_gpu.sh [CHECKPOINT]
@@ -14,6 +14,9 @@ DATE=$(date +%Y-%m-%d)
 OUT=benchmarks/results
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv || true
+
+# correctness first: the CUDA tests (runtimes vs CPU, CUDA graphs, compile, AMP training, eval, predict)
+python -m pytest -q -m cuda tests/test_cuda.py
 
 # every CUDA form: eager fp32 (train and deploy form), fp16/bf16 + channels_last, CUDA graphs,
 # torch.compile(max-autotune); >= 200 timed runs and >= 2 s per form after 20 warm-up runs
