@@ -269,17 +269,12 @@ def evaluate(
             bar.close()
         model.train(was_training)
     if use_dist:
+        from gcnet.engine.distributed import all_reduce_sum
+
         cm.all_reduce()
-        t = torch.tensor([n_images], dtype=torch.long, device=_reduce_device(device))
-        torch.distributed.all_reduce(t)
-        n_images = int(t.item())
+        n_images = int(all_reduce_sum(torch.tensor([n_images], dtype=torch.long)).item())
     results = dict(cm.compute())
     results["class_names"] = list(class_names)
     results["num_images"] = n_images
     results["seconds"] = round(time.perf_counter() - t0, 3)
     return results
-
-
-def _reduce_device(device: torch.device) -> torch.device:
-    backend = torch.distributed.get_backend()
-    return device if backend == "nccl" else torch.device("cpu")

@@ -67,16 +67,9 @@ class ConfusionMatrix:
 
     def all_reduce(self) -> None:
         """Sum the matrix over all processes when ``torch.distributed`` is initialised (no-op otherwise)."""
-        import torch.distributed as dist
+        from gcnet.engine.distributed import all_reduce_sum
 
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        device = torch.device("cpu")
-        if dist.get_backend() == "nccl":
-            device = torch.device("cuda", torch.cuda.current_device())
-        t = self.matrix.to(device)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        self.matrix = t.to("cpu")
+        all_reduce_sum(self.matrix)
 
     def compute(self) -> dict:
         """``{"mIoU", "mAcc", "aAcc"}`` floats and per-class ``"IoU"`` / ``"Acc"`` lists, in percent."""
