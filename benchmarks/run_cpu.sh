@@ -18,10 +18,18 @@ python benchmarks/fp32_peak.py --json "$OUT/peak_fp32_${DATE}.json"
 # 2. every CPU form at 1024x2048, batch 1 (random weights; speed does not depend on weights)
 gcnet bench gcnet-s --size 1024x2048 --batch 1 --warmup 3 --iters 20 --json "$OUT/cpu_${DATE}.json"
 
-# 3. the trained CamVid model: speed at 1024x2048 and mIoU on CamVid val (whole 360x480 frames) of
-#    every form; int8 calibrated on 32 CamVid train frames
+# 3. torch.compile (inductor) against eager: opt-in, about half a minute to compile
+gcnet bench gcnet-s --size 1024x2048 --forms torch-fp32 torch-fp32-compile --warmup 3 --iters 10 \
+  --json "$OUT/cpu_compile_${DATE}.json"
+
+# 4. the trained CamVid model: speed at 1024x2048 and mIoU on CamVid val (whole 360x480 frames) of
+#    every form; int8 calibrated on 32 CamVid train frames; then the accuracy of the fp16 model that
+#    the CUDA forms run (evaluated here on the CPU)
 if [[ $# -ge 2 ]]; then
   gcnet bench --checkpoint "$1" --size 1024x2048 --warmup 3 --iters 10 \
     --calib-dataset camvid --calib-root "$2" --num-calib 32 \
     --eval-dataset camvid --eval-root "$2" --json "$OUT/cpu_camvid_${DATE}.json"
+  gcnet bench --checkpoint "$1" --forms torch-fp32 torch-fp16-cl torch-bf16-cl --size 360x480 \
+    --warmup 1 --iters 3 --min-time 0 --eval-dataset camvid --eval-root "$2" \
+    --json "$OUT/cpu_fp16_accuracy_${DATE}.json"
 fi

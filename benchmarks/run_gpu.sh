@@ -22,4 +22,4 @@ python -m pytest -q -m cuda tests/test_cuda.py
 # torch.compile(max-autotune); >= 200 timed runs and >= 2 s per form after 20 warm-up runs
 python -m gcnet.cli bench gcnet-s ${1:+--checkpoint "$1"} --device cuda --size 1024x2048 --batch 1 \
   --warmup 20 --iters 200 --min-time 2 --json "$OUT/gpu_${DATE}.json"
-python benchmarks/bench_table.py "$OUT/gpu_${DATE}.json"
+python benchmarks/bench_table.py "$OUT/gpu_${DATE}.json" | tee "$OUT/gpu_${DATE}.md"

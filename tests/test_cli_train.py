@@ -46,8 +46,15 @@ def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
     assert main(["train", "gcnet-s_camvid", "--data.root", str(tmp_path / "missing"), "--work-dir",
                  str(tmp_path / "w")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:  # argparse: unknown option
-        main(["train", "gcnet-s_camvid", "--data.rooot", "x"])
+    assert main(["train", "gcnet-s_camvid", "--data.rooot", "x"]) == 2
+    assert "unknown config key data.rooot (did you mean data.root?)" in capsys.readouterr().err
+    assert main(["train", "gcnet-s_camvid", "--optim.learning_rate", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.learning_rate" in err and "unknown" in err
+    assert main(["train", "gcnet-s_camvid", "--model.overrides.channels", "8", "--print-config"]) == 0
+    assert "channels = 8" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:  # other commands: argparse's own error
+        main(["info", "--nope"])
     assert exc.value.code == 2
     assert main(["eval", str(tmp_path / "nothing.pth")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err

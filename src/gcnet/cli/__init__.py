@@ -25,8 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        if extra:  # train: nested keys (--model.overrides.channels 8) and a clear message for unknown keys
+            from gcnet.engine.config import parse_override_args
+
+            args.set = parse_override_args(extra) + list(args.set)
         return int(args.func(args) or 0)
     except GCNetError as exc:
         print(f"gcnet {args.command}: error: {exc}", file=sys.stderr)

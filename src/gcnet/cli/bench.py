@@ -51,7 +51,7 @@ examples:
   gcnet bench                                   # gcnet-s, 1024x2048, every CPU runtime
   gcnet bench --quick --json bench.json         # tiny size, few iterations (smoke test)
   gcnet bench --device cuda --json gpu.json     # every CUDA form (fp32, fp16/bf16, graphs, compile)
-  gcnet bench --forms torch-fp32 openvino-int8 --checkpoint camvid.pt \\
+  gcnet bench --forms torch-fp32 openvino-int8 --checkpoint camvid.pth \\
       --calib-dataset camvid --calib-root data/camvid --eval-dataset camvid --eval-root data/camvid""")
     from gcnet.cli.predict import add_model_args
 

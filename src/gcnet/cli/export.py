@@ -31,7 +31,7 @@ formats (--format, several allowed):
                 with ONNX Runtime against PyTorch at --input-size and at an odd size with batch 2;
                 the export fails (exit 2) if max|ORT - PyTorch| / max(1, max|logits|) > --tolerance.
   torchscript   <name>.ts (traced and frozen; any input size), verified against eager.
-  torch-export  <name>.pt2 (torch.export, dynamic batch/height/width when torch can prove it),
+  torch-export  <name>.pt2 (torch.export, symbolic height/width where torch can prove them; batch fixed),
                 verified; load with torch.export.load(path).module().
   openvino      <name>.xml/.bin IR (fp32 weights, dynamic shapes). bf16 is a run-time choice:
                 gcnet predict/bench --runtime openvino --precision bf16.
@@ -39,14 +39,14 @@ formats (--format, several allowed):
 int8 (--precision int8): post-training static quantization calibrated on --num-calib images
 (--calib-dataset/--calib-root or --calib-images). Writes <name>_int8.xml (OpenVINO + NNCF) when
 openvino is among the formats and <name>_int8.onnx (ONNX Runtime QDQ, u8 activations, s8
-per-channel weights) when onnx is. With --eval-dataset/--eval-root the fp32 and int8 models are
+per-channel weights) when onnx is. With --eval-dataset/--eval-root the fp32, bf16 and int8 models are
 evaluated (whole-image inference) and the mIoU change of each int8 model against fp32 is
 reported. A JSON report of everything (paths, verification, accuracy) goes to --json.""",
         epilog="""\
 examples:
-  gcnet export best.pt --format onnx openvino --out exported/
+  gcnet export best.pth --format onnx openvino --out exported/
   gcnet export --model gcnet-s --weights gcnet-s_cityscapes.pth --num-classes 19 --format torchscript
-  gcnet export --checkpoint camvid.pt --format openvino onnx --precision int8 \\
+  gcnet export --checkpoint camvid.pth --format openvino onnx --precision int8 \\
       --calib-dataset camvid --calib-root data/camvid --eval-dataset camvid --eval-root data/camvid""")
     p.add_argument("source", nargs="?", metavar="CHECKPOINT", help="gcnet checkpoint (same as --checkpoint)")
     add_model_args(p, allow_exported=False)

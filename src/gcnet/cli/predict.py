@@ -118,7 +118,7 @@ place only when complete, so a failed or interrupted input never truncates or re
 earlier output.""",
         epilog="""\
 examples:
-  gcnet predict photos/ --checkpoint runs/camvid/best.pt --out pred/
+  gcnet predict photos/ --checkpoint runs/camvid/best.pth --out pred/
   gcnet predict street.mp4 --model gcnet-s --weights gcnet-s_cityscapes.pth --num-classes 19
   gcnet predict img.png --checkpoint gcnet-s_int8.xml --precision int8 --dataset camvid""")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, video files or folders")
