@@ -99,6 +99,23 @@ def test_train_then_eval_both_forms(tmp_path, capsys):
     assert "nothing to do" in capsys.readouterr().out
 
 
+def test_train_bf16_channels_last_on_cpu(tmp_path, capsys):
+    work = tmp_path / "run"
+    rc = main(["train", "tiny_synthetic", "--data.root", str(tmp_path / "data"), "--work-dir", str(work),
+               "--schedule.iters", "6", "--schedule.val_interval", "6", "--schedule.log_interval", "3", "--amp",
+               "--runtime.channels_last", "true", *TINY])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "amp bf16, channels_last" in out and "iter 6/6" in out and "mIoU" in out
+    from gcnet import load_model
+
+    model = load_model(work / "latest.pth")  # an ordinary fp32 checkpoint
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert main(["train", "tiny_synthetic", "--data.root", str(tmp_path / "data"), "--work-dir", str(tmp_path / "w2"),
+                 "--amp", "--runtime.amp_dtype", "fp16", *TINY]) == 2
+    assert "fp16 needs CUDA" in capsys.readouterr().err
+
+
 def test_eval_of_an_authors_style_state_dict_needs_model_and_classes(tmp_path, capsys):
     from conftest import tiny_model_kwargs
 

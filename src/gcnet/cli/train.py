@@ -60,8 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="random seed (= --runtime.seed)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N (= --runtime.device)")
     p.add_argument("--amp", action="store_true", default=None,
-                   help="mixed precision on CUDA (bf16 autocast; --runtime.amp_dtype fp16 adds a GradScaler). "
-                        "Ignored on CPU")
+                   help="mixed precision (= --runtime.amp true): bf16 autocast on CUDA or CPU (fast on CPUs with "
+                        "AVX512_BF16/AMX); --runtime.amp_dtype fp16 (CUDA only) adds a GradScaler. Validation on "
+                        "a CPU stays in fp32")
     p.add_argument("--sync-bn", action="store_true", default=None,
                    help="SyncBatchNorm across processes under torchrun (CUDA only; on CPU plain BatchNorm is kept)")
     p.add_argument("--threads", type=int, help="torch CPU threads per process (= --runtime.threads)")

@@ -9,7 +9,7 @@ A config is a nested dict with fixed sections (see :data:`SCHEMA`)::
     [schedule]  iters, val_interval, ckpt_interval, log_interval, keep_ckpts
     [eval]      mode, crop_size, stride, scales, flip, batch_size
     [init]      load_from
-    [runtime]   seed, device, amp, amp_dtype, threads, deterministic
+    [runtime]   seed, device, amp, amp_dtype, channels_last, threads, deterministic
 
 Every key has a default (so a user file only needs what differs); unknown keys and wrong types
 raise :class:`gcnet.errors.ConfigError` naming the key. A file may start with
@@ -120,8 +120,11 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any, str]]] = {
     "runtime": {
         "seed": (int, 0, "random seed (data order, augmentation, initialisation)"),
         "device": (str, "auto", "auto, cpu, cuda or cuda:N"),
-        "amp": (bool, False, "mixed precision (CUDA only)"),
-        "amp_dtype": (("choice", ("bf16", "fp16")), "bf16", "autocast dtype for amp"),
+        "amp": (bool, False, "mixed precision: autocast to amp_dtype (CUDA: bf16 or fp16; CPU: bf16, fast "
+                             "on CPUs with AVX512_BF16/AMX)"),
+        "amp_dtype": (("choice", ("bf16", "fp16")), "bf16", "autocast dtype for amp (fp16 adds a GradScaler; CUDA only)"),
+        "channels_last": (bool, False, "channels_last memory format for the model and its inputs (faster "
+                                       "convolutions on CPUs and on tensor cores)"),
         "threads": (int, 0, "torch CPU threads (0 = torch default)"),
         "deterministic": (bool, False, "use deterministic algorithms (slower on CUDA)"),
     },

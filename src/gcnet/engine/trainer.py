@@ -466,10 +466,13 @@ class Trainer:
             torch.backends.cudnn.benchmark = not rt["deterministic"]
         if rt["deterministic"]:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        amp = bool(rt["amp"]) and device.type == "cuda"
+        amp = bool(rt["amp"]) and device.type in ("cuda", "cpu")
         if rt["amp"] and not amp:
-            self.log("note: runtime.amp is ignored on CPU (mixed precision is for CUDA)")
+            self.log(f"note: runtime.amp is ignored on {device.type} (mixed precision is for CUDA and CPUs)")
         amp_dtype = torch.bfloat16 if rt["amp_dtype"] == "bf16" else torch.float16
+        if amp and device.type == "cpu" and amp_dtype == torch.float16:
+            raise ConfigError("runtime.amp_dtype fp16 needs CUDA; use bf16 for mixed precision on a CPU")
+        memory_format = torch.channels_last if rt["channels_last"] else torch.contiguous_format
 
         world = dist_info.world_size
         bs = cfg["data"]["batch_size"]
@@ -536,7 +539,7 @@ class Trainer:
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             else:
                 self.log("note: model.sync_bn is ignored on CPU (SyncBatchNorm needs CUDA); using BatchNorm")
-        model.to(device)
+        model.to(device, memory_format=memory_format)
         self.model = model  # the trained module (unwrapped), e.g. for tests or notebooks
         net = model
         if dist_info.enabled:
@@ -585,7 +588,8 @@ class Trainer:
             self.log(f"training {cfg['model']['name']} ({n_params / 1e6:.2f} M params, {num_classes} classes) on "
                      f"{len(train_base)} images of {cfg['data']['kind']} for {total} iterations, batch {bs}"
                      f"{f' ({world} processes x {per_rank_bs})' if world > 1 else ''}, device {device}"
-                     f"{', amp ' + rt['amp_dtype'] if amp else ''}; work dir {self.work_dir}")
+                     f"{', amp ' + rt['amp_dtype'] if amp else ''}{', channels_last' if rt['channels_last'] else ''}"
+                     f"; work dir {self.work_dir}")
 
         budget_s = sched["time_budget_min"] * 60.0
         # Training time so far (excludes validation and checkpoint writing); with a time budget it drives
@@ -622,7 +626,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 images, labels = next(data_iter)
                 data_time += time.perf_counter() - t0
-                images = images.to(device, non_blocking=True)
+                images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
                 labels = labels.to(device, non_blocking=True).long()
                 lr = optim_cfg["min_lr"] + (optim_cfg["lr"] - optim_cfg["min_lr"]) * (
                     1.0 - progress_frac(it)) ** optim_cfg["power"]
