@@ -110,3 +110,16 @@ def test_toml_round_trip(tmp_path):
     assert C.config_diff(cfg, again) == []
     again["optim"]["lr"] = 0.5
     assert C.config_diff(cfg, again) == ["optim.lr"]
+
+
+def test_every_config_key_is_documented():
+    """docs/training.md lists every key of every section (one table per section)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    for sec, keys in C.SCHEMA.items():
+        section = text.split(f"**[{sec}]**", 1)
+        assert len(section) == 2, f"no table for [{sec}]"
+        table = section[1].split("\n\n", 2)[1]
+        missing = [k for k in keys if f"| `{k}` |" not in table]
+        assert not missing, f"[{sec}] keys missing from docs/training.md: {missing}"
