@@ -111,6 +111,13 @@ def test_train_bf16_channels_last_on_cpu(tmp_path, capsys):
 
     model = load_model(work / "latest.pth")  # an ordinary fp32 checkpoint
     assert all(p.dtype == torch.float32 for p in model.parameters())
+    miou = {}
+    for flags in ([], ["--amp"]):  # evaluation under bf16 autocast on the CPU too
+        js = tmp_path / f"eval{len(flags)}.json"
+        assert main(["eval", str(work / "latest.pth"), "--no-progress", "--workers", "0", "--json", str(js),
+                     *flags]) == 0
+        miou[len(flags)] = json.loads(js.read_text())["results"]["train"]["mIoU"]
+    assert abs(miou[0] - miou[1]) < 5.0
     assert main(["train", "tiny_synthetic", "--data.root", str(tmp_path / "data"), "--work-dir", str(tmp_path / "w2"),
                  "--amp", "--runtime.amp_dtype", "fp16", *TINY]) == 2
     assert "fp16 needs CUDA" in capsys.readouterr().err

@@ -80,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--batch-size", type=int, default=None, help="images per forward pass (same-size images)")
     r.add_argument("--workers", type=int, default=2, help="data loader workers")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    r.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
+    r.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA, or CPUs with AVX512_BF16/AMX)")
     r.add_argument("--threads", type=int, help="torch CPU threads")
     r.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-' for stdout)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
             net = net.to(device).eval()
             res = evaluate(net, data, mode=s["mode"], crop_size=s["crop"], stride=s["stride"], scales=s["scales"],
                            flip=s["flip"], batch_size=s["batch_size"], workers=args.workers, device=device,
-                           amp_dtype=torch.bfloat16 if args.amp and device.type == "cuda" else None,
+                           amp_dtype=torch.bfloat16 if args.amp and device.type in ("cuda", "cpu") else None,
                            progress=not args.no_progress, desc=f"eval ({name} form)")
             out["results"][name] = res
             if main:

@@ -580,8 +580,9 @@ class Trainer:
             train_set, batch_sampler=sampler, num_workers=cfg["data"]["workers"],
             pin_memory=device.type == "cuda", persistent_workers=False)
         logger = _Logger(self.work_dir, start_iter, dist_info.is_main, self.log)
+        # validation under autocast on CUDA only: on a CPU it stays float32
         eval_kwargs = self._eval_kwargs(cfg, class_names, num_classes, ignore_index, device,
-                                        amp_dtype if amp else None)
+                                        amp_dtype if amp and device.type == "cuda" else None)
 
         if dist_info.is_main:
             n_params = sum(p.numel() for p in model.parameters())

@@ -192,7 +192,8 @@ def evaluate(
     Under an initialised ``torch.distributed`` process group (or ``distributed=True``) a dataset
     is split between the ranks (each image evaluated exactly once) and the confusion matrices are
     all-reduced, so every rank returns the same result. The model is put in ``eval()`` mode and
-    restored to its previous mode afterwards.
+    restored to its previous mode afterwards. ``amp_dtype`` (e.g. ``torch.bfloat16``) runs the
+    forward passes under autocast on CUDA or CPU.
     """
     from gcnet.evaluation.metrics import ConfusionMatrix
 
@@ -243,7 +244,7 @@ def evaluate(
         bar = tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
     n_images = 0
     t0 = time.perf_counter()
-    use_amp = amp_dtype is not None and device.type == "cuda"
+    use_amp = amp_dtype is not None and device.type in ("cuda", "cpu")
     # inputs follow the model's floating dtype (e.g. a float64 model for exactness checks)
     in_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     try:
