@@ -8,11 +8,8 @@ machines have no GPU). Run them on a GPU machine with ``python -m pytest -m cuda
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,33 +126,21 @@ def test_bench_cuda_forms(tmp_path, deploy_model):
     assert report["results"][0]["speedup_vs_torch_fp32"] == 1.0
 
 
-DDP_WORKER = textwrap.dedent("""
-    import sys
-    import torch.distributed as dist
-    from gcnet.engine.config import load_config
-    from gcnet.engine.trainer import Trainer
-
-    out = sys.argv[1]
-    cfg = load_config("tiny_synthetic", [
-        f"data.root={out}/data", "data.synthetic_size=[64, 80]", "data.synthetic_train=12",
-        "data.synthetic_val=5", "data.crop_size=[64, 64]", "data.batch_size=4", "data.workers=0",
-        "schedule.iters=4", "schedule.val_interval=2", "schedule.log_interval=1", "eval.batch_size=2",
-        "model.sync_bn=true", "runtime.device=cuda", "runtime.amp=true",
-    ])
-    summary = Trainer(cfg, f"{out}/run", progress=False).run(keep_process_group=True)
-    assert dist.get_backend() == "nccl" and summary["final"]["num_images"] == 5
-    dist.destroy_process_group()
-""")
-
 
 @pytest.mark.distributed
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs for a 2-process NCCL run")
 def test_two_process_torchrun_nccl(tmp_path):
+    from test_distributed import WORKER, _env
+
     script = tmp_path / "worker.py"
-    script.write_text(DDP_WORKER)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
-                                                       os.environ.get("PYTHONPATH", "")]))
+    script.write_text(WORKER)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+                           str(script), str(tmp_path), "cuda"], env=_env(), capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "validation at iteration 4" in proc.stdout
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for k in r0["state_dict"]:
+        assert torch.equal(r0["state_dict"][k], r1["state_dict"][k]), k
+    assert r0["final"]["num_images"] == r1["final"]["num_images"] == 5

@@ -1,4 +1,5 @@
-"""Multi-process training with a real torchrun: 2 CPU processes on the gloo backend."""
+"""Multi-process training with a real torchrun: 2 CPU processes on the gloo backend (the same worker
+runs on 2 GPUs with NCCL in tests/test_cuda.py)."""
 
 from __future__ import annotations
 
@@ -20,17 +21,17 @@ WORKER = textwrap.dedent("""
     from gcnet.engine.config import load_config
     from gcnet.engine.trainer import Trainer
 
-    out = sys.argv[1]
+    out, device = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "cpu"
     cfg = load_config("tiny_synthetic", [
         f"data.root={out}/data", "data.synthetic_size=[64, 80]", "data.synthetic_train=12",
         "data.synthetic_val=5", "data.crop_size=[64, 64]", "data.batch_size=4", "data.workers=0",
         "schedule.iters=4", "schedule.val_interval=2", "schedule.ckpt_interval=2", "schedule.log_interval=1",
-        "eval.batch_size=2", "model.sync_bn=true", "runtime.device=cpu",
+        "eval.batch_size=2", "model.sync_bn=true", f"runtime.device={device}",
     ])
     trainer = Trainer(cfg, f"{out}/run", progress=False)
     summary = trainer.run(keep_process_group=True)
     rank = dist.get_rank()
-    assert dist.get_world_size() == 2 and dist.get_backend() == "gloo"
+    assert dist.get_world_size() == 2 and dist.get_backend() == ("nccl" if device == "cuda" else "gloo")
     torch.save({"state_dict": trainer.model.state_dict(), "final": summary["final"]}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 """)
