@@ -357,7 +357,8 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
                   input_size: tuple[int, int] = (1024, 2048), batch: int = 1, forms: list[str] | None = None,
                   warmup: int = 3, iters: int = 10, min_time: float = 1.0, threads: int | None = None,
                   isolate: bool = True,
-                  calib: dict | None = None, calib_num: int = 2, eval: dict | None = None,
+                  calib: dict | None = None, calib_num: int = 2, full_bias_correction: bool = False,
+                  eval: dict | None = None,
                   artifacts_dir: str | None = None, timeout: float = 1800, progress: bool = True,
                   command: str | None = None) -> dict:
     """Benchmark ``forms`` (default: :func:`default_forms`) and return the report dict (the JSON)."""
@@ -427,7 +428,7 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
             artifacts["openvino"] = str(E.save_openvino(ov_model, work / "model_ov.xml"))
             if ("openvino", "int8") in kinds:
                 log("quantizing for OpenVINO int8 (NNCF) ...")
-                q = E.quantize_openvino(ov_model, calibration)
+                q = E.quantize_openvino(ov_model, calibration, fast_bias_correction=not full_bias_correction)
                 artifacts["openvino_int8"] = str(E.save_openvino(q, work / "model_ov_int8.xml"))
         del net, deploy
 
@@ -496,6 +497,8 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
                        "input_size": [h, w], "batch": batch, "warmup": warmup, "iters": iters,
                        "min_time_s": min_time,
                        "threads": threads, "isolated": isolate, "calibration": calib_source,
+                       "calibration_images": (calib or {}).get("num", calib_num) if calib_source else None,
+                       "full_bias_correction": full_bias_correction,
                        "input": input_desc,
                        "reference": "torch-train-fp32" if has_train else "torch-fp32",
                        "eval": eval, "mIoU_reference": ref_eval["form"] if ref_eval else None},
