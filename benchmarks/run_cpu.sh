@@ -53,4 +53,5 @@ if [[ $# -ge 3 ]]; then
     --iters 10 --calib-dataset camvid --calib-root "$2" --num-calib 128 --full-bias-correction \
     --eval-dataset camvid --eval-root "$2" --json "$OUT/cpu_camvid_bf16cl_int8_fullbc_${DATE}.json"
   python benchmarks/int8_settings.py "$3" "$2"
+  python benchmarks/int8_accuracy_control.py "$3" "$2"
 fi
