@@ -8,11 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-from gcnet.deploy.bench import fmt_ms
-
-
-def fmt(v, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
+from gcnet.deploy.bench import result_cells
 
 
 def table(report: dict) -> str:
@@ -26,15 +22,8 @@ def table(report: dict) -> str:
         if "error" in r:
             lines.append(f"| {r['form']} | failed: {r['error'].splitlines()[0]} |")
             continue
-        lat = r["latency_ms"]
-        agree = r.get("label_agreement")
-        row = [f"`{r['form']}`", fmt_ms(lat["median"]), fmt_ms(lat["iqr"]), f"{fmt_ms(lat['min'])}-{fmt_ms(lat['max'])}",
-               f"{r['fps']:.2f}", f"{r['gflops']:.0f}", fmt(r.get("speedup_vs_torch_fp32"), ".2f"),
-               fmt(r.get("max_abs_diff"), ".2g"), fmt(None if agree is None else 100 * agree, ".2f"),
-               fmt(r.get("peak_mem_mb"), ".0f")]
-        if has_eval:
-            row += [fmt(r.get("mIoU"), ".2f"), fmt(r.get("delta_mIoU"), "+.2f")]
-        lines.append("| " + " | ".join(row) + " |")
+        median, iqr, lo, hi, *rest = result_cells(r, has_eval)
+        lines.append("| " + " | ".join([f"`{r['form']}`", median, iqr, f"{lo}-{hi}", *rest]) + " |")
     return "\n".join(lines)
 
 

@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
             net = net.to(device).eval()
             res = evaluate(net, data, mode=s["mode"], crop_size=s["crop"], stride=s["stride"], scales=s["scales"],
                            flip=s["flip"], batch_size=s["batch_size"], workers=args.workers, device=device,
-                           amp_dtype=torch.bfloat16 if args.amp and device.type in ("cuda", "cpu") else None,
+                           amp_dtype=torch.bfloat16 if args.amp else None,
                            progress=not args.no_progress, desc=f"eval ({name} form)")
             out["results"][name] = res
             if main:

@@ -416,7 +416,7 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
             export_report["onnx"] = E.export_onnx(deploy, work / "model.onnx", input_size=vsize,
                                                   verify=is_available("onnxruntime"))
             artifacts["onnx"] = str(work / "model.onnx")
-        calib_source = None
+        calib_source, calibration = None, []
         if ("onnxruntime", "int8") in kinds or ("openvino", "int8") in kinds:
             calibration, calib_source = _calibration({"calib": calib, "calib_num": calib_num}, x)
             if ("onnxruntime", "int8") in kinds:
@@ -497,7 +497,7 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
                        "input_size": [h, w], "batch": batch, "warmup": warmup, "iters": iters,
                        "min_time_s": min_time,
                        "threads": threads, "isolated": isolate, "calibration": calib_source,
-                       "calibration_images": (calib or {}).get("num", calib_num) if calib_source else None,
+                       "calibration_images": len(calibration) if calib_source else None,
                        "full_bias_correction": full_bias_correction,
                        "input": input_desc,
                        "reference": "torch-train-fp32" if has_train else "torch-fp32",
@@ -525,6 +525,18 @@ def fmt_ms(v: float) -> str:
     return f"{v:.1f}" if v >= 10 else f"{v:.2f}" if v >= 1 else f"{v:.3f}"
 
 
+def result_cells(r: dict, with_eval: bool) -> list[str]:
+    """One successful result as formatted cells: median, IQR, min, max (ms), FPS, GFLOP/s, speed-up,
+    max abs diff, argmax agreement %, peak memory MB and, ``with_eval``, mIoU and its change."""
+    lat, agree = r["latency_ms"], r.get("label_agreement")
+    cells = [fmt_ms(lat["median"]), fmt_ms(lat["iqr"]), fmt_ms(lat["min"]), fmt_ms(lat["max"]), f"{r['fps']:.2f}",
+             f"{r['gflops']:.0f}", _fmt(r.get("speedup_vs_torch_fp32"), ".2f"), _fmt(r.get("max_abs_diff"), ".2g"),
+             _fmt(None if agree is None else 100 * agree, ".2f"), _fmt(r.get("peak_mem_mb"), ".0f")]
+    if with_eval:
+        cells += [_fmt(r.get("mIoU"), ".2f"), _fmt(r.get("delta_mIoU"), "+.2f")]
+    return cells
+
+
 def format_report(report: dict) -> str:
     """A plain-text table of a :func:`run_benchmark` report."""
     cfg = report["config"]
@@ -543,16 +555,8 @@ def format_report(report: dict) -> str:
         if "error" in r:
             lines.append(f"{r['form']:<22} failed: {r['error'].splitlines()[0]}")
             continue
-        lat = r["latency_ms"]
-        agree = r.get("label_agreement")
-        row = (f"{r['form']:<22}{fmt_ms(lat['median']):>10}{fmt_ms(lat['iqr']):>8}{fmt_ms(lat['min']):>8}"
-               f"{fmt_ms(lat['max']):>8}"
-               f"{r['fps']:>8.2f}{r['gflops']:>9.0f}{_fmt(r.get('speedup_vs_torch_fp32'), '.2f'):>8}"
-               f"{_fmt(r.get('max_abs_diff'), '.2g'):>10}{_fmt(None if agree is None else 100 * agree, '.2f'):>8}"
-               f"{_fmt(r.get('peak_mem_mb'), '.0f'):>8}")
-        if has_eval:
-            row += f"{_fmt(r.get('mIoU'), '.2f'):>7}{_fmt(r.get('delta_mIoU'), '+.2f'):>7}"
-        lines.append(row)
+        widths = (10, 8, 8, 8, 8, 9, 8, 10, 8, 8, 7, 7)
+        lines.append(f"{r['form']:<22}" + "".join(f"{c:>{w}}" for c, w in zip(result_cells(r, has_eval), widths)))
     c = report["complexity"]
     lines.append(f"params/MACs: deploy {c['deploy']['params'] / 1e6:.2f} M / {c['deploy']['macs'] / 1e9:.1f} G"
                  + (f", train {c['train']['params'] / 1e6:.2f} M / {c['train']['macs'] / 1e9:.1f} G"
