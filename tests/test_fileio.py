@@ -1,0 +1,55 @@
+"""The atomic-write helper: complete files only, the previous version kept on any failure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gcnet import fileio
+
+
+def test_atomic_write_replaces_only_on_success(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    fileio.write_text(target, "old")
+    with pytest.raises(RuntimeError), fileio.atomic_write(target, "w") as f:
+        f.write("new, half")
+        raise RuntimeError("writer died")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+    fileio.write_text(target, "new")
+    assert target.read_text() == "new"
+
+
+def test_atomic_path_check_refuses_and_keeps_previous(tmp_path: Path) -> None:
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"verified")
+
+    def check(tmp: Path) -> None:
+        raise ValueError(f"{tmp.name} failed verification")
+
+    with pytest.raises(ValueError), fileio.atomic_path(target, check=check) as tmp:
+        assert tmp.suffix == ".bin" and tmp.parent == tmp_path
+        tmp.write_bytes(b"bad")
+    assert target.read_bytes() == b"verified"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.bin"]
+
+
+def test_writer_that_writes_nothing_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError), fileio.atomic_path(tmp_path / "x.onnx"):
+        pass
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_remove_stale_temps(tmp_path: Path) -> None:
+    stale = fileio.temp_name(tmp_path / "latest.pth")
+    stale.write_bytes(b"")
+    keep = tmp_path / "latest.pth"
+    keep.write_bytes(b"x")
+    assert fileio.remove_stale_temps(tmp_path) == [stale]
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pth"]
+
+
+def test_image_extensions() -> None:
+    assert fileio.IMAGE_EXTENSIONS[0] == ".png"
+    assert all(e == e.lower() and e.startswith(".") for e in fileio.IMAGE_EXTENSIONS)
