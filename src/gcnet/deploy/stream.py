@@ -1,0 +1,184 @@
+"""Frames in, labels out: video files, image folders and cameras as one stream.
+
+A :class:`FrameSource` yields RGB frames; :func:`stream` decodes them on a background thread
+(decoding overlaps inference, and OpenCV and the runtimes release the GIL) and yields
+``(frame, labels)`` pairs from any predictor (``frame -> labels`` callable)::
+
+    for frame, labels in gcnet.deploy.stream.stream("street.mp4", predictor):
+        ...
+
+A video that ends before the frame count its container announces raises
+:class:`TruncatedVideoError` after the last decodable frame, naming how far it got.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gcnet.errors import GCNetError
+from gcnet.fileio import IMAGE_EXTENSIONS, is_image_file
+
+__all__ = ["Frame", "FrameSource", "VideoSource", "ImageFolderSource", "TruncatedVideoError", "SourceError",
+           "open_source", "prefetch", "stream"]
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+
+
+class SourceError(GCNetError):
+    """A stream source cannot be opened or read."""
+
+
+class TruncatedVideoError(SourceError):
+    """The video ended before the number of frames its container announces."""
+
+    def __init__(self, path: str, decoded: int, expected: int) -> None:
+        super().__init__(f"video {path} ended after {decoded} of {expected} frames (truncated or corrupt file)")
+        self.decoded, self.expected = decoded, expected
+
+
+@dataclass
+class Frame:
+    index: int
+    name: str
+    rgb: np.ndarray  # HxWx3 uint8
+
+
+class FrameSource:
+    """Base of the sources: iterate for frames; ``fps`` and ``expected`` are None where unknown."""
+
+    name: str = ""
+    fps: float | None = None
+    expected: int | None = None
+
+    def __iter__(self) -> Iterator[Frame]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the device or file; iteration after close is undefined."""
+
+
+class VideoSource(FrameSource):
+    """A video file or a camera (an integer index) through OpenCV."""
+
+    def __init__(self, source: str | os.PathLike | int, max_frames: int | None = None) -> None:
+        import cv2
+
+        self._cv2 = cv2
+        self.name = f"camera{source}" if isinstance(source, int) else str(source)
+        self._cap = cv2.VideoCapture(source if isinstance(source, int) else str(source))
+        if not self._cap.isOpened():
+            raise SourceError(f"cannot open {'camera' if isinstance(source, int) else 'video'} {self.name}")
+        fps = self._cap.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if fps and 0 < fps < 1000 else None
+        count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT)) if not isinstance(source, int) else 0
+        self.expected = count if count > 0 else None
+        self.max_frames = max_frames
+
+    def __iter__(self) -> Iterator[Frame]:
+        cv2, index = self._cv2, 0
+        limit = self.max_frames if self.max_frames is not None else self.expected
+        while limit is None or index < limit:
+            ok, bgr = self._cap.read()
+            if not ok:
+                break
+            yield Frame(index, f"{Path(self.name).stem}_{index:06d}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            index += 1
+        if index == 0:
+            raise SourceError(f"cannot decode any frame of {self.name}")
+        if limit is not None and index < limit:
+            raise TruncatedVideoError(self.name, index, limit)
+
+    def close(self) -> None:
+        self._cap.release()
+
+
+class ImageFolderSource(FrameSource):
+    """The images of a folder (sorted by name; one image file also works)."""
+
+    def __init__(self, path: str | os.PathLike, recursive: bool = False) -> None:
+        path = Path(path)
+        self.name = str(path)
+        if path.is_file():
+            self.paths = [path]
+        else:
+            pattern = "**/*" if recursive else "*"
+            self.paths = sorted(p for p in path.glob(pattern) if is_image_file(p))
+        if not self.paths:
+            raise SourceError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {path}")
+        self.expected = len(self.paths)
+
+    def __iter__(self) -> Iterator[Frame]:
+        from gcnet.data.datasets import read_image
+
+        for index, p in enumerate(self.paths):
+            yield Frame(index, p.stem, read_image(p))
+
+
+def open_source(source: str | os.PathLike | int, max_frames: int | None = None) -> FrameSource:
+    """A camera index (``0`` or ``"0"``), a video file, an image file or a folder of images."""
+    if isinstance(source, int) or (isinstance(source, str) and source.isdigit()):
+        return VideoSource(int(source), max_frames=max_frames)
+    path = Path(source)
+    if not path.exists():
+        raise SourceError(f"{path}: no such file or folder")
+    if path.is_dir() or path.suffix.lower() in IMAGE_EXTENSIONS:
+        return ImageFolderSource(path)
+    return VideoSource(path, max_frames=max_frames)
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterable, depth: int = 2) -> Iterator:
+    """Iterate ``items`` on a background thread, at most ``depth`` ahead; exceptions re-raised here."""
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put(exc)
+
+    thread = threading.Thread(target=produce, name="gcnet-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def stream(source: str | os.PathLike | int | FrameSource, predictor: Callable[[np.ndarray], np.ndarray], *,
+           max_frames: int | None = None, depth: int = 2) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(frame, labels)`` for each frame of ``source``: RGB uint8 frame, class map at its size."""
+    src = source if isinstance(source, FrameSource) else open_source(source, max_frames=max_frames)
+    frames = prefetch(src, depth)
+    try:
+        for frame in frames:
+            yield frame.rgb, predictor(frame.rgb)
+    finally:
+        frames.close()  # stops and joins the reader before the source is released
+        src.close()

@@ -1,0 +1,77 @@
+"""Stream sources: folders, videos (complete and truncated), background decoding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from gcnet.deploy.stream import SourceError, TruncatedVideoError, open_source, prefetch, stream
+
+
+def _write_video(path: Path, frames: int, size: tuple[int, int] = (48, 64)) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (size[1], size[0]))
+    assert writer.isOpened()
+    rng = np.random.default_rng(0)
+    for _ in range(frames):  # noise: every frame the same size in the file, so a cut keeps whole frames
+        writer.write(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+    writer.release()
+
+
+def _labels(rgb: np.ndarray) -> np.ndarray:
+    return (rgb[..., 0] > 127).astype(np.uint8)
+
+
+def test_folder_stream_in_name_order(tmp_path: Path) -> None:
+    for i, name in enumerate(["b.png", "a.jpg", "c.png"]):
+        Image.fromarray(np.full((8, 10, 3), 100 * i, np.uint8)).save(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not an image")
+    out = list(stream(tmp_path, _labels))
+    assert [f[0, 0, 0] for f, _ in out] == [100, 0, 200]
+    assert all(lbl.shape == (8, 10) for _, lbl in out)
+
+
+def test_video_stream_and_truncation(tmp_path: Path) -> None:
+    video = tmp_path / "clip.avi"
+    _write_video(video, 12)
+    src = open_source(video)
+    assert src.expected == 12
+    assert len(list(stream(src, _labels))) == 12
+    assert len(list(stream(video, _labels, max_frames=5))) == 5
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(video.read_bytes()[: video.stat().st_size * 2 // 3])
+    seen = []
+    with pytest.raises(TruncatedVideoError, match=r"ended after \d+ of 12 frames"):
+        for frame, _ in stream(cut, _labels):
+            seen.append(frame)
+    assert 0 < len(seen) < 12
+
+
+def test_bad_sources(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="no such file"):
+        open_source(tmp_path / "missing.mp4")
+    with pytest.raises(SourceError, match="no images"):
+        open_source(tmp_path)
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video")
+    with pytest.raises(SourceError):
+        list(stream(junk, _labels))
+
+
+def test_prefetch_reraises_and_stops_early() -> None:
+    def items():
+        yield 1
+        yield 2
+        raise ValueError("decoder failed")
+
+    got = []
+    with pytest.raises(ValueError, match="decoder failed"):
+        for x in prefetch(items()):
+            got.append(x)
+    assert got == [1, 2]
+    gen = prefetch(iter(range(1000)), depth=2)
+    assert next(gen) == 0
+    gen.close()  # the reader thread stops instead of filling the queue forever
