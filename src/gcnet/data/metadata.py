@@ -204,27 +204,39 @@ def get_dataset_info(name: str) -> DatasetInfo:
 
 
 # ------------------------------------------------------------------------------------------ visualisation
+def _lookup(label: np.ndarray, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray | None]:
+    """Palette colours of ``label`` (black where invalid) and the invalid mask (None if all valid)."""
+    label = np.asarray(label)
+    if label.ndim != 2:
+        raise ValueError(f"colorize expects a 2-D label map, got shape {label.shape}")
+    palette = info.palette_array().astype(np.uint8)
+    if label.dtype in (np.uint8, np.uint16):  # a table over every possible value: one gather
+        table = np.zeros((256 if label.dtype == np.uint8 else 65536, 3), np.uint8)
+        table[: min(len(table), info.num_classes)] = palette[: len(table)]
+        invalid = label >= info.num_classes
+        return table[label], (invalid if invalid.any() else None)
+    invalid = (label < 0) | (label >= info.num_classes)
+    colors = palette[np.where(invalid, 0, label).astype(np.intp)]
+    colors[invalid] = 0
+    return colors, (invalid if invalid.any() else None)
+
+
 def colorize(label: np.ndarray, info: DatasetInfo) -> np.ndarray:
     """Colour a label map with the dataset palette: ``HxW`` ints -> ``HxWx3`` uint8 RGB.
 
     The ignore index and any value outside ``[0, num_classes)`` are drawn black.
     """
-    label = np.asarray(label)
-    if label.ndim != 2:
-        raise ValueError(f"colorize expects a 2-D label map, got shape {label.shape}")
-    palette = info.palette_array()
-    out = np.zeros(label.shape + (3,), dtype=np.uint8)
-    valid = (label >= 0) & (label < info.num_classes)
-    out[valid] = palette[label[valid].astype(np.int64)]
-    return out
+    return _lookup(label, info)[0]
 
 
 def overlay(image: np.ndarray, label: np.ndarray, info: DatasetInfo, alpha: float = 0.5) -> np.ndarray:
     """Blend the colourised label over an RGB uint8 image: ``(1 - alpha) * image + alpha * colour``.
 
     Pixels with the ignore index (or out-of-range values) keep the original image. Image and label must have
-    the same height and width.
+    the same height and width. Runs on uint8 frames without float copies (OpenCV's weighted sum).
     """
+    import cv2
+
     image = np.asarray(image)
     label = np.asarray(label)
     if image.ndim != 3 or image.shape[2] != 3:
@@ -233,9 +245,8 @@ def overlay(image: np.ndarray, label: np.ndarray, info: DatasetInfo, alpha: floa
         raise ValueError(f"overlay: image is {image.shape[:2]} but label is {label.shape} (H, W)")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"overlay: alpha must be in [0, 1], got {alpha}")
-    colors = colorize(label, info).astype(np.float32)
-    img = image.astype(np.float32)
-    blended = (1.0 - alpha) * img + alpha * colors
-    valid = (label >= 0) & (label < info.num_classes)
-    out = np.where(valid[..., None], blended, img)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    colors, invalid = _lookup(label, info)
+    out = cv2.addWeighted(np.ascontiguousarray(image, dtype=np.uint8), 1.0 - alpha, colors, alpha, 0.0)
+    if invalid is not None:
+        np.copyto(out, image, where=invalid[..., None])
+    return out
