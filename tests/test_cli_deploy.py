@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model_kwargs
+from helpers import tiny_model_kwargs
 from PIL import Image
 
 import gcnet
@@ -88,6 +88,7 @@ def test_export_errors(checkpoint, capsys):
     assert "calibration" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.deploy
 def test_export_onnx_openvino_int8_with_accuracy(checkpoint, tmp_path):
     pytest.importorskip("onnxruntime", reason="needs onnxruntime")
@@ -116,6 +117,7 @@ RESULT_KEYS = {"form", "runtime", "precision", "device", "model_form", "params",
                "gflops", "max_abs_diff", "mean_abs_diff", "label_agreement", "peak_mem_mb"}
 
 
+@pytest.mark.slow
 def test_bench_quick_json(tmp_path):
     path = tmp_path / "bench.json"
     code = main(["bench", "--quick", "--threads", "1", "--forms", "torch-train-fp32", "torch-fp32",
@@ -135,6 +137,7 @@ def test_bench_quick_json(tmp_path):
     assert deploy["speedup_vs_torch_fp32"] == 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.deploy
 def test_bench_quick_runtimes_in_process(tmp_path):
     pytest.importorskip("onnxruntime", reason="needs onnxruntime")
@@ -149,6 +152,7 @@ def test_bench_quick_runtimes_in_process(tmp_path):
         assert r["label_agreement"] > 0.99 and r["max_abs_diff"] < 1e-2
 
 
+@pytest.mark.slow
 def test_bench_min_time_adds_runs(tmp_path):
     path = tmp_path / "bench.json"
     assert main(["bench", "--quick", "--in-process", "--threads", "1", "--size", "32x64", "--forms", "torch-fp32",

@@ -6,8 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_model_kwargs
-from test_fusion import assert_close_rel, randomize_bn
+from helpers import assert_close_rel, randomize_bn, tiny_model_kwargs
 from torch import nn
 
 from gcnet import VARIANTS, build_model, list_models

@@ -122,6 +122,7 @@ def _run_cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProce
                           capture_output=True, text=True, check=False, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_gives_the_uninterrupted_run(tmp_path):
     """A real training process is SIGKILLed right after its iteration-4 checkpoint; --resume then
     finishes the schedule; parameters, buffers and optimizer state equal an uninterrupted run's."""
@@ -214,7 +215,7 @@ def test_time_budget_ends_the_run_with_the_lr_annealed(tmp_path):
 
 
 def test_init_from_weights_with_a_different_number_of_classes(tmp_path):
-    from conftest import tiny_model_kwargs
+    from helpers import tiny_model_kwargs
 
     from gcnet import build_model, save_checkpoint
 
