@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import FakeClock
 
 from gcnet.engine.config import load_config
 from gcnet.engine.trainer import (
@@ -206,9 +207,10 @@ def test_time_budget_ends_the_run_with_the_lr_annealed(tmp_path):
     cfg = tiny_cfg(tmp_path / "data", **{"schedule.iters": 100000, "schedule.time_budget_min": 0.05,
                                           "schedule.val_interval": 0, "schedule.ckpt_interval": 0,
                                           "schedule.log_interval": 1})
-    summary = Trainer(cfg, tmp_path / "run", progress=False, log=lambda m: None).run()
-    assert 1 <= summary["iterations"] < 100000
-    assert 3.0 <= summary["train_time_s"] < 3.0 + 30
+    clock = FakeClock(0.25)  # every reading 0.25 s later: the 3 s budget ends the run after a few iterations
+    summary = Trainer(cfg, tmp_path / "run", progress=False, log=lambda m: None, clock=clock).run()
+    assert 2 <= summary["iterations"] <= 12
+    assert 3.0 <= summary["train_time_s"] <= 4.0
     recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     lrs = [r["lr"] for r in recs if r["type"] == "train"]
     assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.5 * lrs[0]
