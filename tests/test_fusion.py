@@ -75,7 +75,7 @@ def test_gcblock_reparameterization_exact(num_paths, num_1x1_convs, stride, cin,
     x = torch.randn(2, cin, 13, 19)  # odd sizes exercise the stride-2 borders
     expected = block(x)
     block.reparameterize()
-    assert block.deployed and not any(n.startswith("path_") for n, _ in block.named_children())
+    assert block.is_deploy and not any(n.startswith("path_") for n, _ in block.named_children())
     assert list(dict(block.named_parameters())) == ["reparam_3x3.weight", "reparam_3x3.bias"]
     assert_close_rel(block(x), expected)
 
