@@ -1,4 +1,5 @@
-"""Shared test fixtures. Tests generate their own data; the authors' reference files are optional."""
+"""Shared test fixtures. Tests generate their own data; the authors' reference files are optional.
+Plain helper functions live in ``helpers.py``: test modules never import this file."""
 
 from __future__ import annotations
 
@@ -18,12 +19,6 @@ REPO = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = Path(os.environ.get("GCNET_REFERENCE_DIR", REPO.parent / "shared" / "reference"))
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
-
-
-def tiny_model_kwargs(num_classes: int = 4) -> dict:
-    """A GCNet small enough for CPU tests that still has every kind of block and fusion."""
-    return dict(num_classes=num_classes, channels=8, ppm_channels=16, head_channels=16,
-                num_blocks=[1, 1, [2, 1], [2, 1], [2, 2]])
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,7 @@ import pickle
 
 import pytest
 import torch
-from conftest import tiny_model_kwargs
-from test_fusion import assert_close_rel, randomize_bn
+from helpers import assert_close_rel, randomize_bn, tiny_model_kwargs
 
 from gcnet import build_model, load_model, load_weights, read_checkpoint, save_checkpoint
 from gcnet.errors import CheckpointError

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
+import pytest
+from helpers import run_gcnet as run_cli
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gcnet.cli", *args], capture_output=True, text=True, timeout=120)
+pytestmark = pytest.mark.slow  # every test starts gcnet processes
 
 
 def test_info_json_reports_reference_numbers():

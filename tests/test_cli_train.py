@@ -60,6 +60,7 @@ def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
     assert "no such checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_then_eval_both_forms(tmp_path, capsys):
     work = tmp_path / "run"
     rc = main(["train", "tiny_synthetic", "--data.root", str(tmp_path / "data"), "--work-dir", str(work),
@@ -99,6 +100,7 @@ def test_train_then_eval_both_forms(tmp_path, capsys):
     assert "nothing to do" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_train_bf16_channels_last_on_cpu(tmp_path, capsys):
     work = tmp_path / "run"
     rc = main(["train", "tiny_synthetic", "--data.root", str(tmp_path / "data"), "--work-dir", str(work),
@@ -124,7 +126,7 @@ def test_train_bf16_channels_last_on_cpu(tmp_path, capsys):
 
 
 def test_eval_of_an_authors_style_state_dict_needs_model_and_classes(tmp_path, capsys):
-    from conftest import tiny_model_kwargs
+    from helpers import tiny_model_kwargs
 
     from gcnet import build_model
 

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model_kwargs
+from helpers import DISTRIBUTED_WORKER, subprocess_env, tiny_model_kwargs
 
 from gcnet import build_model, save_checkpoint
 from gcnet.cli import main
@@ -86,6 +86,7 @@ def test_cuda_compile(deploy_model, inputs, cpu_reference):
     assert _rel_diff(out, cpu_reference[0]) < 0.05
 
 
+@pytest.mark.slow
 def test_train_amp_eval_predict_on_cuda(tmp_path, capsys):
     work = tmp_path / "run"
     rc = main(["train", "tiny_synthetic", "--data.root", str(tmp_path / "data"), "--work-dir", str(work),
@@ -110,6 +111,8 @@ def test_train_amp_eval_predict_on_cuda(tmp_path, capsys):
     assert len(list(out.rglob("*_label.png"))) == 4
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_bench_cuda_forms(tmp_path, deploy_model):
     ckpt = save_checkpoint(tmp_path / "m.pt", deploy_model)
     path = tmp_path / "bench.json"
@@ -128,14 +131,14 @@ def test_bench_cuda_forms(tmp_path, deploy_model):
 
 
 @pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs for a 2-process NCCL run")
 def test_two_process_torchrun_nccl(tmp_path):
-    from test_distributed import WORKER, _env
-
     script = tmp_path / "worker.py"
-    script.write_text(WORKER)
+    script.write_text(DISTRIBUTED_WORKER)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(tmp_path), "cuda"], env=_env(), capture_output=True, text=True,
+                           str(script), str(tmp_path), "cuda"], env=subprocess_env(), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "validation at iteration 4" in proc.stdout

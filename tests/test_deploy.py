@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model_kwargs
+from helpers import tiny_model_kwargs
 
 from gcnet import build_model
 from gcnet.deploy import export as E
@@ -119,6 +119,7 @@ def test_onnx_verification_failure_is_clear_and_leaves_no_file(tiny_deploy, tmp_
         E.export_onnx(tiny_deploy, path, opset=13)
 
 
+@pytest.mark.slow
 @pytest.mark.deploy
 def test_openvino_fp32_matches_torch_and_bf16_runs(tiny, tiny_deploy, tmp_path):
     pytest.importorskip("openvino", reason="the OpenVINO runtime needs the openvino package")
@@ -148,6 +149,7 @@ def synthetic(tmp_path_factory):
             build_dataset("folder", root, "val", transform=EvalTransform()))
 
 
+@pytest.mark.slow
 @pytest.mark.deploy
 def test_openvino_int8_calibration_reports_miou_delta(synthetic):
     pytest.importorskip("openvino", reason="int8 needs openvino")
@@ -193,6 +195,7 @@ def test_torchscript_roundtrip(tiny_deploy, tmp_path):
     assert report["max_abs_diff"] < 1e-3
 
 
+@pytest.mark.slow
 def test_torch_export_roundtrip(tiny_deploy, tmp_path):
     report = E.export_torch_export(tiny_deploy, tmp_path / "m.pt2", input_size=(64, 96))
     program = torch.export.load(str(tmp_path / "m.pt2")).module()

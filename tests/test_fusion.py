@@ -5,27 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_close_rel, randomize_bn
 from torch import nn
 
 from gcnet.models import fusion
 from gcnet.models.blocks import ConvBN, GCBlock
-
-
-def randomize_bn(module: nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.weight.data = torch.rand(n, generator=g) + 0.5
-            m.bias.data = torch.randn(n, generator=g)
-            m.running_mean = torch.randn(n, generator=g)
-            m.running_var = torch.rand(n, generator=g) + 0.5
-
-
-def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-5) -> None:
-    err = (actual - expected).abs().max().item()
-    scale = expected.abs().max().item()
-    assert err <= rel * scale, f"max abs error {err:.3g} > {rel} x {scale:.3g}"
 
 
 def test_fold_bn_matches_conv_then_bn():
@@ -91,7 +75,7 @@ def test_gcblock_reparameterization_exact(num_paths, num_1x1_convs, stride, cin,
     x = torch.randn(2, cin, 13, 19)  # odd sizes exercise the stride-2 borders
     expected = block(x)
     block.reparameterize()
-    assert block.deployed and not any(n.startswith("path_") for n, _ in block.named_children())
+    assert block.is_deploy and not any(n.startswith("path_") for n, _ in block.named_children())
     assert list(dict(block.named_parameters())) == ["reparam_3x3.weight", "reparam_3x3.bias"]
     assert_close_rel(block(x), expected)
 

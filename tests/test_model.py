@@ -6,8 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_model_kwargs
-from test_fusion import assert_close_rel, randomize_bn
+from helpers import assert_close_rel, randomize_bn, tiny_model_kwargs
 from torch import nn
 
 from gcnet import VARIANTS, build_model, list_models
@@ -77,8 +76,8 @@ def test_reparameterize_whole_model_is_exact_and_plain():
         assert model.reparameterize() is model
         actual = model(x)
     assert_close_rel(actual, expected)
-    assert model.is_deployed and not model.training
-    assert all(m.deployed for m in model.modules() if isinstance(m, GCBlock))
+    assert model.is_deploy and not model.training
+    assert all(m.is_deploy for m in model.modules() if isinstance(m, GCBlock))
     assert all(m.bn is None for m in model.modules() if isinstance(m, ConvBN))
     assert model.decode_head.aux_head_c4 is None
     assert not any("aux" in k for k in model.state_dict())

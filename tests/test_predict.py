@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model_kwargs
+from helpers import tiny_model_kwargs
 from PIL import Image
 
 from gcnet import build_model

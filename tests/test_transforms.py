@@ -281,6 +281,7 @@ def check_worker_streams() -> None:
     assert all(torch.equal(u, v) for u, v in zip(a, b))
 
 
+@pytest.mark.slow
 def test_workers_get_distinct_reproducible_streams():
     # In a fresh interpreter: runtimes that other tests load into this process (OpenVINO, ONNX Runtime)
     # start thread pools after which forking or spawning DataLoader workers is unsafe.

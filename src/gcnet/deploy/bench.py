@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,19 @@ def _build_runtime(job: dict):
     raise GCNetError(f"unknown runtime kind {form.kind}")
 
 
+def timed_runs(call: Callable[[], Any], iters: int, min_time: float = 0.0,
+               clock: Callable[[], float] = time.perf_counter) -> tuple[list[float], Any]:
+    """Time ``call()`` until there are ``iters`` runs *and* they took ``min_time`` seconds together
+    (at most :data:`MAX_ITERS` runs); returns the durations and the last output."""
+    times: list[float] = []
+    out = None
+    while len(times) < iters or (sum(times) < min_time and len(times) < MAX_ITERS):
+        t = clock()
+        out = call()
+        times.append(clock() - t)
+    return times, out
+
+
 def run_form(job: dict) -> dict:
     """Measure one form (called in the worker process, or in-process). ``job`` holds the form,
     artifact paths, input/reference paths, warm-up/iteration counts and threads. Timed runs go on
@@ -225,12 +239,7 @@ def run_form(job: dict) -> dict:
     first_ms = (time.perf_counter() - t0) * 1e3
     for _ in range(max(0, job["warmup"] - 1)):
         call()
-    times: list[float] = []
-    min_time = float(job.get("min_time_s", 0.0))
-    while len(times) < job["iters"] or (sum(times) < min_time and len(times) < MAX_ITERS):
-        t = time.perf_counter()
-        out = call()
-        times.append(time.perf_counter() - t)
+    times, out = timed_runs(call, job["iters"], float(job.get("min_time_s", 0.0)))
     if cuda:
         out = out.cpu().numpy()
     result: dict[str, Any] = {"latency_ms": latency_stats(times), "load_and_first_call_ms": first_ms,

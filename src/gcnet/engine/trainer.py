@@ -398,12 +398,13 @@ class Trainer:
         progress: tqdm bar (default: when stderr is a terminal); otherwise plain log lines.
         criterion: replaces the OHEM loss (called as ``criterion(outputs, labels) -> (loss, parts)``).
         kill_at: test hook: SIGKILL this process right after the checkpoint of this iteration.
+        clock: seconds counter for the timings and the time budget (tests inject a fake one).
     """
 
     def __init__(self, cfg: Mapping | str | Path, work_dir: str | Path, *, resume: bool | str | Path | None = None,
                  overwrite: bool = False, progress: bool | None = None,
                  criterion: Callable | None = None, kill_at: int | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
         self.cfg = copy.deepcopy(dict(cfg)) if isinstance(cfg, Mapping) else load_config(cfg)
         self.cfg = load_config(self.cfg)  # validate / fill defaults
         self.work_dir = Path(work_dir)
@@ -412,6 +413,7 @@ class Trainer:
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.custom_criterion = criterion
         self.kill_at = kill_at
+        self.clock = clock
         self._log_fn = log or (lambda msg: print(msg, flush=True))
         self.dist = gdist.DistInfo()
         self.model: nn.Module | None = None
@@ -613,7 +615,7 @@ class Trainer:
             self._bar = tqdm(total=None if budget_s else total, initial=start_iter, desc="train", unit="it",
                              dynamic_ncols=True, smoothing=0.05)
         net.train()
-        t_start = time.perf_counter()
+        t_start = self.clock()
         it_last, time_last = start_iter, train_time
         data_time = 0.0
         window: list[torch.Tensor] = []
@@ -624,9 +626,9 @@ class Trainer:
         done = False
         try:
             while not done:
-                t0 = time.perf_counter()
+                t0 = self.clock()
                 images, labels = next(data_iter)
-                data_time += time.perf_counter() - t0
+                data_time += self.clock() - t0
                 images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
                 labels = labels.to(device, non_blocking=True).long()
                 lr = optim_cfg["min_lr"] + (optim_cfg["lr"] - optim_cfg["min_lr"]) * (
@@ -656,7 +658,7 @@ class Trainer:
                 scaler.step(optimizer)
                 scaler.update()
                 it += 1
-                local_time += time.perf_counter() - t0
+                local_time += self.clock() - t0
                 if not dist_info.enabled:
                     train_time = local_time
                 window.append(stats)
@@ -668,7 +670,7 @@ class Trainer:
                         self._bar.set_postfix_str(f"loss {stats[0].item():.4f} lr {lr:.2e}", refresh=False)
 
                 if it % sched["log_interval"] == 0 or done:
-                    now = time.perf_counter()
+                    now = self.clock()
                     ips = (it - it_last) / max(local_time - time_last, 1e-9)
                     mean = torch.stack(window).mean(0).tolist()
                     window.clear()
@@ -719,7 +721,7 @@ class Trainer:
                 self._bar = None
             del data_iter
 
-        seconds = time.perf_counter() - t_start
+        seconds = self.clock() - t_start
         summary = {"iterations": it, "start_iteration": start_iter, "seconds": round(seconds, 1),
                    "train_time_s": round(local_time, 1),
                    "best": best, "final": _json_safe(last_val) if last_val else None,

@@ -13,13 +13,14 @@ from gcnet.models import fusion
 
 
 class ConvBN(nn.Module):
-    """Conv -> BN -> optional ReLU (mmcv ``ConvModule`` order). ``fold_bn()`` makes it conv(+bias) -> ReLU."""
+    """Conv -> BN -> optional ReLU (mmcv ``ConvModule`` order). ``fold_bn()`` makes it conv(+bias) -> ReLU,
+    the deploy form (``deploy=True`` builds that form directly)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int = 0, act: bool = True, folded: bool = False) -> None:
+                 padding: int = 0, act: bool = True, deploy: bool = False) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=folded)
-        self.bn = None if folded else nn.BatchNorm2d(out_channels)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=deploy)
+        self.bn = None if deploy else nn.BatchNorm2d(out_channels)
         self.act = nn.ReLU() if act else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -79,7 +80,8 @@ class GCBlock(nn.Module):
     Training form: ``num_paths`` parallel 3x3-conv+BN -> 1x1-conv+BN paths, one path of
     ``num_1x1_convs`` 1x1-conv+BN layers (0 disables it), and a BN identity path when the shape is
     preserved; their sum goes through a ReLU (or not, with ``act=False``). ``reparameterize()``
-    replaces all of it by one 3x3 conv with bias, ``reparam_3x3``.
+    replaces all of it by one 3x3 conv with bias, ``reparam_3x3``: the deploy form (``deploy=True``
+    builds it directly; ``is_deploy`` tells which form a block is in).
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, act: bool = True,
@@ -104,7 +106,7 @@ class GCBlock(nn.Module):
         self.path_1x1 = ConvChain(in_channels, out_channels, [1] * num_1x1_convs, stride) if num_1x1_convs else None
 
     @property
-    def deployed(self) -> bool:
+    def is_deploy(self) -> bool:
         return self.reparam_3x3 is not None
 
     def _paths_3x3(self) -> list[ConvChain]:
@@ -135,7 +137,7 @@ class GCBlock(nn.Module):
     @torch.no_grad()
     def reparameterize(self) -> None:
         """Replace the training-form paths by one 3x3 conv (in place, exact in eval mode)."""
-        if self.deployed:
+        if self.is_deploy:
             return
         kernel, bias = self.equivalent_kernel_bias()
         conv = nn.Conv2d(self.in_channels, self.out_channels, 3, self.stride, 1, bias=True).to(kernel)
@@ -172,7 +174,7 @@ class DAPPM(nn.Module):
         return self.compression(torch.cat(feats, dim=1)) + self.shortcut(x)
 
 
-def seg_head(in_channels: int, channels: int, folded: bool = False) -> nn.Sequential:
+def seg_head(in_channels: int, channels: int, deploy: bool = False) -> nn.Sequential:
     """BN -> ReLU -> 3x3 conv -> BN -> ReLU (the authors' ``_make_base_head``)."""
     return nn.Sequential(nn.BatchNorm2d(in_channels), nn.ReLU(),
-                         ConvBN(in_channels, channels, 3, padding=1, act=True, folded=folded))
+                         ConvBN(in_channels, channels, 3, padding=1, act=True, deploy=deploy))

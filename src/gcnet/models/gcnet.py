@@ -60,8 +60,8 @@ class GCNetBackbone(nn.Module):
             return nn.Sequential(*blocks, block(cout, cout, act=False))
 
         self.stem = nn.Sequential(
-            ConvBN(3, c, 3, stride=2, padding=1, folded=deploy),
-            ConvBN(c, c, 3, stride=2, padding=1, folded=deploy),
+            ConvBN(3, c, 3, stride=2, padding=1, deploy=deploy),
+            ConvBN(c, c, 3, stride=2, padding=1, deploy=deploy),
             *[block(c, c) for _ in range(s2)],
             block(c, 2 * c, stride=2),
             *[block(2 * c, 2 * c) for _ in range(s3 - 1)],
@@ -72,12 +72,12 @@ class GCNetBackbone(nn.Module):
             stage(4 * c, 8 * c, s5, 2, True),
             stage(8 * c, 16 * c, s6, 2, True),
         ])
-        self.compression_1 = ConvBN(4 * c, 2 * c, 1, act=False, folded=deploy)
-        self.down_1 = ConvBN(2 * c, 4 * c, 3, stride=2, padding=1, act=False, folded=deploy)
-        self.compression_2 = ConvBN(8 * c, 2 * c, 1, act=False, folded=deploy)
+        self.compression_1 = ConvBN(4 * c, 2 * c, 1, act=False, deploy=deploy)
+        self.down_1 = ConvBN(2 * c, 4 * c, 3, stride=2, padding=1, act=False, deploy=deploy)
+        self.compression_2 = ConvBN(8 * c, 2 * c, 1, act=False, deploy=deploy)
         self.down_2 = nn.Sequential(
-            ConvBN(2 * c, 4 * c, 3, stride=2, padding=1, act=True, folded=deploy),
-            ConvBN(4 * c, 8 * c, 3, stride=2, padding=1, act=False, folded=deploy),
+            ConvBN(2 * c, 4 * c, 3, stride=2, padding=1, act=True, deploy=deploy),
+            ConvBN(4 * c, 8 * c, 3, stride=2, padding=1, act=False, deploy=deploy),
         )
         self.detail_branch_layers = nn.ModuleList([
             stage(2 * c, 2 * c, d4, 1, False),
@@ -116,7 +116,7 @@ class GCNetHead(nn.Module):
 
     def __init__(self, in_channels: int, channels: int, num_classes: int, deploy: bool) -> None:
         super().__init__()
-        self.head = seg_head(in_channels, channels, folded=deploy)
+        self.head = seg_head(in_channels, channels, deploy=deploy)
         if deploy:
             self.aux_head_c4 = self.aux_cls_seg_c4 = None
         else:
@@ -135,8 +135,10 @@ class GCNet(nn.Module):
     """GCNet segmentation model: ``backbone`` + ``decode_head`` (the authors' state-dict layout).
 
     ``eval()``: returns logits ``(B, K, ceil(H/8), ceil(W/8))``. ``train()``: returns
-    ``(logits, aux_logits)``. After ``reparameterize()`` the model is a plain conv network (one 3x3
-    conv per GCBlock, BatchNorms after convs folded, no auxiliary head) returning logits only.
+    ``(logits, aux_logits)``. After ``reparameterize()`` the model is in the *deploy* form, a plain
+    conv network (one 3x3 conv per GCBlock, BatchNorms after convs folded, no auxiliary head)
+    returning logits only; ``deploy=True`` builds that form directly and ``is_deploy`` tells which
+    form a model is in.
     """
 
     def __init__(self, num_classes: int = 19, channels: int = 32, ppm_channels: int = 128,
@@ -152,7 +154,7 @@ class GCNet(nn.Module):
             num_blocks=copy.deepcopy(num_blocks), head_channels=head_channels, num_paths=num_paths,
             num_1x1_convs=num_1x1_convs, align_corners=align_corners)
         self.num_classes = num_classes
-        self.is_deployed = deploy
+        self.is_deploy = deploy
         self.backbone = GCNetBackbone(channels, ppm_channels, num_blocks, num_paths, num_1x1_convs,
                                       align_corners, deploy)
         self.decode_head = GCNetHead(4 * channels, head_channels, num_classes, deploy)
@@ -173,7 +175,7 @@ class GCNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         c4_feat, feats = self.backbone(x)
         logits = self.decode_head(feats)
-        if self.training and not self.is_deployed:
+        if self.training and not self.is_deploy:
             return logits, self.decode_head.forward_aux(c4_feat)
         return logits
 
@@ -186,8 +188,13 @@ class GCNet(nn.Module):
             if isinstance(module, ConvBN):
                 module.fold_bn()
         self.decode_head.aux_head_c4 = self.decode_head.aux_cls_seg_c4 = None
-        self.is_deployed = True
+        self.is_deploy = True
         return self
+
+    @property
+    def is_deployed(self) -> bool:
+        """Old name of ``is_deploy``, kept only until the callers outside ``gcnet.models`` are renamed."""
+        return self.is_deploy
 
     def fuse_gcblocks(self) -> GCNet:
         """Collapse only the GCBlocks (the authors' ``switch_to_deploy`` form)."""

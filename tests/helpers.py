@@ -1,0 +1,93 @@
+"""Helpers shared by several test modules (import as ``from helpers import ...``; pytest puts this
+folder on ``sys.path``). Test modules import from here, never from each other or from conftest."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_model_kwargs(num_classes: int = 4) -> dict:
+    """A GCNet small enough for CPU tests that still has every kind of block and fusion."""
+    return dict(num_classes=num_classes, channels=8, ppm_channels=16, head_channels=16,
+                num_blocks=[1, 1, [2, 1], [2, 1], [2, 2]])
+
+
+def randomize_bn(module: nn.Module, seed: int = 0) -> None:
+    """Give every BatchNorm random affine parameters and running statistics (so folding is not trivial)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.weight.data = torch.rand(n, generator=g) + 0.5
+            m.bias.data = torch.randn(n, generator=g)
+            m.running_mean = torch.randn(n, generator=g)
+            m.running_var = torch.rand(n, generator=g) + 0.5
+
+
+def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-5) -> None:
+    """Max abs error within ``rel`` x the largest magnitude of ``expected``."""
+    err = (actual - expected).abs().max().item()
+    scale = expected.abs().max().item()
+    assert err <= rel * scale, f"max abs error {err:.3g} > {rel} x {scale:.3g}"
+
+
+class FakeClock:
+    """A clock for injection (``clock=FakeClock(0.5)``): each call returns a time ``step`` seconds later."""
+
+    def __init__(self, step: float) -> None:
+        self.step = step
+        self.now = 0.0
+        self.calls = 0
+
+    def __call__(self) -> float:
+        self.calls += 1
+        self.now += self.step
+        return self.now
+
+
+def subprocess_env() -> dict:
+    """Environment for a gcnet subprocess: this checkout's ``src`` first, one OpenMP thread that does not spin."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["OMP_NUM_THREADS"] = "1"
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return env
+
+
+def run_gcnet(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m gcnet.cli ARGS`` in its own process, as a user does."""
+    return subprocess.run([sys.executable, "-m", "gcnet.cli", *args], env=subprocess_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# Two-process training worker for torchrun (gloo on CPU in test_distributed, NCCL in test_cuda).
+DISTRIBUTED_WORKER = textwrap.dedent("""
+    import sys
+    import torch
+    import torch.distributed as dist
+    from gcnet.engine.config import load_config
+    from gcnet.engine.trainer import Trainer
+
+    out, device = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "cpu"
+    cfg = load_config("tiny_synthetic", [
+        f"data.root={out}/data", "data.synthetic_size=[64, 80]", "data.synthetic_train=12",
+        "data.synthetic_val=5", "data.crop_size=[64, 64]", "data.batch_size=4", "data.workers=0",
+        "schedule.iters=4", "schedule.val_interval=2", "schedule.ckpt_interval=2", "schedule.log_interval=1",
+        "eval.batch_size=2", "model.sync_bn=true", f"runtime.device={device}",
+    ])
+    trainer = Trainer(cfg, f"{out}/run", progress=False)
+    summary = trainer.run(keep_process_group=True)
+    rank = dist.get_rank()
+    assert dist.get_world_size() == 2 and dist.get_backend() == ("nccl" if device == "cuda" else "gloo")
+    torch.save({"state_dict": trainer.model.state_dict(), "final": summary["final"]}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+""")
