@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import types
 from functools import partial
 from pathlib import Path
 
@@ -235,6 +236,31 @@ def test_google_drive_without_gdown_says_how(home):
     with pytest.raises(CheckpointError, match=r"needs gdown: pip install 'gcnet\[gdrive\]'"):
         gcnet.load_model("gcnet-s_cityscapes")
     assert files_in(home) == []
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_google_drive_glue_with_a_stand_in_for_gdown(served, home, monkeypatch, fails):
+    # gdown needs the internet: a stand-in with its download(id=, output=, quiet=) call checks our glue
+    # (file id, private temporary folder, checks, nothing left behind on failure), not Google Drive.
+    calls = []
+
+    def download(id=None, output=None, quiet=False):  # noqa: A002 - gdown's parameter name
+        calls.append(id)
+        data = (served["root"] / "gcnet-s.pth").read_bytes()
+        Path(output).write_bytes(data[: len(data) // 3] if fails else data)
+        if fails:
+            raise ConnectionError("Connection reset by peer")
+        return output
+
+    monkeypatch.setitem(sys.modules, "gdown", types.SimpleNamespace(download=download))
+    entry = gcnet.get_weights("gcnet-s_cityscapes")
+    if fails:
+        with pytest.raises(CheckpointError, match="Connection reset by peer") as err:
+            gcnet.load_model(entry.name)
+        assert f"save it as {entry.path}" in str(err.value) and files_in(home) == []
+    else:
+        assert gcnet.load_model(entry.name).num_classes == 19 and files_in(home) == [entry.path.name]
+    assert calls == ["1KersBP95k3b0AELiYlQ1rk4PKUmN-ueu"]
 
 
 def _predict(tmp_path, *extra) -> tuple[np.ndarray, list[int]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import urllib.error
@@ -159,6 +160,15 @@ def _is_google_drive(url: str) -> bool:
     return urllib.parse.urlsplit(url).hostname in ("drive.google.com", "docs.google.com")
 
 
+def _google_drive_id(url: str) -> str:
+    """The file id of a Drive link (``.../file/d/<id>/view`` or ``...?id=<id>``); gdown takes it in every version."""
+    parts = urllib.parse.urlsplit(url)
+    found = re.search(r"/d/([-\w]+)", parts.path) or re.search(r"(?:^|&)id=([-\w]+)", parts.query)
+    if not found:
+        raise _NetworkError(f"{url}: not a link to a Google Drive file (expected .../file/d/<id>/... or ?id=<id>)")
+    return found.group(1)
+
+
 def url_cache_path(url: str) -> Path:
     """Cache path of a URL: its file name under a folder named by the URL's hash (no collisions)."""
     name = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name or "download"
@@ -257,7 +267,7 @@ def _fetch_google_drive(url: str, tmp: Path, progress: bool) -> None:
     with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{tmp.stem}.", suffix=TMP_MARKER) as folder:
         out = Path(folder) / "download"
         try:
-            got = gdown.download(url, str(out), quiet=not progress, fuzzy=True)
+            got = gdown.download(id=_google_drive_id(url), output=str(out), quiet=not progress)
         except Exception as exc:  # noqa: BLE001 - gdown raises its own types for network and quota errors
             raise _NetworkError(f"Google Drive: {type(exc).__name__}: {exc}".splitlines()[0]) from None
         if not got or not out.is_file():

@@ -116,6 +116,7 @@ place only when complete, so a failed or interrupted input never truncates or re
 earlier output.""",
         epilog="""\
 examples:
+  gcnet predict street.jpg --checkpoint gcnet-s_cityscapes       # the authors' model, downloaded once
   gcnet predict photos/ --checkpoint runs/camvid/best.pth --out pred/
   gcnet predict street.mp4 --model gcnet-s --weights gcnet-s_cityscapes.pth --num-classes 19
   gcnet predict img.png --checkpoint gcnet-s_int8.xml --precision int8 --dataset camvid""")
