@@ -126,6 +126,15 @@ def test_registry_holds_the_authors_releases_with_metadata():
         gcnet.get_weights("nope")
 
 
+def test_register_own_weights(monkeypatch):
+    monkeypatch.setattr(W, "REGISTRY", dict(W.REGISTRY))
+    mine = W.register_weights(W.Weights(name="mine_camvid", variant="gcnet-s", dataset="camvid", url="https://x/m.pth",
+                                        miou=None, reported="", eval_size=(720, 960), license="ours"))
+    assert gcnet.get_weights("MINE_camvid") is mine and mine.num_classes == 11 and "mine_camvid" in gcnet.list_weights()
+    with pytest.raises(ValueError, match="already registered"):
+        W.register_weights(mine)
+
+
 def test_name_downloads_once_is_checked_and_builds_the_model(served, server, home, register):
     register("test-s", f"{server.url}/gcnet-s.pth", sha256=served["sha256"])
     model = gcnet.build_model("gcnet-s", weights="test-s")  # num_classes from the weights

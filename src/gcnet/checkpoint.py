@@ -99,9 +99,13 @@ def resolve_checkpoint(source: Source) -> Path:
     checked first (named weights: keys and shapes against their model)."""
     path = resolve(source, check=_check_download)
     if not path.exists():
-        raise CheckpointError(f"{os.fspath(source) if not isinstance(source, Weights) else source.name}: no such "
-                              f"checkpoint file (nor named weights: {', '.join(list_weights())}; nor a URL)")
+        raise CheckpointError(f"{_spec_name(source)}: no such checkpoint file (nor named weights: "
+                              f"{', '.join(list_weights())}; nor a URL)")
     return path
+
+
+def _spec_name(source: Source | dict) -> str:
+    return source.name if isinstance(source, Weights) else "state dict" if isinstance(source, dict) else str(source)
 
 
 def fetch_weights(name: str | Weights, *, force: bool = False, progress: bool = True) -> Path:
@@ -178,7 +182,7 @@ def _foreign_file(path: Path) -> str | None:
             kind = "a zip archive"
     elif suffix == ".onnx":
         kind, hint = "an ONNX model (from `gcnet export`)", "; `gcnet predict` and `gcnet bench` run it as is"
-    elif suffix in (".xml", ".bin") or head.startswith((b"<?xml", b"<net")):
+    elif suffix == ".xml" or head.startswith((b"<?xml", b"<net")) or (suffix == ".bin" and path.with_suffix(".xml").is_file()):
         kind, hint = "an OpenVINO IR model (from `gcnet export`)", "; `gcnet predict` and `gcnet bench` run the .xml as is"
     elif head[:15].lower().startswith((b"<!doctype html", b"<html")):
         kind = "an HTML page (a failed download? Google Drive answers large files with a confirmation page)"
@@ -289,7 +293,7 @@ def load_weights(model: GCNet, source: Source | dict, strict: bool = True) -> GC
     training-form model needs training-form weights. Mismatches raise ``CheckpointError`` listing what
     differs; nothing is loaded then.
     """
-    name = str(source) if not isinstance(source, dict) else "state dict"
+    name = _spec_name(source)
     obj = read_checkpoint(source) if not isinstance(source, dict) else source
     return _load_state(model, extract_state_dict(obj, name), name, strict)
 
@@ -322,7 +326,7 @@ def _load_state(model: GCNet, state_dict: StateDict, name: str, strict: bool = T
 def check_weights(source: Source, variant: str, num_classes: int, name: str | None = None) -> None:
     """Raise ``CheckpointError`` (with what differs) unless ``source`` holds ``variant`` weights for
     ``num_classes`` classes, in any form (keys and shapes are compared)."""
-    name = name or str(source)
+    name = name or _spec_name(source)
     state = extract_state_dict(read_checkpoint(source), name)
     _load_state(build_model(variant, num_classes, deploy=state_dict_form(state) != "train"), state,
                 f"{name} (expected {variant} weights for {num_classes} classes)")
@@ -402,8 +406,7 @@ def checkpoint_dataset_info(source: Source | dict) -> DatasetInfo | None:
             return DatasetInfo(str(stored["name"]), stored["classes"], stored["palette"],
                                int(stored.get("ignore_index", 255)))
         except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{source if not isinstance(source, dict) else 'checkpoint'}: invalid dataset "
-                                  f"metadata inside ({exc})") from None
+            raise CheckpointError(f"{_spec_name(source)}: invalid dataset metadata inside ({exc})") from None
     meta = obj.get("meta")
     mm = meta.get("dataset_meta") if isinstance(meta, dict) else None
     if isinstance(mm, dict) and mm.get("classes") and mm.get("palette"):
@@ -418,8 +421,7 @@ def load_model(source: Source, map_location: str | torch.device = "cpu") -> GCNe
     """Rebuild a model, in the form it was saved, from one of our checkpoints or a save_pretrained
     folder (the config is inside) or from named weights (the registry knows the model)."""
     obj = read_checkpoint(source, map_location)
-    entry = find_weights(source)
-    name = entry.name if entry else str(source)
+    entry, name = find_weights(source), _spec_name(source)
     if isinstance(obj, dict) and obj.get("format") == FORMAT and "config" in obj:
         config, state = obj["config"], obj["state_dict"]
         deploy = bool(obj.get("deployed"))
@@ -427,11 +429,11 @@ def load_model(source: Source, map_location: str | torch.device = "cpu") -> GCNe
         state = extract_state_dict(obj, name)
         config, deploy = {"name": entry.variant, "num_classes": entry.num_classes}, state_dict_form(state) != "train"
     else:
-        raise CheckpointError(f"{source}: not a gcnet checkpoint (no model config inside); for the authors' "
+        raise CheckpointError(f"{name}: not a gcnet checkpoint (no model config inside); for the authors' "
                               "files use build_model(...) then load_weights(model, path)")
     try:
         model = build_model(deploy=deploy, **config)
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{source}: invalid model config inside the checkpoint: {exc}") from exc
+        raise CheckpointError(f"{name}: invalid model config inside the checkpoint: {exc}") from exc
     _load_state(model, extract_state_dict(state, name) if isinstance(state, dict) else state, name)
     return model.to(map_location).eval()
