@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from gcnet.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_model, load_weights, resolve_checkpoint
-from gcnet.errors import CheckpointError, GCNetError
+from gcnet.errors import CheckpointError
 from gcnet.models.gcnet import GCNet
 from gcnet.models.gcnet import build_model as _build_model
 from gcnet.weights import Weights, get_weights
@@ -52,7 +52,7 @@ def _download_repo(repo_id: str, revision: str | None) -> Path:
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
-        raise GCNetError(f"{repo_id}: no such folder; to load it from the Hugging Face Hub install "
+        raise CheckpointError(f"{repo_id}: no such folder; to load it from the Hugging Face Hub install "
                          "huggingface_hub (pip install huggingface_hub)") from None
     try:
         hf_hub_download(repo_id, CONFIG_NAME, revision=revision)
