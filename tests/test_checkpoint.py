@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
+import sys
+import types
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -30,7 +34,7 @@ def test_save_and_load_model_round_trip_weights_only(tmp_path):
     x = torch.randn(1, 3, 40, 56)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
-    assert not list(tmp_path.glob(".*.tmp")), "atomic write left a temporary file"
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"], "atomic write left a temporary file"
 
 
 def test_deploy_checkpoint_rebuilds_deploy_model(tmp_path):
@@ -116,11 +120,9 @@ def test_legacy_pickle_with_eval_is_refused(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
-def test_mmengine_metadata_objects_are_read_inertly():
-    # Simulate what mmengine writes: an object of a class from a package that is not installed.
-    import sys
-    import types
-
+@contextlib.contextmanager
+def fake_mmengine():
+    """An mmengine-like ``HistoryBuffer`` class, importable only inside the block (mmengine is not installed)."""
     names = ["mmengine", "mmengine.logging", "mmengine.logging.history_buffer"]
     modules = {name: types.ModuleType(name) for name in names}
 
@@ -134,18 +136,32 @@ def test_mmengine_metadata_objects_are_read_inertly():
     saved = {name: sys.modules.get(name) for name in names}
     sys.modules.update(modules)
     try:
-        buffer = io.BytesIO()
-        torch.save({"state_dict": trained_tiny().state_dict(), "message_hub": {"loss": HistoryBuffer()}}, buffer)
+        yield HistoryBuffer
     finally:
         for name, previous in saved.items():
             if previous is None:
                 sys.modules.pop(name, None)
             else:
                 sys.modules[name] = previous
+
+
+def save_mmengine(target, state_dict: dict, dataset_meta: dict | None = None) -> None:
+    """Write a checkpoint laid out like the authors' (mmengine): meta, state_dict, pickled message hub."""
+    with fake_mmengine() as HistoryBuffer:
+        meta = {"mmengine_version": "0.10.2", "epoch": 0, "iter": 120000}
+        if dataset_meta is not None:
+            meta["dataset_meta"] = dataset_meta
+        torch.save({"meta": meta, "state_dict": OrderedDict(state_dict),
+                    "message_hub": {"log_scalars": {"loss": HistoryBuffer()}}}, target)
+
+
+def test_mmengine_metadata_objects_are_read_inertly():
+    buffer = io.BytesIO()
+    save_mmengine(buffer, trained_tiny().state_dict())
     buffer.seek(0)
     obj = read_checkpoint(buffer)
-    assert type(obj["message_hub"]["loss"]).__name__ == "HistoryBuffer"
-    assert type(obj["message_hub"]["loss"]).__module__ == "gcnet.checkpoint.opaque"
+    loss = obj["message_hub"]["log_scalars"]["loss"]
+    assert type(loss).__name__ == "HistoryBuffer" and type(loss).__module__ == "gcnet.checkpoint.opaque"
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04truncated zip"])
@@ -163,3 +179,80 @@ def test_missing_file_and_foreign_checkpoint(tmp_path):
     torch.save({"state_dict": trained_tiny().state_dict()}, tmp_path / "authors.pth")
     with pytest.raises(CheckpointError, match="not a gcnet checkpoint"):
         load_model(tmp_path / "authors.pth")
+
+
+def _torchscript(path):
+    torch.jit.save(torch.jit.trace(torch.nn.Conv2d(3, 2, 1), torch.randn(1, 3, 4, 4)), path)
+
+
+def _torch_export(path):
+    torch.export.save(torch.export.export(torch.nn.Conv2d(3, 2, 1), (torch.randn(1, 3, 4, 4),)), path)
+
+
+def _png(path):
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(path)
+
+
+NOT_CHECKPOINTS = {  # file name -> (writer, words the message must contain)
+    "model.onnx": (lambda p: p.write_bytes(b"\x08\x08\x12\x07pytorch"), "ONNX model"),
+    "model.xml": (lambda p: p.write_text('<?xml version="1.0"?>\n<net name="gcnet" version="11"/>'), "OpenVINO IR"),
+    "model.ts": (_torchscript, "TorchScript module"),
+    "model.pt2": (_torch_export, "torch.export program"),
+    "photo.png": (_png, "an image"),
+    "train.toml": (lambda p: p.write_text("[model]\nname = 'gcnet-s'\n"), "training config"),
+    "download.pth": (lambda p: p.write_text("<!DOCTYPE html><html>Google Drive - Virus scan warning</html>"),
+                     "HTML page"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_CHECKPOINTS))
+def test_non_checkpoint_files_say_what_they_are(tmp_path, name, capsys):
+    from gcnet.cli import main
+
+    write, words = NOT_CHECKPOINTS[name]
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(CheckpointError) as err:
+        load_weights(build_model("gcnet-s", **tiny_model_kwargs()), path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: this is ") and words in message and "gcnet checkpoint" in message
+    assert "weights_only" not in message and "corrupt" not in message and message.count("\n") <= 1
+    assert main(["eval", str(path), "--dataset", "camvid", "--data-root", str(tmp_path)]) == 2
+    stderr = capsys.readouterr().err
+    assert words in stderr and "weights_only" not in stderr and "Traceback" not in stderr
+
+
+def test_truncated_checkpoint_never_suggests_weights_only_false(tmp_path):
+    path = tmp_path / "cut.pth"
+    save_checkpoint(path, trained_tiny())
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match="truncated or corrupt") as err:
+        read_checkpoint(path)
+    assert "weights_only" not in str(err.value)
+
+
+def test_dataset_metadata_round_trip_weights_only(tmp_path):
+    from gcnet import checkpoint_dataset_info
+    from gcnet.data.metadata import DatasetInfo
+
+    info = DatasetInfo("fields", ("soil", "crop", "weed", "sky"), ((1, 2, 3), (4, 5, 6), (7, 8, 9), (9, 9, 9)), 255)
+    path = save_checkpoint(tmp_path / "own.pth", trained_tiny(), dataset=info, iteration=3)
+    raw = torch.load(path, weights_only=True)
+    assert raw["dataset"] == {"name": "fields", "classes": list(info.classes),
+                              "palette": [list(c) for c in info.palette], "ignore_index": 255}
+    assert checkpoint_dataset_info(path) == info and checkpoint_dataset_info(raw) == info
+    assert checkpoint_dataset_info(save_checkpoint(tmp_path / "bare.pth", trained_tiny())) is None
+    with pytest.raises(ValueError, match="4 classes but the model has 7"):
+        save_checkpoint(tmp_path / "x.pth", trained_tiny(num_classes=7), dataset=info)
+    assert not (tmp_path / "x.pth").exists()
+
+
+def test_mmseg_dataset_meta_is_read(tmp_path):
+    from gcnet import checkpoint_dataset_info
+
+    classes, palette = ["a", "b", "c", "d"], [[1, 1, 1], [2, 2, 2], [3, 3, 3], [4, 4, 4]]
+    save_mmengine(tmp_path / "authors.pth", trained_tiny().state_dict(), {"classes": tuple(classes), "palette": palette})
+    info = checkpoint_dataset_info(tmp_path / "authors.pth")
+    assert list(info.classes) == classes and [list(c) for c in info.palette] == palette

@@ -1,20 +1,28 @@
 """Reading and writing checkpoints safely.
 
-* Our files: ``{"format": "gcnet", "config": ..., "deployed": bool, "state_dict": ..., **extra}``,
-  written atomically and loadable with ``torch.load(weights_only=True)``.
+* Our files: ``{"format": "gcnet", "config": ..., "deployed": bool, "state_dict": ...,
+  "dataset": {name, classes, palette, ignore_index} (optional), **extra}``, written atomically and
+  loadable with ``torch.load(weights_only=True)``.
+* The portable form (:func:`save_pretrained`): a folder with ``config.json`` (model config, dataset
+  metadata, normalisation) and ``model.safetensors`` (weights; the same JSON in its header), the
+  layout timm and smp use on the Hugging Face Hub. Reading it never unpickles anything.
 * The authors' files: mmengine checkpoints (``state_dict``, ``meta``, ``message_hub``, ...), in
   training form or after their ``switch_to_deploy``. mmengine pickles its own objects into them,
   which ``weights_only=True`` refuses; we then read the file with a restricted unpickler that turns
   known metadata classes (mmengine, numpy) into inert placeholders and refuses everything else,
   so no code from a file is ever run.
+
+Every function that takes a checkpoint takes a *spec*: a path, named weights (``gcnet-s_cityscapes``,
+see :mod:`gcnet.weights`) or a URL; :func:`resolve_checkpoint` turns it into a local file.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
-import tempfile
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,11 +31,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gcnet.data.metadata import DatasetInfo
+from gcnet.data.transforms import MEAN, STD
 from gcnet.errors import CheckpointError
+from gcnet.fileio import IMAGE_EXTENSIONS, atomic_path, write_text
 from gcnet.models.gcnet import GCNet, build_model
+from gcnet.weights import Weights, fetch, find_weights, get_weights, list_weights, resolve, sha256sum
 
 FORMAT = "gcnet"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
 StateDict = dict[str, Tensor]
+Source = str | os.PathLike | Weights
 
 # Classes of metadata that mmengine writes next to the weights: read as inert placeholders.
 _OPAQUE_MODULE_PREFIXES = ("mmengine.", "mmcv.", "mmseg.", "numpy")
@@ -78,20 +93,61 @@ def _make_restricted_pickle_module(path: str) -> Any:
     return SimpleNamespace(Unpickler=RestrictedUnpickler, load=load, __name__="gcnet_restricted_pickle")
 
 
-def read_checkpoint(source: str | os.PathLike | io.BytesIO, map_location: str | torch.device = "cpu") -> Any:
-    """Read any supported checkpoint file without executing code from it."""
-    name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else str(getattr(source, "name", source))
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no such checkpoint file")
+def resolve_checkpoint(source: Source) -> Path:
+    """The local file (or save_pretrained folder) for a checkpoint spec: a path, named weights
+    (``gcnet weights`` lists them) or a URL. Names and URLs are downloaded once into the cache and
+    checked first (named weights: keys and shapes against their model)."""
+    path = resolve(source, check=_check_download)
+    if not path.exists():
+        raise CheckpointError(f"{_spec_name(source)}: no such checkpoint file (nor named weights: "
+                              f"{', '.join(list_weights())}; nor a URL)")
+    return path
+
+
+def _spec_name(source: Source | dict) -> str:
+    return source.name if isinstance(source, Weights) else "state dict" if isinstance(source, dict) else str(source)
+
+
+def fetch_weights(name: str | Weights, *, force: bool = False, progress: bool = True) -> Path:
+    """Download named weights into the cache (unless cached, or with ``force``), checked before kept."""
+    return fetch(name, check=_check_download, force=force, progress=progress)
+
+
+def _check_download(path: Path, entry: Weights | None) -> None:
+    if entry is None:
+        read_checkpoint(path)  # any URL: must be a readable checkpoint (catches truncated files too)
+    else:
+        check_weights(path, entry.variant, entry.num_classes, name="the file")
+
+
+def read_checkpoint(source: Source | io.BytesIO, map_location: str | torch.device = "cpu") -> Any:
+    """Read any supported checkpoint without executing code from it: ours, the authors' (mmengine),
+    a save_pretrained folder or ``.safetensors`` file (returned in our checkpoint layout)."""
+    if isinstance(source, io.IOBase):
+        return _torch_load(source, str(getattr(source, "name", source)), map_location)
+    path = resolve_checkpoint(source)
+    if path.is_dir() or _is_safetensors(path):
+        return _read_pretrained(path, map_location)
+    problem = _foreign_file(path)
+    if problem:
+        raise CheckpointError(problem)
+    return _torch_load(path, str(path), map_location)
+
+
+def _brief(exc: BaseException) -> str:
+    """First line of an error from torch.load, without its advice to disable weights_only (never wanted)."""
+    line = (str(exc).strip().splitlines() or [""])[0][:200]
+    return type(exc).__name__ if not line or "weights_only" in line else line
+
+
+def _torch_load(source: Path | io.IOBase, name: str, map_location: str | torch.device) -> Any:
     try:
         return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         pass  # references a global outside torch's allowlist: retry with our restricted unpickler
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise CheckpointError(f"{name}: not a readable PyTorch checkpoint (corrupt or truncated?): {exc}") from exc
-    if isinstance(source, io.BytesIO):
+        raise CheckpointError(f"{name}: not a readable PyTorch checkpoint (truncated or corrupt?): {_brief(exc)}") from None
+    if isinstance(source, io.IOBase):
         source.seek(0)
     try:
         return torch.load(source, map_location=map_location, weights_only=False,
@@ -99,7 +155,84 @@ def read_checkpoint(source: str | os.PathLike | io.BytesIO, map_location: str | 
     except CheckpointError:
         raise
     except Exception as exc:  # noqa: BLE001 - anything else means the file is unusable
-        raise CheckpointError(f"{name}: not a readable checkpoint (corrupt, truncated or not a PyTorch file): {exc}") from exc
+        raise CheckpointError(f"{name}: not a readable checkpoint (truncated, corrupt or not a PyTorch file): "
+                              f"{_brief(exc)}") from None
+
+
+_PASS_INSTEAD = ("pass a gcnet checkpoint (.pth from `gcnet train`), named weights (`gcnet weights`), the "
+                 "authors' .pth, or a save_pretrained folder")
+
+
+def _foreign_file(path: Path) -> str | None:
+    """What a file that is not a checkpoint is, and what to pass instead; None if it may be one."""
+    suffix = path.suffix.lower()
+    with open(path, "rb") as f:
+        head = f.read(256).lstrip()
+    hint = ""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+        if any("/code/" in n or n.endswith("/constants.pkl") for n in names):
+            kind = "a TorchScript module (`gcnet export --format torchscript`; load it with torch.jit.load)"
+        elif suffix == ".pt2" or any(n.endswith("/archive_format") for n in names):
+            kind = "a torch.export program (`gcnet export --format torch-export`; load it with torch.export.load)"
+        elif any(n.endswith("data.pkl") for n in names):
+            return None
+        else:
+            kind = "a zip archive"
+    elif suffix == ".onnx":
+        kind, hint = "an ONNX model (from `gcnet export`)", "; `gcnet predict` and `gcnet bench` run it as is"
+    elif suffix == ".xml" or head.startswith((b"<?xml", b"<net")) or (suffix == ".bin" and path.with_suffix(".xml").is_file()):
+        kind, hint = "an OpenVINO IR model (from `gcnet export`)", "; `gcnet predict` and `gcnet bench` run the .xml as is"
+    elif head[:15].lower().startswith((b"<!doctype html", b"<html")):
+        kind = "an HTML page (a failed download? Google Drive answers large files with a confirmation page)"
+    elif suffix in IMAGE_EXTENSIONS or head.startswith((b"\x89PNG", b"\xff\xd8\xff")):
+        kind = "an image"
+    elif suffix == ".toml":
+        kind = "a training config (for `gcnet train`)"
+    elif suffix == ".json" and path.name == CONFIG_NAME:
+        kind, hint = "a save_pretrained config", f"; pass its folder ({path.parent})"
+    else:
+        return None
+    return f"{path}: this is {kind}, not a model checkpoint: {_PASS_INSTEAD}{hint}"
+
+
+def _is_safetensors(path: Path) -> bool:
+    if path.suffix.lower() == ".safetensors":
+        return True
+    with open(path, "rb") as f:
+        head = f.read(9)  # 8-byte little-endian header length, then the JSON header
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 1 << 30
+
+
+def _read_pretrained(path: Path, map_location: str | torch.device) -> dict:
+    """A save_pretrained folder or .safetensors file, as our checkpoint dict; nothing is unpickled."""
+    from safetensors import safe_open
+
+    file = path / WEIGHTS_NAME if path.is_dir() else path
+    if not file.is_file():
+        pth = sorted(p.name for p in path.glob("*.pth"))[:4]
+        raise CheckpointError(f"{path}: a folder, not a checkpoint: pass a checkpoint file"
+                              + (f" inside it ({', '.join(pth)})" if pth else "")
+                              + f", or a save_pretrained folder ({CONFIG_NAME} + {WEIGHTS_NAME})")
+    try:
+        with safe_open(file, "pt", device=str(map_location)) as f:
+            card_text = (f.metadata() or {}).get(FORMAT)
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for bad files
+        raise CheckpointError(f"{file}: not a readable safetensors file (truncated or corrupt?): {_brief(exc)}") from None
+    config_file = file.parent / CONFIG_NAME
+    if card_text is None and config_file.is_file():
+        card_text = config_file.read_text(encoding="utf-8")
+    if card_text is None:
+        return {"state_dict": state}  # weights only, e.g. from another tool
+    try:
+        card = json.loads(card_text)
+        config = dict(card["model"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{file}: invalid gcnet model config ({exc})") from None
+    return {"format": FORMAT, "config": config, "deployed": bool(card.get("deployed")), "state_dict": state,
+            "dataset": card.get("dataset")}
 
 
 def extract_state_dict(obj: Any, name: str = "checkpoint") -> StateDict:
@@ -151,18 +284,21 @@ def _compare(model_sd: StateDict, state_dict: StateDict, name: str, ignore_missi
 _AUX_PREFIX = ("decode_head.aux_",)
 
 
-def load_weights(model: GCNet, source: str | os.PathLike | dict, strict: bool = True) -> GCNet:
-    """Load weights into ``model`` from a path or a state dict, converting the form if needed.
+def load_weights(model: GCNet, source: Source | dict, strict: bool = True) -> GCNet:
+    """Load weights into ``model`` from a checkpoint spec (path, name, URL) or a state dict.
 
-    Accepts our checkpoints, the authors' training-form and deploy-form (``switch_to_deploy``)
-    checkpoints, and the mmengine wrapper. A deploy-form model accepts any form (the weights are
-    reparameterized on the way in; the auxiliary head's weights are not needed); a training-form
-    model needs training-form weights. Mismatches raise ``CheckpointError`` listing what differs;
-    nothing is loaded then.
+    Accepts our checkpoints, save_pretrained folders, the authors' training-form and deploy-form
+    (``switch_to_deploy``) checkpoints, and the mmengine wrapper. A deploy-form model accepts any form
+    (the weights are reparameterized on the way in; the auxiliary head's weights are not needed); a
+    training-form model needs training-form weights. Mismatches raise ``CheckpointError`` listing what
+    differs; nothing is loaded then.
     """
-    name = str(source) if not isinstance(source, dict) else "state dict"
+    name = _spec_name(source)
     obj = read_checkpoint(source) if not isinstance(source, dict) else source
-    state_dict = extract_state_dict(obj, name)
+    return _load_state(model, extract_state_dict(obj, name), name, strict)
+
+
+def _load_state(model: GCNet, state_dict: StateDict, name: str, strict: bool = True) -> GCNet:
     classes = state_dict.get("decode_head.conv_seg.weight")
     if classes is not None and classes.shape[0] != model.num_classes:
         raise CheckpointError(f"{name}: checkpoint has {classes.shape[0]} classes but the model has "
@@ -187,35 +323,117 @@ def load_weights(model: GCNet, source: str | os.PathLike | dict, strict: bool = 
     return model
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> Path:
-    """Write ``model`` (config + weights) and ``extra`` atomically; loads with ``weights_only=True``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def check_weights(source: Source, variant: str, num_classes: int, name: str | None = None) -> None:
+    """Raise ``CheckpointError`` (with what differs) unless ``source`` holds ``variant`` weights for
+    ``num_classes`` classes, in any form (keys and shapes are compared)."""
+    name = name or _spec_name(source)
+    state = extract_state_dict(read_checkpoint(source), name)
+    _load_state(build_model(variant, num_classes, deploy=state_dict_form(state) != "train"), state,
+                f"{name} (expected {variant} weights for {num_classes} classes)")
+
+
+def verify_weights(name: str | Weights) -> str:
+    """Check cached named weights (SHA-256 where published, keys and shapes); returns the file's SHA-256."""
+    entry = get_weights(name)
+    if not entry.is_cached():
+        raise CheckpointError(f"{entry.name}: not in the cache ({entry.path}); run `gcnet weights download "
+                              f"{entry.name}`")
+    digest = sha256sum(entry.path)
+    if entry.sha256 and digest != entry.sha256.lower():
+        raise CheckpointError(f"{entry.path}: SHA-256 {digest} differs from the published {entry.sha256}; "
+                              f"download it again: gcnet weights download {entry.name} --force")
+    check_weights(entry.path, entry.variant, entry.num_classes)
+    return digest
+
+
+def _dataset_dict(info: DatasetInfo | None, num_classes: int) -> dict | None:
+    if info is None:
+        return None
+    if not isinstance(info, DatasetInfo):
+        raise TypeError(f"dataset must be a gcnet.data.metadata.DatasetInfo, got {type(info).__name__}")
+    if info.num_classes != num_classes:
+        raise ValueError(f"dataset {info.name!r} has {info.num_classes} classes but the model has {num_classes}")
+    return {"name": info.name, "classes": list(info.classes), "palette": [list(c) for c in info.palette],
+            "ignore_index": int(info.ignore_index)}
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, dataset: DatasetInfo | None = None,
+                    **extra: Any) -> Path:
+    """Write ``model`` (config + weights), its ``dataset`` metadata (class names, palette, ignore index)
+    and ``extra`` atomically; loads with ``weights_only=True``."""
     net = getattr(model, "module", model)  # unwrap DistributedDataParallel
     payload = {"format": FORMAT, "config": net.config, "deployed": net.is_deployed,
                "state_dict": net.state_dict(), **extra}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    stored = _dataset_dict(dataset, net.num_classes)
+    if stored is not None:
+        payload["dataset"] = stored
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> GCNet:
-    """Rebuild a model from one of our checkpoints (its config is inside), in the form it was saved."""
-    obj = read_checkpoint(path, map_location)
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT or "config" not in obj:
-        raise CheckpointError(f"{path}: not a gcnet checkpoint (no model config inside); for the authors' "
+def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, dataset: DatasetInfo | None = None) -> Path:
+    """Write ``directory/config.json`` (model config, dataset metadata, normalisation) and
+    ``directory/model.safetensors`` (the weights, in the model's form), each atomically; returns the folder.
+    ``load_model(directory)`` / ``gcnet.from_pretrained`` read it back without unpickling anything."""
+    from safetensors.torch import save_file
+
+    net = getattr(model, "module", model)
+    card = {"library": "gcnet", "format_version": 1, "model": net.config, "deployed": net.is_deployed,
+            "num_classes": net.num_classes, "dataset": _dataset_dict(dataset, net.num_classes),
+            "normalization": {"mean": list(MEAN), "std": list(STD), "input": "RGB, 0-255"}}
+    text = json.dumps(card, indent=2) + "\n"
+    folder = Path(directory)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
+    with atomic_path(folder / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", FORMAT: text})
+    write_text(folder / CONFIG_NAME, text)
+    return folder
+
+
+def checkpoint_dataset_info(source: Source | dict) -> DatasetInfo | None:
+    """Class names, palette and ignore index stored with a checkpoint (or known for named weights);
+    None when there are none. Reads ours, save_pretrained folders and mmseg's ``meta.dataset_meta``."""
+    entry = find_weights(source)
+    if entry is not None:
+        return entry.info
+    obj = source if isinstance(source, dict) else read_checkpoint(source)
+    if not isinstance(obj, dict):
+        return None
+    stored = obj.get("dataset")
+    if isinstance(stored, dict):
+        try:
+            return DatasetInfo(str(stored["name"]), stored["classes"], stored["palette"],
+                               int(stored.get("ignore_index", 255)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{_spec_name(source)}: invalid dataset metadata inside ({exc})") from None
+    meta = obj.get("meta")
+    mm = meta.get("dataset_meta") if isinstance(meta, dict) else None
+    if isinstance(mm, dict) and mm.get("classes") and mm.get("palette"):
+        try:  # mmseg's: classes and palette, no name
+            return DatasetInfo("mmseg dataset_meta", tuple(mm["classes"]), tuple(mm["palette"]), 255)
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def load_model(source: Source, map_location: str | torch.device = "cpu") -> GCNet:
+    """Rebuild a model, in the form it was saved, from one of our checkpoints or a save_pretrained
+    folder (the config is inside) or from named weights (the registry knows the model)."""
+    obj = read_checkpoint(source, map_location)
+    entry, name = find_weights(source), _spec_name(source)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT and "config" in obj:
+        config, state = obj["config"], obj["state_dict"]
+        deploy = bool(obj.get("deployed"))
+    elif entry is not None:
+        state = extract_state_dict(obj, name)
+        config, deploy = {"name": entry.variant, "num_classes": entry.num_classes}, state_dict_form(state) != "train"
+    else:
+        raise CheckpointError(f"{name}: not a gcnet checkpoint (no model config inside); for the authors' "
                               "files use build_model(...) then load_weights(model, path)")
     try:
-        model = build_model(deploy=bool(obj.get("deployed")), **obj["config"])
+        model = build_model(deploy=deploy, **config)
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: invalid model config inside the checkpoint: {exc}") from exc
-    load_weights(model, obj["state_dict"])
+        raise CheckpointError(f"{name}: invalid model config inside the checkpoint: {exc}") from exc
+    _load_state(model, extract_state_dict(state, name) if isinstance(state, dict) else state, name)
     return model.to(map_location).eval()

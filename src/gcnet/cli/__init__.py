@@ -9,7 +9,7 @@ import sys
 from gcnet.errors import GCNetError
 
 # Each module defines ``register(subparsers)``: it adds its parser and sets ``func(args) -> int``.
-SUBCOMMANDS = ("info", "train", "eval", "demo", "predict", "export", "bench")
+SUBCOMMANDS = ("info", "train", "eval", "demo", "predict", "export", "bench", "weights")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file (.pth)")
+    p.add_argument("checkpoint", metavar="CHECKPOINT",
+                   help="checkpoint file (.pth), named weights (`gcnet weights`), URL or save_pretrained folder")
     d = p.add_argument_group("data (defaults: the training config stored in our checkpoints)")
     d.add_argument("--dataset", choices=("cityscapes", "camvid", "voc", "folder", "synthetic"),
                    help="dataset kind")
@@ -91,10 +92,11 @@ def _load(args: argparse.Namespace):
     """(model, train_config or None) from the checkpoint."""
     from gcnet.checkpoint import extract_state_dict, load_weights, read_checkpoint, state_dict_form
     from gcnet.models.gcnet import build_model
+    from gcnet.weights import find_weights
 
-    obj = read_checkpoint(args.checkpoint)
+    obj = read_checkpoint(args.checkpoint)  # a file, named weights or a URL
     train_cfg = obj.get("train_config") if isinstance(obj, dict) else None
-    if isinstance(obj, dict) and obj.get("format") == "gcnet" and "config" in obj:
+    if (isinstance(obj, dict) and obj.get("format") == "gcnet" and "config" in obj) or find_weights(args.checkpoint):
         from gcnet.checkpoint import load_model
 
         model = load_model(args.checkpoint)

@@ -12,8 +12,8 @@ from gcnet.cli.args import parse_size
 from gcnet.cli.predict import add_model_args, model_from_args
 from gcnet.errors import ConfigError
 
-FORMATS = ("onnx", "torchscript", "torch-export", "openvino")
-SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "torch-export": ".pt2", "openvino": ".xml"}
+FORMATS = ("onnx", "torchscript", "torch-export", "openvino", "safetensors")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "torch-export": ".pt2", "openvino": ".xml", "safetensors": ""}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,8 @@ formats (--format, several allowed):
                 verified; load with torch.export.load(path).module().
   openvino      <name>.xml/.bin IR (fp32 weights, dynamic shapes). bf16 is a run-time choice:
                 gcnet predict/bench --runtime openvino --precision bf16.
+  safetensors   <name>/config.json + model.safetensors (save_pretrained: model config, class names,
+                palette, normalisation; loads without unpickling: any gcnet command, from_pretrained).
 
 int8 (--precision int8): post-training static quantization calibrated on --num-calib images
 (--calib-dataset/--calib-root or --calib-images). Writes <name>_int8.xml (OpenVINO + NNCF) when
@@ -147,6 +149,12 @@ def run(args: argparse.Namespace) -> int:
                                       verify=verify, tolerance=args.tolerance)
             if not args.static and not r["dynamic"]:
                 log("  note: torch.export could not make the shapes dynamic; exported for the example size")
+        elif fmt == "safetensors":
+            from gcnet.checkpoint import checkpoint_dataset_info, save_pretrained
+
+            spec = args.checkpoint or args.weights
+            info = checkpoint_dataset_info(spec) if spec else None  # class names and palette travel along
+            r = {"format": fmt, "path": str(save_pretrained(deploy, path, dataset=info))}
         else:
             ov_model = E.to_openvino(deploy, input_size=args.input_size)
             E.save_openvino(ov_model, path)

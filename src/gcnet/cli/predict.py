@@ -10,7 +10,8 @@ from gcnet.cli.args import parse_size
 from gcnet.errors import ConfigError
 
 MODEL_SOURCES_HELP = (
-    "Model: either --checkpoint FILE (a gcnet checkpoint .pt/.pth from `gcnet train`, or a file from "
+    "Model: either --checkpoint FILE (a gcnet checkpoint .pt/.pth from `gcnet train`, named weights such "
+    "as gcnet-s_cityscapes (`gcnet weights`), a URL, a save_pretrained folder, or a file from "
     "`gcnet export`: .onnx or OpenVINO .xml), or --model VARIANT --weights FILE --num-classes K for the "
     "authors' released weights (mmengine .pth, training or deploy form).")
 
@@ -28,18 +29,17 @@ def add_model_args(p: argparse.ArgumentParser, *, allow_exported: bool = True, r
 def model_from_args(args: argparse.Namespace, *, required: bool = True, allow_exported: bool = False):
     """The model (torch module) or exported file path selected by the model arguments."""
     import gcnet
+    from gcnet.checkpoint import resolve_checkpoint
 
     if args.checkpoint and (args.model or args.weights):
         raise ConfigError("give either --checkpoint or --model/--weights, not both")
     if args.checkpoint:
-        path = Path(args.checkpoint)
-        if not path.is_file():
-            raise ConfigError(f"checkpoint not found: {path}")
+        path = resolve_checkpoint(args.checkpoint)  # a file, named weights or a URL (downloaded once)
         if path.suffix.lower() in (".onnx", ".xml"):
             if not allow_exported:
                 raise ConfigError(f"{path}: this command needs a gcnet checkpoint, not an exported model")
             return path
-        return gcnet.load_model(path)
+        return gcnet.load_model(args.checkpoint)
     if args.weights and not args.model:
         raise ConfigError("--weights needs --model VARIANT (e.g. --model gcnet-s)")
     if args.model:
@@ -47,9 +47,7 @@ def model_from_args(args: argparse.Namespace, *, required: bool = True, allow_ex
             raise ConfigError(f"unknown model {args.model!r}; choose from {', '.join(gcnet.list_models())}")
         model = gcnet.build_model(args.model.lower(), args.num_classes or 19)
         if args.weights:
-            if not Path(args.weights).is_file():
-                raise ConfigError(f"weights file not found: {args.weights}")
-            gcnet.load_weights(model, args.weights)
+            gcnet.load_weights(model, args.weights)  # a file, named weights or a URL
         elif required:
             raise ConfigError("--model needs --weights FILE (or use --checkpoint)")
         return model.eval()
@@ -118,6 +116,7 @@ place only when complete, so a failed or interrupted input never truncates or re
 earlier output.""",
         epilog="""\
 examples:
+  gcnet predict street.jpg --checkpoint gcnet-s_cityscapes       # the authors' model, downloaded once
   gcnet predict photos/ --checkpoint runs/camvid/best.pth --out pred/
   gcnet predict street.mp4 --model gcnet-s --weights gcnet-s_cityscapes.pth --num-classes 19
   gcnet predict img.png --checkpoint gcnet-s_int8.xml --precision int8 --dataset camvid""")
@@ -126,8 +125,8 @@ examples:
     add_model_args(p)
     add_runtime_args(p)
     p.add_argument("--dataset", metavar="NAME",
-                   help="palette/class names: cityscapes, camvid, voc, synthetic (default: guessed from the "
-                        "number of classes: 19 cityscapes, 11 camvid, 21 voc, else a generic palette)")
+                   help="palette/class names: cityscapes, camvid, voc, synthetic (default: those stored with "
+                        "the checkpoint or known for named weights, else a generic palette)")
     p.add_argument("--input-size", type=parse_size, metavar="HxW",
                    help="resize inputs to HxW before the model (outputs stay at the original size); "
                         "default: native resolution")
@@ -142,7 +141,7 @@ examples:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gcnet.deploy.predict import InputError, Predictor, default_info, predict_paths
+    from gcnet.deploy.predict import InputError, Predictor, predict_paths
 
     if not 0.0 <= args.alpha <= 1.0:
         raise ConfigError("--alpha must be in [0, 1]")
@@ -151,8 +150,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--no-label and --no-overlay together leave nothing to write")
     source = model_from_args(args, allow_exported=True)
     runtime = runtime_from_args(args, source)
-    num_classes = _num_classes(source, runtime)
-    info = default_info(num_classes, args.dataset)
+    info = _class_info(args, source, _num_classes(source, runtime))
     predictor = Predictor(runtime, input_size=args.input_size)
     variant = getattr(source, "config", {}).get("name") if not isinstance(source, Path) else None
     pretty = variant.replace("gcnet", "GCNet").replace("-s", "-S").replace("-m", "-M").replace("-l", "-L") \
@@ -173,6 +171,19 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {path}: {reason}", file=sys.stderr)
         return 1
     return 0
+
+
+def _class_info(args: argparse.Namespace, source, num_classes: int):
+    """Class names and palette: --dataset, else those stored with the checkpoint, else generic (said so)."""
+    from gcnet.checkpoint import checkpoint_dataset_info
+    from gcnet.deploy.predict import default_info
+
+    spec = args.checkpoint or args.weights
+    stored = checkpoint_dataset_info(spec) if spec and not args.dataset and not isinstance(source, Path) else None
+    if not args.dataset and stored is None:
+        print(f"note: {spec or 'the model'} carries no class names or palette: using a generic palette and "
+              "class_<i> names (--dataset NAME for a dataset's)", file=sys.stderr)
+    return default_info(num_classes, args.dataset or stored)
 
 
 def _num_classes(source, runtime) -> int:

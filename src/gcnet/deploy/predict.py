@@ -42,20 +42,17 @@ class InputError(GCNetError):
     """An input file cannot be read or decoded (the message names it)."""
 
 
-def default_info(num_classes: int, dataset: str | None = None):
-    """Dataset metadata for the palette: ``dataset`` if given, else guessed from the class count
-    (19 Cityscapes, 11 CamVid, 21 VOC), else a generic palette."""
+def default_info(num_classes: int, dataset=None):
+    """Dataset metadata for the palette: ``dataset`` (a name or a ``DatasetInfo``) if given, else a
+    generic palette with ``class_<i>`` names (never guessed from the class count)."""
     from gcnet.data.metadata import DatasetInfo, default_palette, get_dataset_info
 
     if dataset:
-        info = get_dataset_info(dataset)
+        info = dataset if isinstance(dataset, DatasetInfo) else get_dataset_info(dataset)
         if info.num_classes != num_classes:
-            raise GCNetError(f"dataset {dataset!r} has {info.num_classes} classes but the model predicts "
+            raise GCNetError(f"dataset {info.name!r} has {info.num_classes} classes but the model predicts "
                              f"{num_classes}")
         return info
-    guess = {19: "cityscapes", 11: "camvid", 21: "voc"}.get(num_classes)
-    if guess:
-        return get_dataset_info(guess)
     return DatasetInfo(f"{num_classes}-class", tuple(f"class_{i}" for i in range(num_classes)),
                        default_palette(num_classes))
 
