@@ -71,9 +71,11 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
 
 
 def runtime_from_args(args: argparse.Namespace, source):
+    """The runtime for ``gcnet predict``: ``--runtime`` (an .xml source means openvino, an .onnx
+    source onnxruntime unless openvino is asked), ``--precision``, ``--device``, ``--threads``."""
     import torch
 
-    from gcnet.deploy.runtimes import create_runtime
+    from gcnet.deploy.pipeline import build
 
     kind = args.runtime
     if isinstance(source, Path):
@@ -84,13 +86,7 @@ def runtime_from_args(args: argparse.Namespace, source):
     if args.precision == "int8" and not isinstance(source, Path):
         raise ConfigError("--precision int8 needs a quantized model: run `gcnet export --precision int8 ...` "
                           "and pass the .xml/.onnx it writes as --checkpoint")
-    if args.precision == "int8" and isinstance(source, Path) and source.suffix.lower() == ".xml":
-        from gcnet.deploy.runtimes import OpenVINORuntime, is_quantized_openvino, require
-
-        model = require("openvino").Core().read_model(str(source))
-        if is_quantized_openvino(model):
-            return OpenVINORuntime(model, "int8", threads=args.threads)
-    return create_runtime(kind, source, args.precision, threads=args.threads, device=device)
+    return build(source, kind, args.precision, threads=args.threads, device=device).runtime
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -143,6 +139,7 @@ examples:
 
 def run(args: argparse.Namespace) -> int:
     from gcnet.deploy.predict import InputError, Predictor, default_info, predict_paths
+    from gcnet.errors import DatasetError
 
     if not 0.0 <= args.alpha <= 1.0:
         raise ConfigError("--alpha must be in [0, 1]")
@@ -163,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
                                 save_label=not args.no_label, save_overlay=not args.no_overlay, alpha=args.alpha,
                                 max_frames=args.max_frames, progress=not args.no_progress,
                                 fail_fast=args.fail_fast, label_text=label_text)
-    except InputError as exc:
+    except (InputError, DatasetError) as exc:
         print(f"gcnet predict: stopped (--fail-fast): {exc}", file=sys.stderr)
         return 1
     print(f"wrote {len(summary.written)} file(s) for {summary.processed} input(s) to {args.out}")
