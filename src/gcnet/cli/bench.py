@@ -91,6 +91,7 @@ examples:
 
 def run(args: argparse.Namespace) -> int:
     import gcnet
+    from gcnet.cli.predict import output_file, output_folder
     from gcnet.deploy.bench import (
         FORMS,
         QUICK,
@@ -101,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
         save_report,
     )
 
+    if args.json:
+        output_file(args.json, "--json")
+    if args.keep_artifacts:
+        output_folder(args.keep_artifacts, "--keep-artifacts")
     if args.variant and (args.model or args.checkpoint):
         raise ConfigError("give the variant either positionally or with --model/--checkpoint, not both")
     variant = (args.variant or args.model or "gcnet-s").lower()

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from gcnet.cli.args import parse_size
-from gcnet.cli.predict import add_model_args, model_from_args
+from gcnet.cli.predict import add_model_args, model_from_args, output_file, output_folder
 from gcnet.errors import ConfigError
 
 FORMATS = ("onnx", "torchscript", "torch-export", "openvino")
@@ -35,6 +35,9 @@ formats (--format, several allowed):
                 verified; load with torch.export.load(path).module().
   openvino      <name>.xml/.bin IR (fp32 weights, dynamic shapes). bf16 is a run-time choice:
                 gcnet predict/bench --runtime openvino --precision bf16.
+Every file is written under a temporary name and replaces an earlier file of the same name only
+once it is complete and verified (an IR's .xml and .bin together), so a failed export leaves the
+earlier files unchanged.
 
 int8 (--precision int8): post-training static quantization calibrated on --num-calib images
 (--calib-dataset/--calib-root or --calib-images). Writes <name>_int8.xml (OpenVINO + NNCF) when
@@ -98,6 +101,9 @@ def _check_args(args: argparse.Namespace, formats: list[str]) -> None:
 
     if args.opset < 17:
         raise ConfigError("--opset must be >= 17")
+    output_folder(args.out)
+    if args.json:
+        output_file(args.json, "--json")
     int8 = args.precision == "int8"
     if int8 and not {"onnx", "openvino"} & set(formats):
         raise ConfigError("--precision int8 needs --format onnx and/or openvino")
@@ -198,7 +204,7 @@ def _accuracy(deploy, out: Path, name: str, formats: list[str], args: argparse.N
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from gcnet.deploy.export import load_for_deploy
+    from gcnet.deploy.export import ExportError, load_for_deploy
     from gcnet.deploy.pipeline import ExportSettings
     from gcnet.fileio import write_text
 
@@ -220,7 +226,10 @@ def run(args: argparse.Namespace) -> int:
     for fmt in formats:
         path = out / f"{name}{SUFFIX[fmt]}"
         log(f"exporting {fmt} -> {path}")
-        r = report["exports"][fmt] = _export(fmt, deploy, path, args, settings)
+        try:
+            r = report["exports"][fmt] = _export(fmt, deploy, path, args, settings)
+        except ExportError as exc:
+            raise ExportError(f"{exc}\n{path} was not written; an earlier file of that name is unchanged") from exc
         if fmt == "torch-export" and not args.static and not r["dynamic"]:
             log("  note: torch.export could not make the shapes dynamic; exported for the example size")
         if "max_abs_diff" in r:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -58,6 +59,37 @@ def model_from_args(args: argparse.Namespace, *, required: bool = True, allow_ex
     return None
 
 
+def _writable_ancestor(path: Path, flag: str, value: str) -> None:
+    """The nearest existing folder above ``path`` must be a folder this process may write to."""
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {value}: {existing} is a file, so the path cannot be created; "
+                          f"choose another {flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {value}: {existing} is not writable; choose a folder you can write to "
+                          f"with {flag}")
+
+
+def output_folder(value: str, flag: str = "--out") -> Path:
+    """Check an output folder option before anything is computed or written: it is a folder (or can
+    be created as one) that is writable. Returns it as a path; it is created when first written."""
+    path = Path(value).absolute()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {value} is an existing file, not a folder; give a folder path "
+                          f"(it is created if missing)")
+    _writable_ancestor(path, flag, value)
+    return Path(value)
+
+
+def output_file(value: str, flag: str) -> Path:
+    """Check an output file option up front: not an existing folder, and its folder writable."""
+    path = Path(value).absolute()
+    if path.is_dir():
+        raise ConfigError(f"{flag} {value} is a folder; give a file name")
+    _writable_ancestor(path.parent, flag, value)
+    return Path(value)
+
+
 def add_runtime_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("runtime")
     g.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino"), default="torch",
@@ -106,9 +138,14 @@ For every video (.mp4 .avi .mov .mkv .webm ...):
 Pre-processing: RGB, normalised with the training mean/std, optionally resized to --input-size;
 the 1/8-resolution logits are upsampled bilinearly to the input size and argmax'ed.
 
+Inputs that would write the same names (x/a.png and y/a.png) write them under sub-folders named
+after their input (x/a_label.png, y/a_label.png); stderr says so.
+
 Failures: an unreadable, corrupt or truncated input is reported by name on stderr and skipped;
-the other inputs are still processed. The exit status is 0 when every input succeeded, 1 when any
-input was skipped (a summary lists them), 2 for usage errors (bad model, bad option).
+the other inputs are still processed. A video that ends before the frame count its file announces
+is reported with both counts, and its partial annotated video is not kept. The exit status is 0
+when every input succeeded, 1 when any input was skipped (a summary lists them), 2 for usage
+errors (bad model, bad option, an --out that is a file or not writable).
 Nothing already written is lost: every output is written to a temporary file and renamed into
 place only when complete, so a failed or interrupted input never truncates or replaces an
 earlier output.""",
@@ -143,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.alpha <= 1.0:
         raise ConfigError("--alpha must be in [0, 1]")
+    output_folder(args.out)
     if args.no_label and args.no_overlay and not any(
             Path(i).suffix.lower() in (".mp4", ".avi", ".mov", ".mkv", ".webm") for i in args.inputs):
         raise ConfigError("--no-label and --no-overlay together leave nothing to write")

@@ -1,7 +1,8 @@
 """Run a GCNet on images, folders (recursive) and videos; write label PNGs, colour overlays and
 annotated videos.
 
-Outputs for an input ``<stem>`` (folder inputs keep their sub-folder layout under the output dir):
+Outputs for an input ``<stem>`` (folder inputs keep their sub-folder layout under the output dir;
+inputs that would write the same names get distinct ones, see :func:`collect_inputs`):
 
 - ``<stem>_label.png``: palette ("P" mode) PNG whose pixel values are the class indices (reading it
   with PIL/numpy gives the indices; viewers show the dataset colours); 16-bit greyscale if the model
@@ -11,8 +12,9 @@ Outputs for an input ``<stem>`` (folder inputs keep their sub-folder layout unde
 
 Every file is written to a temporary name in the output folder and renamed into place only when
 complete, so an interrupted or failed run never leaves a truncated file or damages an earlier
-output. Unreadable inputs are reported by name and skipped; :func:`predict_paths` returns them in
-``failed`` (the CLI then exits with status 1).
+output. Unreadable inputs, and videos that end before their announced frame count, are reported by
+name and skipped (nothing is kept for them); :func:`predict_paths` returns them in ``failed`` (the
+CLI then exits with status 1).
 """
 
 from __future__ import annotations
@@ -129,6 +131,33 @@ class InputItem:
     path: Path
     kind: str  # image | video
     stem: Path  # output path without the suffix, relative to the output dir
+    root: str = ""  # name of the input (folder, or a file's folder) it came from
+    note: str = ""  # why ``stem`` differs from the input's own name, if it does
+
+
+def _groups(items: list[InputItem]) -> list[list[InputItem]]:
+    """Items that would write the same output names, grouped (groups of two or more only)."""
+    by_stem: dict[Path, list[InputItem]] = {}
+    for it in items:
+        by_stem.setdefault(it.stem, []).append(it)
+    return [group for group in by_stem.values() if len(group) > 1]
+
+
+def _make_stems_unique(items: list[InputItem]) -> None:
+    """Give inputs that would write the same output names distinct ones: keep the extension when
+    that tells them apart (a.png, a.jpg), else put each under a sub-folder named after the input it
+    came from (x/a, y/a); a number (a-2) settles what is left. Each renamed item gets a ``note``."""
+    renamed = []
+    for group in _groups(items):
+        by_name = len({it.path.name for it in group}) == len(group)
+        for it in group:
+            it.stem = it.stem.with_name(it.path.name) if by_name else Path(it.root or "input") / it.stem
+            renamed.append(it)
+    for group in _groups(items):
+        for i, it in enumerate(group[1:], start=2):
+            it.stem = it.stem.with_name(f"{it.stem.name}-{i}")
+    for it in renamed:
+        it.note = f"{it.path}: another input has the same name; its outputs are named {it.stem}_*"
 
 
 def collect_inputs(inputs: Iterable[str | os.PathLike], *, recursive: bool = True,
@@ -136,10 +165,13 @@ def collect_inputs(inputs: Iterable[str | os.PathLike], *, recursive: bool = Tru
     """Expand files and folders into image/video items. Folders are walked (recursively by
     default) in sorted order, keeping files with known image/video extensions, skipping hidden
     files and anything under ``exclude`` (the output dir). Explicit files of unknown extension are
-    treated as images. Returns (items, missing) where missing lists (path, reason)."""
+    treated as images; a file given twice is processed once. Inputs that would write the same
+    output names get distinct ones (see :func:`_make_stems_unique`, ``item.note`` says so).
+    Returns (items, missing) where missing lists (path, reason)."""
     excluded = [Path(e).resolve() for e in exclude]
     items: list[InputItem] = []
     missing: list[tuple[str, str]] = []
+    known = frozenset(IMAGE_EXTENSIONS) | VIDEO_EXTS
 
     def kind_of(p: Path) -> str:
         return "video" if p.suffix.lower() in VIDEO_EXTS else "image"
@@ -152,22 +184,20 @@ def collect_inputs(inputs: Iterable[str | os.PathLike], *, recursive: bool = Tru
         p = Path(raw)
         if p.is_dir():
             walker = p.rglob("*") if recursive else p.glob("*")
-            files = sorted(f for f in walker if f.is_file() and f.suffix.lower() in frozenset(IMAGE_EXTENSIONS) | VIDEO_EXTS
+            files = sorted(f for f in walker if f.is_file() and f.suffix.lower() in known
                            and not any(part.startswith(".") for part in f.relative_to(p).parts)
                            and not is_excluded(f))
-            for f in files:
-                items.append(InputItem(f, kind_of(f), f.relative_to(p).with_suffix("")))
+            root = p.resolve().name
+            items += [InputItem(f, kind_of(f), f.relative_to(p).with_suffix(""), root) for f in files]
         elif p.is_file():
-            items.append(InputItem(p, kind_of(p), Path(p.stem)))
+            items.append(InputItem(p, kind_of(p), Path(p.stem), p.resolve().parent.name))
         else:
             missing.append((str(p), "no such file or directory"))
-    # two inputs with the same stem (a.png, a.jpg) keep their extension in the output name
-    counts: dict[Path, int] = {}
+    unique: dict[Path, InputItem] = {}
     for it in items:
-        counts[it.stem] = counts.get(it.stem, 0) + 1
-    for it in items:
-        if counts[it.stem] > 1:
-            it.stem = it.stem.with_name(it.path.name)
+        unique.setdefault(it.path.resolve(), it)
+    items = list(unique.values())
+    _make_stems_unique(items)
     return items, missing
 
 
@@ -331,6 +361,9 @@ def predict_paths(predictor: Predictor, inputs: Iterable[str | os.PathLike], out
         log(f"skipped {path}: {reason}")
         if fail_fast:
             raise InputError(f"{path}: {reason}")
+    for item in items:
+        if item.note:
+            log(item.note)
     for item in (bar if bar is not None else items):
         try:
             if item.kind == "video":
