@@ -11,7 +11,7 @@ from conftest import tiny_model_kwargs
 from gcnet import build_model
 from gcnet.deploy import export
 from gcnet.deploy.bench import recalibrate_bn
-from gcnet.deploy.pipeline import build, compare_accuracy, create_runtime
+from gcnet.deploy.pipeline import ExportSettings, build, compare_accuracy, create_runtime
 from gcnet.deploy.runtimes import TorchRuntime
 from gcnet.errors import GCNetError
 from gcnet.evaluation.inference import evaluate
@@ -204,3 +204,21 @@ def test_torch_export_roundtrip(tiny_deploy, tmp_path):
     with torch.no_grad():
         assert _rel_diff(program(x).numpy(), tiny_deploy(x).numpy()) < 1e-4
     assert report["max_abs_diff"] < 1e-3
+
+
+@pytest.mark.deploy
+def test_build_writes_verified_ir_pair_and_int8(tiny, synthetic, tmp_path):
+    pytest.importorskip("openvino", reason="needs openvino")
+    pytest.importorskip("nncf", reason="needs nncf")
+    settings = ExportSettings(input_size=(64, 96))
+    built = build(tiny, "openvino", out=tmp_path / "m.xml", settings=settings, open_runtime=False, threads=1)
+    assert built.runtime is None and built.path == tmp_path / "m.xml"
+    assert built.report["max_abs_diff"] < 1e-3 and (tmp_path / "m.bin").is_file()
+    calib = export.calibration_from_dataset(synthetic[0], num=2)
+    int8 = build(built.path, "openvino", "int8", calibration=calib, out=tmp_path / "q.xml", settings=settings,
+                 threads=1)
+    assert int8.runtime.name == "openvino-int8" and (tmp_path / "q.bin").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml", "q.bin", "q.xml"]
+    with pytest.raises(export.ExportError, match="tolerance"):
+        build(tiny, "openvino", out=tmp_path / "m.xml", settings=ExportSettings(input_size=(64, 96), tolerance=-1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml", "q.bin", "q.xml"]
