@@ -194,6 +194,21 @@ def _eval_loader(data: Any, batch_size: int, workers: int, limit: int | None, us
     return loader, len(indices)
 
 
+def _label_info(model: Any, data: Any, num_classes: int | None, ignore_index: int | None,
+                class_names: Sequence[str] | None) -> tuple[int, int, list[str]]:
+    """Classes, ignore index and class names: as given, else from the model / ``data.info``."""
+    info = getattr(data, "info", None)
+    if num_classes is None:
+        num_classes = getattr(model, "num_classes", None) or (len(info.classes) if info else None)
+    if num_classes is None:
+        raise ValueError("evaluate() needs num_classes (model.num_classes or dataset.info)")
+    if ignore_index is None:
+        ignore_index = info.ignore_index if info is not None else 255
+    if class_names is None:
+        class_names = list(info.classes) if info is not None else [str(i) for i in range(num_classes)]
+    return num_classes, ignore_index, list(class_names)
+
+
 def evaluate(
     model: nn.Module | Callable,
     data: Any,
@@ -235,15 +250,7 @@ def evaluate(
     is_module = isinstance(model, nn.Module)
     if not is_module and amp_dtype is not None:
         raise ValueError("amp_dtype applies to modules; a runtime runs at its own precision")
-    info = getattr(data, "info", None)
-    if num_classes is None:
-        num_classes = getattr(model, "num_classes", None) or (len(info.classes) if info else None)
-    if num_classes is None:
-        raise ValueError("evaluate() needs num_classes (model.num_classes or dataset.info)")
-    if ignore_index is None:
-        ignore_index = info.ignore_index if info is not None else 255
-    if class_names is None:
-        class_names = list(info.classes) if info is not None else [str(i) for i in range(num_classes)]
+    num_classes, ignore_index, class_names = _label_info(model, data, num_classes, ignore_index, class_names)
     if device is None:
         device = next(model.parameters(), torch.empty(0)).device if is_module else getattr(model, "device", "cpu")
     device = torch.device(device)
