@@ -43,6 +43,7 @@ from gcnet.deploy.runtimes import (
     is_quantized_openvino,
 )
 from gcnet.errors import GCNetError
+from gcnet.evaluation.inference import evaluate
 
 Source = nn.Module | str | os.PathLike
 
@@ -95,8 +96,9 @@ def _check_request(runtime: str, precision: str, device: str, source: Source) ->
 
 def _need_calibration(runtime: str, source: Source, calibration: Any) -> None:
     if calibration is None:
-        raise GCNetError(f"{runtime} int8 needs calibration images (calibration=...) or an already quantized "
-                         f"model (`gcnet export --precision int8`); {source} is not quantized")
+        what = source if isinstance(source, (str, os.PathLike)) else "the model"
+        raise GCNetError(f"{runtime} int8: {what} is not quantized; quantize it with `gcnet export --precision "
+                         f"int8` (or pass calibration=... to gcnet.deploy.build)")
 
 
 def _onnx_file(source: Source, suffix: str, precision: str, calibration: Any, out: Path | None,
@@ -128,9 +130,9 @@ def _openvino_model(source: Source, suffix: str, precision: str, calibration: An
                                   fast_bias_correction=settings.fast_bias_correction)
     if out is None:
         return model, {}
-    reference = load_for_deploy(source) if suffix not in (".onnx", ".xml") else None
-    if is_quantized_openvino(model):
-        reference = None  # int8 differs from PyTorch by design: checked to load and run only
+    # a file source has no PyTorch model to compare with, and int8 differs from it by design: both are
+    # only checked to load and run
+    reference = source if suffix not in (".onnx", ".xml") and not is_quantized_openvino(model) else None
     report = export_openvino(model, out, reference=reference, input_size=settings.input_size,
                              verify=settings.verify, tolerance=settings.tolerance, threads=threads)
     return model, report
@@ -143,7 +145,8 @@ def build(source: Source, runtime: str = "torch", precision: str = "fp32", *,
     """Take ``source`` to a ``runtime`` ("torch", "onnxruntime", "openvino") at ``precision``.
 
     ``source``: a GCNet module (a reparameterized copy is used if it is in training form; the
-    caller's module is not changed; ``reparameterize=False`` keeps the training form, torch only),
+    caller's module is not changed; ``reparameterize=False`` keeps the training form for the torch
+    runtime, e.g. to time it),
     a gcnet checkpoint, an ONNX file or an OpenVINO ``.xml``. Conversions happen on the way: ONNX
     export, OpenVINO conversion, and for ``precision="int8"`` on a float model post-training
     quantization calibrated on ``calibration`` (float32 NCHW arrays; a few real images are enough).
@@ -156,9 +159,11 @@ def build(source: Source, runtime: str = "torch", precision: str = "fp32", *,
     settings = settings or ExportSettings()
     suffix = _check_request(runtime, precision, device, source)
     out = Path(out) if out is not None else None
+    if suffix not in (".onnx", ".xml"):  # a module or checkpoint: loaded and reparameterized once
+        source = load_for_deploy(source) if reparameterize or runtime != "torch" else _load_module(source)
     if runtime == "torch":
-        model = load_for_deploy(source) if reparameterize else _load_module(source)
-        return Built(TorchRuntime(model, precision, device=device, threads=threads, **options) if open_runtime else None)
+        opened = TorchRuntime(source, precision, device=device, threads=threads, **options) if open_runtime else None
+        return Built(opened)
     if runtime == "onnxruntime":
         # onnxruntime reads the whole file when it opens it, so scratch files can go right after
         with tempfile.TemporaryDirectory(prefix="gcnet-rt-") as scratch:
@@ -171,6 +176,7 @@ def build(source: Source, runtime: str = "torch", precision: str = "fp32", *,
 
 
 def _load_module(source: Source) -> nn.Module:
+    """The module as it is (training form kept), in eval mode."""
     if isinstance(source, nn.Module):
         return source.eval()
     from gcnet.checkpoint import load_model
@@ -189,8 +195,6 @@ def compare_accuracy(runtimes: Mapping[str, Runtime | nn.Module], dataset: Any, 
     """Evaluate each runtime on ``dataset`` (whole-image inference, :func:`gcnet.evaluation.inference.evaluate`);
     report mIoU, aAcc, mAcc and ``delta_mIoU`` against ``reference`` (default: the first one,
     normally the fp32 runtime). ``limit`` evaluates the first ``limit`` images only."""
-    from gcnet.evaluation.inference import evaluate
-
     if not runtimes:
         return {}
     reference = reference or next(iter(runtimes))
