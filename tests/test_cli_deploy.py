@@ -190,6 +190,12 @@ def test_export_failing_verification_keeps_the_earlier_export(checkpoint, tmp_pa
         assert "exceeds the tolerance" in result.stderr and "unchanged" in result.stderr
         assert "Traceback" not in result.stderr
         assert _files(out) == before, f"{fmt}: the earlier export changed"
+    # the fp32 ONNX export succeeds, then int8 calibration fails: the whole command changes nothing
+    (tmp_path / "no_images").mkdir()
+    result = run_cli(["export", "--format", "onnx", "--precision", "int8", "--calib-images",
+                      str(tmp_path / "no_images"), *common])
+    assert result.returncode == 2 and "no calibration images" in result.stderr, result.stderr
+    assert _files(out) == before
 
 
 def test_export_torchscript_failing_verification_keeps_the_earlier_file(checkpoint, tmp_path, capsys):
@@ -200,6 +206,10 @@ def test_export_torchscript_failing_verification_keeps_the_earlier_file(checkpoi
     assert main([*args, "--tolerance", "-1"]) == 2
     assert "exceeds the tolerance" in capsys.readouterr().err
     assert _files(out) == before
+    fresh = tmp_path / "fresh"
+    assert main(["export", str(checkpoint), "--format", "torchscript", "--out", str(fresh), "--input-size",
+                 "64x96", "--tolerance", "-1"]) == 2
+    assert not fresh.exists()
 
 
 @pytest.mark.parametrize("cmd", ["predict", "export"])

@@ -4,13 +4,19 @@ optional int8 quantization with an mIoU check against fp32."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from gcnet.cli.args import parse_size
 from gcnet.cli.predict import add_model_args, model_from_args, output_file, output_folder
 from gcnet.errors import ConfigError
+from gcnet.fileio import TMP_MARKER
 
 FORMATS = ("onnx", "torchscript", "torch-export", "openvino")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "torch-export": ".pt2", "openvino": ".xml"}
@@ -35,9 +41,9 @@ formats (--format, several allowed):
                 verified; load with torch.export.load(path).module().
   openvino      <name>.xml/.bin IR (fp32 weights, dynamic shapes). bf16 is a run-time choice:
                 gcnet predict/bench --runtime openvino --precision bf16.
-Every file is written under a temporary name and replaces an earlier file of the same name only
-once it is complete and verified (an IR's .xml and .bin together), so a failed export leaves the
-earlier files unchanged.
+Every file is written under a temporary name, and the files replace earlier ones of the same names
+only once all of them are complete and verified, so a failed export (or quantization, or
+evaluation) leaves the --out folder unchanged.
 
 int8 (--precision int8): post-training static quantization calibrated on --num-calib images
 (--calib-dataset/--calib-root or --calib-images). Writes <name>_int8.xml (OpenVINO + NNCF) when
@@ -164,14 +170,14 @@ def _quantize(deploy, out: Path, name: str, formats: list[str], args: argparse.N
     runtimes = {}
     if "openvino" in formats:
         path = out / f"{name}_int8.xml"
-        log(f"quantizing OpenVINO int8 (NNCF, {len(calibration)} images) -> {path}")
+        log(f"quantizing OpenVINO int8 (NNCF, {len(calibration)} images) -> {Path(args.out) / path.name}")
         built = build(deploy, "openvino", "int8", calibration=calibration, out=path, settings=settings,
                       threads=args.threads)
         report["exports"]["openvino-int8"] = {"format": "openvino", "precision": "int8", "path": str(path)}
         runtimes["openvino-int8"] = built.runtime
     if "onnx" in formats:
         path = out / f"{name}_int8.onnx"
-        log(f"quantizing ONNX Runtime int8 (QDQ, {len(calibration)} images) -> {path}")
+        log(f"quantizing ONNX Runtime int8 (QDQ, {len(calibration)} images) -> {Path(args.out) / path.name}")
         built = build(out / f"{name}.onnx", "onnxruntime", "int8", calibration=calibration, out=path,
                       settings=settings, threads=args.threads)
         report["exports"]["onnx-int8"] = {"format": "onnx", "precision": "int8", "path": str(path)}
@@ -201,6 +207,26 @@ def _accuracy(deploy, out: Path, name: str, formats: list[str], args: argparse.N
     return acc
 
 
+@contextlib.contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A hidden folder in ``out`` that the run writes every file to; the files replace those in
+    ``out`` only once the whole export succeeded, so a failed run leaves ``out`` as it was."""
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".export.", suffix=TMP_MARKER, dir=out))
+    done = False
+    try:
+        yield stage
+        for f in sorted(stage.iterdir()):  # complete and verified; an IR's .bin sorts before its .xml
+            os.replace(f, out / f.name)
+        done = True
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created and not done:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -223,21 +249,24 @@ def run(args: argparse.Namespace) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    for fmt in formats:
-        path = out / f"{name}{SUFFIX[fmt]}"
-        log(f"exporting {fmt} -> {path}")
-        try:
-            r = report["exports"][fmt] = _export(fmt, deploy, path, args, settings)
-        except ExportError as exc:
-            raise ExportError(f"{exc}\n{path} was not written; an earlier file of that name is unchanged") from exc
-        if fmt == "torch-export" and not args.static and not r["dynamic"]:
-            log("  note: torch.export could not make the shapes dynamic; exported for the example size")
-        if "max_abs_diff" in r:
-            log(f"  verified: max |diff| to PyTorch = {r['max_abs_diff']:.3g}")
-    int8_runtimes = _quantize(deploy, out, name, formats, args, settings, report, log) \
-        if args.precision == "int8" else {}
-    if args.eval_dataset:
-        report["accuracy"] = _accuracy(deploy, out, name, formats, args, int8_runtimes, log)
+    with _staging(out) as stage:
+        for fmt in formats:
+            path = stage / f"{name}{SUFFIX[fmt]}"
+            log(f"exporting {fmt} -> {out / path.name}")
+            try:
+                r = report["exports"][fmt] = _export(fmt, deploy, path, args, settings)
+            except ExportError as exc:
+                raise ExportError(f"{exc}\nnothing was written; earlier files in {out} are unchanged") from exc
+            if fmt == "torch-export" and not args.static and not r["dynamic"]:
+                log("  note: torch.export could not make the shapes dynamic; exported for the example size")
+            if "max_abs_diff" in r:
+                log(f"  verified: max |diff| to PyTorch = {r['max_abs_diff']:.3g}")
+        int8_runtimes = _quantize(deploy, stage, name, formats, args, settings, report, log) \
+            if args.precision == "int8" else {}
+        if args.eval_dataset:
+            report["accuracy"] = _accuracy(deploy, stage, name, formats, args, int8_runtimes, log)
+    for v in report["exports"].values():
+        v["path"] = str(out / Path(v["path"]).name)
     for k, v in report["exports"].items():
         print(f"{k}: {v['path']}")
     if args.json:
