@@ -19,9 +19,11 @@ import torch.nn.functional as F
 import gcnet
 from gcnet.data.datasets import build_dataset
 from gcnet.data.transforms import EvalTransform
-from gcnet.deploy import export as E
-from gcnet.deploy.runtimes import OpenVINORuntime, require
+from gcnet.deploy.export import export_openvino, load_for_deploy, to_openvino
+from gcnet.deploy.runtimes import OpenVINORuntime
+from gcnet.evaluation.inference import evaluate
 from gcnet.evaluation.metrics import ConfusionMatrix
+from gcnet.optional import require
 
 
 def main() -> None:
@@ -32,7 +34,7 @@ def main() -> None:
     args = ap.parse_args()
     nncf = require("nncf")
     logging.getLogger("nncf").setLevel(logging.WARNING)
-    ov_model = E.to_openvino(E.load_for_deploy(gcnet.load_model(args.checkpoint).eval()), input_size=(256, 512))
+    ov_model = to_openvino(load_for_deploy(gcnet.load_model(args.checkpoint).eval()), input_size=(256, 512))
     train = build_dataset("camvid", args.camvid_root, "train", transform=EvalTransform())
     val = build_dataset("camvid", args.camvid_root, "val", transform=EvalTransform())
     k, ignore = len(train.info.classes), train.info.ignore_index
@@ -57,15 +59,16 @@ def main() -> None:
                                             max_drop=args.max_drop / 100, preset=nncf.QuantizationPreset.MIXED,
                                             subset_size=len(calib))
     print(f"quantized in {time.time() - t0:.0f} s")
-    rt = OpenVINORuntime(E.save_openvino(q, tempfile.mkdtemp(prefix="gcnet-ac-") + "/m.xml"), "int8")
-    print(f"CamVid val mIoU: {E.evaluate_runtime(rt, val)['mIoU']:.2f}")
+    runtime = OpenVINORuntime(export_openvino(q, tempfile.mkdtemp(prefix="gcnet-ac-") + "/m.xml", verify=False)["path"],
+                             "int8")
+    print(f"CamVid val mIoU: {evaluate(runtime, val, progress=False)['mIoU']:.2f}")
     x = np.random.default_rng(0).standard_normal((1, 3, 1024, 2048)).astype(np.float32)
     for _ in range(3):
-        rt(x)
+        runtime(x)
     times = []
     for _ in range(10):
         t = time.perf_counter()
-        rt(x)
+        runtime(x)
         times.append(time.perf_counter() - t)
     print(f"1024x2048 median latency: {1e3 * float(np.median(times)):.1f} ms")
 

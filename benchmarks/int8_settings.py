@@ -12,8 +12,15 @@ import tempfile
 import gcnet
 from gcnet.data.datasets import build_dataset
 from gcnet.data.transforms import EvalTransform
-from gcnet.deploy import export as E
+from gcnet.deploy.export import (
+    calibration_from_dataset,
+    export_openvino,
+    load_for_deploy,
+    quantize_openvino,
+    to_openvino,
+)
 from gcnet.deploy.runtimes import OpenVINORuntime
+from gcnet.evaluation.inference import evaluate
 
 SETTINGS = [("fast BC, 32", True, 32), ("full BC, 32", False, 32), ("fast BC, 128", True, 128),
             ("full BC, 128", False, 128)]
@@ -24,19 +31,19 @@ def main() -> None:
     ap.add_argument("checkpoint")
     ap.add_argument("camvid_root")
     args = ap.parse_args()
-    deploy = E.load_for_deploy(gcnet.load_model(args.checkpoint).eval())
-    ov_model = E.to_openvino(deploy, input_size=(256, 512))
+    deploy = load_for_deploy(gcnet.load_model(args.checkpoint).eval())
+    ov_model = to_openvino(deploy, input_size=(256, 512))
     train = build_dataset("camvid", args.camvid_root, "train", transform=EvalTransform())
     val = build_dataset("camvid", args.camvid_root, "val", transform=EvalTransform())
 
     def miou(model, precision: str) -> float:
-        path = E.save_openvino(model, tempfile.mkdtemp(prefix="gcnet-int8-") + "/m.xml")
-        return E.evaluate_runtime(OpenVINORuntime(path, precision, threads=None), val)["mIoU"]
+        path = export_openvino(model, tempfile.mkdtemp(prefix="gcnet-int8-") + "/m.xml", verify=False)["path"]
+        return evaluate(OpenVINORuntime(path, precision, threads=None), val, progress=False)["mIoU"]
 
     ref = miou(ov_model, "fp32")
     print(f"fp32: {ref:.2f} mIoU")
     for name, fast, num in SETTINGS:
-        q = E.quantize_openvino(ov_model, E.calibration_from_dataset(train, num), fast_bias_correction=fast)
+        q = quantize_openvino(ov_model, calibration_from_dataset(train, num), fast_bias_correction=fast)
         m = miou(q, "int8")
         print(f"{name} frames: {m:.2f} mIoU ({m - ref:+.2f})", flush=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -170,3 +171,128 @@ def test_bench_errors(capsys):
     assert "unknown form" in capsys.readouterr().err
     assert main(["bench", "--quick", "--forms", "torch-fp32", "--min-time", "-1"]) == 2
     assert "--min-time must be >= 0" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- nothing a user made is lost
+def _files(folder) -> dict:
+    """Every file under ``folder`` (temporary ones included) with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.deploy
+def test_export_failing_verification_keeps_the_earlier_export(checkpoint, tmp_path):
+    pytest.importorskip("onnxruntime", reason="needs onnxruntime")
+    pytest.importorskip("openvino", reason="needs openvino")
+    out = tmp_path / "exp"
+    common = ["--checkpoint", str(checkpoint), "--out", str(out), "--input-size", "64x96", "--threads", "1"]
+    result = run_cli(["export", "--format", "onnx", "openvino", *common])
+    assert result.returncode == 0, result.stderr
+    before = _files(out)
+    assert set(before) == {"tiny.onnx", "tiny.xml", "tiny.bin"}
+    for fmt in ["onnx", "openvino"]:  # a tolerance no export meets: the verification of the new file fails
+        result = run_cli(["export", "--format", fmt, "--tolerance", "-1", *common])
+        assert result.returncode == 2, result.stderr
+        assert "exceeds the tolerance" in result.stderr and "unchanged" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert _files(out) == before, f"{fmt}: the earlier export changed"
+    # the fp32 ONNX export succeeds, then int8 calibration fails: the whole command changes nothing
+    (tmp_path / "no_images").mkdir()
+    result = run_cli(["export", "--format", "onnx", "--precision", "int8", "--calib-images",
+                      str(tmp_path / "no_images"), *common])
+    assert result.returncode == 2 and "no calibration images" in result.stderr, result.stderr
+    assert _files(out) == before
+
+
+def test_export_torchscript_failing_verification_keeps_the_earlier_file(checkpoint, tmp_path, capsys):
+    out = tmp_path / "exp"
+    args = ["export", str(checkpoint), "--format", "torchscript", "--out", str(out), "--input-size", "64x96"]
+    assert main(args) == 0
+    before = _files(out)
+    assert main([*args, "--tolerance", "-1"]) == 2
+    assert "exceeds the tolerance" in capsys.readouterr().err
+    assert _files(out) == before
+    fresh = tmp_path / "fresh"
+    assert main(["export", str(checkpoint), "--format", "torchscript", "--out", str(fresh), "--input-size",
+                 "64x96", "--tolerance", "-1"]) == 2
+    assert not fresh.exists()
+
+
+@pytest.mark.parametrize("cmd", ["predict", "export"])
+def test_out_that_is_a_file_is_refused(cmd, checkpoint, tmp_path, capsys):
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(image)
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file the user made")
+    head = ["predict", str(image)] if cmd == "predict" else ["export", "--format", "torchscript"]
+    for out in [blocker, blocker / "sub"]:
+        assert main([*head, "--checkpoint", str(checkpoint), "--out", str(out), "--device" if cmd == "predict"
+                     else "--input-size", "cpu" if cmd == "predict" else "64x96"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) <= 2 and "--out" in err[0] and str(blocker.name) in err[0], err
+    assert blocker.read_text() == "a file the user made"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "taken"]
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write to read-only folders")
+def test_out_in_a_read_only_folder_is_refused(checkpoint, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        assert main(["export", str(checkpoint), "--format", "torchscript", "--out", str(locked / "exp")]) == 2
+        err = capsys.readouterr().err
+        assert "--out" in err and "not writable" in err
+        assert not any(locked.iterdir())
+    finally:
+        locked.chmod(0o755)
+
+
+def test_predict_inputs_with_the_same_name(checkpoint, tmp_path, capsys):
+    for folder, seed in [("x", 0), ("y", 1)]:
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.random.default_rng(seed).integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(
+            tmp_path / folder / "a.png")
+    out = tmp_path / "pred"
+    code = main(["predict", str(tmp_path / "x"), str(tmp_path / "y" / "a.png"), "--checkpoint", str(checkpoint),
+                 "--out", str(out), "--no-progress", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 0
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == ["x/a_label.png", "x/a_overlay.png", "y/a_label.png", "y/a_overlay.png"]
+    assert np.any(np.asarray(Image.open(out / "x" / "a_overlay.png")) !=
+                  np.asarray(Image.open(out / "y" / "a_overlay.png")))
+    assert "same name" in captured.err
+    assert "wrote 4 file(s) for 2 input(s)" in captured.out
+
+
+def _video(path, frames: int = 12, h: int = 32, w: int = 48):
+    """An MJPG AVI (its header announces the frame count) of random frames."""
+    cv2 = pytest.importorskip("cv2", reason="video needs opencv-python-headless")
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (w, h))
+    if not writer.isOpened():
+        pytest.skip("this OpenCV build cannot write MJPG")
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+def test_predict_truncated_video_fails_with_frame_counts(checkpoint, tmp_path, capsys):
+    video = _video(tmp_path / "clip.avi")
+    out = tmp_path / "pred"
+    args = ["predict", str(video), "--checkpoint", str(checkpoint), "--out", str(out), "--no-progress",
+            "--device", "cpu", "--no-label", "--no-overlay"]
+    assert main(args) == 0
+    earlier = (out / "clip_overlay.mp4").read_bytes()
+    capsys.readouterr()
+    data = video.read_bytes()
+    video.write_bytes(data[: len(data) // 2])  # cut the file: its header still announces 12 frames
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "truncated" in captured.err and "of 12 frames" in captured.err
+    assert "wrote 0 file(s)" in captured.out
+    assert (out / "clip_overlay.mp4").read_bytes() == earlier
+    assert [p.name for p in out.iterdir()] == ["clip_overlay.mp4"]

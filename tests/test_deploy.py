@@ -9,10 +9,12 @@ import torch
 from helpers import tiny_model_kwargs
 
 from gcnet import build_model
-from gcnet.deploy import export as E
+from gcnet.deploy import export
 from gcnet.deploy.bench import recalibrate_bn
-from gcnet.deploy.runtimes import TorchRuntime, create_runtime
+from gcnet.deploy.pipeline import ExportSettings, build, compare_accuracy, create_runtime
+from gcnet.deploy.runtimes import TorchRuntime
 from gcnet.errors import GCNetError
+from gcnet.evaluation.inference import evaluate
 
 
 def _rel_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -27,7 +29,7 @@ def tiny() -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def tiny_deploy(tiny):
-    return E.load_for_deploy(tiny)
+    return export.load_for_deploy(tiny)
 
 
 def _x(b: int, h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -35,16 +37,16 @@ def _x(b: int, h: int, w: int, seed: int = 0) -> np.ndarray:
 
 
 def test_load_for_deploy_copies_training_model(tiny):
-    deploy = E.load_for_deploy(tiny)
+    deploy = export.load_for_deploy(tiny)
     assert deploy.is_deployed and not tiny.is_deployed
-    assert E.load_for_deploy(deploy) is deploy
+    assert export.load_for_deploy(deploy) is deploy
 
 
 def test_torch_runtime_matches_module(tiny, tiny_deploy):
     x = _x(1, 67, 101)
-    rt = create_runtime("torch", tiny)
-    assert rt.name == "torch-fp32" and rt.kind == "torch"
-    out = rt(x)
+    runtime = create_runtime("torch", tiny)
+    assert runtime.name == "torch-fp32" and runtime.kind == "torch"
+    out = runtime(x)
     with torch.no_grad():
         ref = tiny(torch.from_numpy(x)).numpy()
     assert out.shape == (1, 5, 9, 13)
@@ -55,11 +57,11 @@ def test_torch_runtime_matches_module(tiny, tiny_deploy):
 
 def test_torch_bf16_runtime_leaves_the_model_alone(tiny_deploy):
     x = _x(1, 64, 96)
-    rt = TorchRuntime(tiny_deploy, "bf16", channels_last=True)
-    out = rt(x)
+    runtime = TorchRuntime(tiny_deploy, "bf16", channels_last=True)
+    out = runtime(x)
     assert out.dtype == np.float32 and out.shape == (1, 5, 8, 12) and np.isfinite(out).all()
     assert next(tiny_deploy.parameters()).dtype == torch.float32
-    assert rt.name == "torch-bf16-cl"
+    assert runtime.name == "torch-bf16-cl"
 
 
 def test_unknown_runtime_and_precision_are_clear(tiny):
@@ -74,7 +76,7 @@ def test_onnx_roundtrip_dynamic_shapes(tiny, tiny_deploy, tmp_path):
     pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
     ort = pytest.importorskip("onnxruntime", reason="ONNX verification needs onnxruntime")
     path = tmp_path / "tiny.onnx"
-    report = E.export_onnx(tiny, path, input_size=(67, 101))
+    report = export.export_onnx(tiny, path, input_size=(67, 101))
     assert report["opset"] >= 17 and report["max_abs_diff"] < 1e-3
     assert [c["input_shape"] for c in report["verification"]][1][0] == 2  # batch 2 was verified
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -87,9 +89,9 @@ def test_onnx_roundtrip_dynamic_shapes(tiny, tiny_deploy, tmp_path):
             ref = tiny_deploy(torch.from_numpy(x)).numpy()
         assert out.shape == ref.shape == (shape[0], 5, -(-shape[2] // 8), -(-shape[3] // 8))
         assert _rel_diff(out, ref) < 1e-4
-    rt = create_runtime("onnxruntime", path, threads=1)
-    assert rt.name == "onnxruntime-fp32"
-    assert rt(_x(1, 40, 56)).shape == (1, 5, 5, 7)
+    runtime = create_runtime("onnxruntime", path, threads=1)
+    assert runtime.name == "onnxruntime-fp32"
+    assert runtime(_x(1, 40, 56)).shape == (1, 5, 5, 7)
 
 
 @pytest.mark.deploy
@@ -97,7 +99,7 @@ def test_onnx_postprocess_returns_labels(tiny_deploy, tmp_path):
     pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
     ort = pytest.importorskip("onnxruntime", reason="ONNX verification needs onnxruntime")
     path = tmp_path / "labels.onnx"
-    E.export_onnx(tiny_deploy, path, input_size=(67, 101), postprocess=True)
+    export.export_onnx(tiny_deploy, path, input_size=(67, 101), postprocess=True)
     x = _x(2, 50, 70)
     labels = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     with torch.no_grad():
@@ -112,27 +114,28 @@ def test_onnx_verification_failure_is_clear_and_leaves_no_file(tiny_deploy, tmp_
     pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
     pytest.importorskip("onnxruntime", reason="ONNX verification needs onnxruntime")
     path = tmp_path / "bad.onnx"
-    with pytest.raises(E.ExportError, match="exceeds the tolerance"):
-        E.export_onnx(tiny_deploy, path, input_size=(32, 48), tolerance=-1.0)
+    with pytest.raises(export.ExportError, match="exceeds the tolerance"):
+        export.export_onnx(tiny_deploy, path, input_size=(32, 48), tolerance=-1.0)
     assert not path.exists()
-    with pytest.raises(E.ExportError, match="opset"):
-        E.export_onnx(tiny_deploy, path, opset=13)
+    with pytest.raises(export.ExportError, match="opset"):
+        export.export_onnx(tiny_deploy, path, opset=13)
 
 
 @pytest.mark.slow
 @pytest.mark.deploy
 def test_openvino_fp32_matches_torch_and_bf16_runs(tiny, tiny_deploy, tmp_path):
     pytest.importorskip("openvino", reason="the OpenVINO runtime needs the openvino package")
-    rt = create_runtime("openvino", tiny, "fp32", threads=1)
-    assert rt.name == "openvino-fp32"
+    runtime = create_runtime("openvino", tiny, "fp32", threads=1)
+    assert runtime.name == "openvino-fp32"
     for b, h, w in [(1, 67, 101), (2, 48, 64), (1, 67, 101)]:
         x = _x(b, h, w, seed=h)
         with torch.no_grad():
             ref = tiny_deploy(torch.from_numpy(x)).numpy()
-        out = rt(x)
+        out = runtime(x)
         assert out.shape == ref.shape
         assert _rel_diff(out, ref) < 1e-4
-    path = E.save_openvino(E.to_openvino(tiny_deploy), tmp_path / "tiny.xml")
+    path = export.export_openvino(export.to_openvino(tiny_deploy), tmp_path / "tiny.xml", reference=tiny_deploy,
+                                  input_size=(64, 96))["path"]
     bf16 = create_runtime("openvino", path, "bf16", threads=1, static_shapes=False)
     out = bf16(_x(1, 67, 101))
     assert out.shape == (1, 5, 9, 13) and np.isfinite(out).all()
@@ -157,13 +160,13 @@ def test_openvino_int8_calibration_reports_miou_delta(synthetic):
     train, val = synthetic
     torch.manual_seed(0)
     model = recalibrate_bn(build_model("gcnet-s", **tiny_model_kwargs(num_classes=5)), size=(64, 96))
-    calib = E.calibration_from_dataset(train, num=3)
+    calib = export.calibration_from_dataset(train, num=3)
     assert len(calib) == 3 and calib[0].shape == (1, 3, 64, 96) and calib[0].dtype == np.float32
     int8 = create_runtime("openvino", model, "int8", calibration=calib, threads=1)
     assert int8.name == "openvino-int8"
     with pytest.raises(GCNetError, match="calibration"):
         create_runtime("openvino", model, "int8")
-    acc = E.compare_accuracy({"fp32": create_runtime("torch", model), "int8": int8}, val)
+    acc = compare_accuracy({"fp32": create_runtime("torch", model), "int8": int8}, val)
     assert acc["reference"] == "fp32"
     res = acc["results"]
     assert res["fp32"]["delta_mIoU"] == 0.0
@@ -176,18 +179,19 @@ def test_onnxruntime_int8_qdq(synthetic, tiny_deploy, tmp_path):
     pytest.importorskip("onnx", reason="needs onnx")
     pytest.importorskip("onnxruntime", reason="needs onnxruntime")
     train, val = synthetic
-    calib = E.calibration_from_dataset(train, num=2)
-    rt = create_runtime("onnxruntime", tiny_deploy, "int8", calibration=calib, work_dir=tmp_path, threads=1)
-    assert rt.name == "onnxruntime-int8"
-    assert E.is_quantized_onnx(rt.path)
-    out = rt(calib[0])
+    calib = export.calibration_from_dataset(train, num=2)
+    built = build(tiny_deploy, "onnxruntime", "int8", calibration=calib, out=tmp_path / "q.onnx", threads=1)
+    runtime = built.runtime
+    assert runtime.name == "onnxruntime-int8" and built.path == tmp_path / "q.onnx"
+    assert export.is_quantized_onnx(built.path)
+    out = runtime(calib[0])
     assert out.shape == (1, 5, 8, 12) and np.isfinite(out).all()
-    r = E.evaluate_runtime(rt, val, limit=2)
+    r = evaluate(runtime, val, limit=2, progress=False)
     assert r["num_images"] == 2 and 0 <= r["mIoU"] <= 100
 
 
 def test_torchscript_roundtrip(tiny_deploy, tmp_path):
-    report = E.export_torchscript(tiny_deploy, tmp_path / "m.ts", input_size=(67, 101))
+    report = export.export_torchscript(tiny_deploy, tmp_path / "m.ts", input_size=(67, 101))
     loaded = torch.jit.load(str(tmp_path / "m.ts"))
     x = torch.from_numpy(_x(2, 45, 77))
     with torch.no_grad():
@@ -197,9 +201,27 @@ def test_torchscript_roundtrip(tiny_deploy, tmp_path):
 
 @pytest.mark.slow
 def test_torch_export_roundtrip(tiny_deploy, tmp_path):
-    report = E.export_torch_export(tiny_deploy, tmp_path / "m.pt2", input_size=(64, 96))
+    report = export.export_torch_export(tiny_deploy, tmp_path / "m.pt2", input_size=(64, 96))
     program = torch.export.load(str(tmp_path / "m.pt2")).module()
     x = torch.from_numpy(_x(1, 64, 96))
     with torch.no_grad():
         assert _rel_diff(program(x).numpy(), tiny_deploy(x).numpy()) < 1e-4
     assert report["max_abs_diff"] < 1e-3
+
+
+@pytest.mark.deploy
+def test_build_writes_verified_ir_pair_and_int8(tiny, synthetic, tmp_path):
+    pytest.importorskip("openvino", reason="needs openvino")
+    pytest.importorskip("nncf", reason="needs nncf")
+    settings = ExportSettings(input_size=(64, 96))
+    built = build(tiny, "openvino", out=tmp_path / "m.xml", settings=settings, open_runtime=False, threads=1)
+    assert built.runtime is None and built.path == tmp_path / "m.xml"
+    assert built.report["max_abs_diff"] < 1e-3 and (tmp_path / "m.bin").is_file()
+    calib = export.calibration_from_dataset(synthetic[0], num=2)
+    int8 = build(built.path, "openvino", "int8", calibration=calib, out=tmp_path / "q.xml", settings=settings,
+                 threads=1)
+    assert int8.runtime.name == "openvino-int8" and (tmp_path / "q.bin").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml", "q.bin", "q.xml"]
+    with pytest.raises(export.ExportError, match="tolerance"):
+        build(tiny, "openvino", out=tmp_path / "m.xml", settings=ExportSettings(input_size=(64, 96), tolerance=-1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml", "q.bin", "q.xml"]

@@ -135,3 +135,25 @@ def test_evaluate_accepts_a_loader_and_variable_sizes():
     loader = [_collate_eval(items)]
     r2 = evaluate(model, loader, num_classes=3, ignore_index=255, progress=False)
     assert r2["mIoU"] == r["mIoU"] or (r2["mIoU"] != r2["mIoU"] and r["mIoU"] != r["mIoU"])
+
+
+def test_evaluate_takes_a_runtime_like_the_module():
+    """One evaluate() for modules and deploy runtimes: a PyTorch runtime (tensors, no host copies) and
+    an ndarray runtime give the module's result; ``limit`` takes the first images."""
+    from gcnet.deploy.runtimes import TorchRuntime
+
+    torch.manual_seed(0)
+    model = build_model("gcnet-s", **tiny_model_kwargs(4)).eval()
+    data = [(torch.randn(3, 32, 48), torch.randint(0, 4, (32, 48))) for _ in range(3)]
+    ref = evaluate(model, data, progress=False)
+
+    def numpy_runtime(x):
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+
+    for runtime in [TorchRuntime(model), numpy_runtime]:
+        got = evaluate(runtime, data, num_classes=4, progress=False)
+        assert got["mIoU"] == pytest.approx(ref["mIoU"]) and got["num_images"] == 3
+    assert evaluate(TorchRuntime(model), data, num_classes=4, limit=2, progress=False)["num_images"] == 2
+    with pytest.raises(ValueError, match="amp_dtype"):
+        evaluate(numpy_runtime, data, num_classes=4, amp_dtype=torch.bfloat16)

@@ -114,3 +114,17 @@ def test_video_prediction(predictor, info, tmp_path):
     assert stats["frames"] == 5 and stats["fps"] > 0
     assert [p for p, _ in summary.failed] == [str(tmp_path / "broken.avi")]
     assert not (out / "broken_overlay.mp4").exists()
+
+
+def test_collect_inputs_gives_same_names_distinct_outputs(tmp_path):
+    _image(tmp_path / "x" / "a.png")
+    _image(tmp_path / "y" / "a.png")
+    _image(tmp_path / "y" / "b.png")
+    _image(tmp_path / "z" / "x" / "a.png")
+    items, missing = collect_inputs([tmp_path / "x", tmp_path / "y", tmp_path / "y" / "b.png",
+                                     tmp_path / "z" / "x" / "a.png"])
+    stems = {str(i.path.relative_to(tmp_path)): str(i.stem) for i in items}
+    # b.png given twice is done once; the two inputs named "x" are told apart by a number
+    assert stems == {"x/a.png": "x/a", "y/a.png": "y/a", "y/b.png": "b", "z/x/a.png": "x/a-2"}
+    assert not missing
+    assert all(("same name" in i.note) == (i.path.name == "a.png") for i in items)

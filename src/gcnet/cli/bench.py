@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+from pathlib import Path
 
 from gcnet.cli.args import parse_size
 from gcnet.errors import ConfigError
@@ -89,35 +91,64 @@ examples:
     p.set_defaults(func=run)
 
 
+def _checkpoint(args: argparse.Namespace, scratch: str) -> str | None:
+    """The checkpoint the workers load: --checkpoint (checked now), or --model/--weights saved in ``scratch``."""
+    import gcnet
+    from gcnet.cli.predict import model_from_args
+
+    if not (args.checkpoint or args.weights):
+        return None
+    model = model_from_args(args)  # validates the files early
+    if args.checkpoint:
+        return args.checkpoint
+    return str(gcnet.save_checkpoint(Path(scratch) / "w.pt", model))
+
+
+def _forms(args: argparse.Namespace) -> list[str]:
+    import torch
+
+    from gcnet.deploy.bench import FORMS, default_forms
+
+    if args.forms == ["all"]:
+        forms = [f for f in FORMS if FORMS[f].device == "cpu" or args.device != "cpu"]
+        if not torch.cuda.is_available():
+            forms = [f for f in forms if FORMS[f].device == "cpu"]
+    else:
+        forms = args.forms or default_forms(args.device)
+    if not forms:
+        raise ConfigError("no forms to run")
+    return forms
+
+
+def _datasets(args: argparse.Namespace) -> tuple[dict | None, dict | None]:
+    """(calibration, evaluation) dataset specs of the run, or None."""
+    calib = ev = None
+    if args.calib_dataset:
+        if not args.calib_root:
+            raise ConfigError("--calib-dataset needs --calib-root")
+        calib = {"kind": args.calib_dataset, "root": args.calib_root, "split": args.calib_split,
+                 "num": args.num_calib or 32}
+    if args.eval_dataset:
+        if not args.eval_root:
+            raise ConfigError("--eval-dataset needs --eval-root")
+        ev = {"kind": args.eval_dataset, "root": args.eval_root, "split": args.eval_split, "limit": args.eval_limit}
+    return calib, ev
+
+
 def run(args: argparse.Namespace) -> int:
     import gcnet
-    from gcnet.deploy.bench import (
-        FORMS,
-        QUICK,
-        command_line,
-        default_forms,
-        format_report,
-        run_benchmark,
-        save_report,
-    )
+    from gcnet.cli.predict import output_file, output_folder
+    from gcnet.deploy.bench import QUICK, command_line, format_report, run_benchmark, save_report
 
+    if args.json:
+        output_file(args.json, "--json")
+    if args.keep_artifacts:
+        output_folder(args.keep_artifacts, "--keep-artifacts")
     if args.variant and (args.model or args.checkpoint):
         raise ConfigError("give the variant either positionally or with --model/--checkpoint, not both")
     variant = (args.variant or args.model or "gcnet-s").lower()
     if variant not in gcnet.list_models():
         raise ConfigError(f"unknown model {variant!r}; choose from {', '.join(gcnet.list_models())}")
-    checkpoint = None
-    if args.checkpoint or args.weights:
-        from gcnet.cli.predict import model_from_args
-
-        if args.checkpoint:
-            model_from_args(args)  # validates the file early
-            checkpoint = args.checkpoint
-        else:
-            import tempfile
-
-            model = model_from_args(args)
-            checkpoint = str(gcnet.save_checkpoint(tempfile.mkdtemp(prefix="gcnet-bench-w-") + "/w.pt", model))
     size = args.size or (QUICK["input_size"] if args.quick else (1024, 2048))
     warmup = args.warmup if args.warmup is not None else (QUICK["warmup"] if args.quick else 3)
     iters = args.iters if args.iters is not None else (QUICK["iters"] if args.quick else 10)
@@ -126,33 +157,15 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--warmup, --iters and --batch must be >= 1")
     if min_time < 0:
         raise ConfigError("--min-time must be >= 0")
-    if args.forms == ["all"]:
-        forms = [f for f in FORMS if FORMS[f].device == "cpu" or args.device != "cpu"]
-        import torch
-
-        if not torch.cuda.is_available():
-            forms = [f for f in forms if FORMS[f].device == "cpu"]
-    else:
-        forms = args.forms or default_forms(args.device)
-    if not forms:
-        raise ConfigError("no forms to run")
-    calib = None
-    if args.calib_dataset:
-        if not args.calib_root:
-            raise ConfigError("--calib-dataset needs --calib-root")
-        calib = {"kind": args.calib_dataset, "root": args.calib_root, "split": args.calib_split,
-                 "num": args.num_calib or 32}
-    ev = None
-    if args.eval_dataset:
-        if not args.eval_root:
-            raise ConfigError("--eval-dataset needs --eval-root")
-        ev = {"kind": args.eval_dataset, "root": args.eval_root, "split": args.eval_split, "limit": args.eval_limit}
-    report = run_benchmark(variant, args.num_classes or 19, checkpoint=checkpoint, input_size=size,
-                           batch=args.batch, forms=forms, warmup=warmup, iters=iters, min_time=min_time,
-                           threads=args.threads,
-                           isolate=not args.in_process, calib=calib, calib_num=args.num_calib or 2,
-                           full_bias_correction=args.full_bias_correction, eval=ev,
-                           artifacts_dir=args.keep_artifacts, timeout=args.timeout, command=command_line())
+    forms = _forms(args)
+    calib, ev = _datasets(args)
+    with tempfile.TemporaryDirectory(prefix="gcnet-bench-w-") as scratch:
+        report = run_benchmark(variant, args.num_classes or 19, checkpoint=_checkpoint(args, scratch), input_size=size,
+                               batch=args.batch, forms=forms, warmup=warmup, iters=iters, min_time=min_time,
+                               threads=args.threads, isolate=not args.in_process, calib=calib,
+                               calib_num=args.num_calib or 2, full_bias_correction=args.full_bias_correction,
+                               eval=ev, artifacts_dir=args.keep_artifacts, timeout=args.timeout,
+                               command=command_line())
     print(format_report(report))
     if args.json:
         save_report(report, args.json)

@@ -4,13 +4,19 @@ optional int8 quantization with an mIoU check against fp32."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from gcnet.cli.args import parse_size
-from gcnet.cli.predict import add_model_args, model_from_args
+from gcnet.cli.predict import add_model_args, model_from_args, output_file, output_folder
 from gcnet.errors import ConfigError
+from gcnet.fileio import TMP_MARKER
 
 FORMATS = ("onnx", "torchscript", "torch-export", "openvino", "safetensors")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "torch-export": ".pt2", "openvino": ".xml", "safetensors": ""}
@@ -37,6 +43,9 @@ formats (--format, several allowed):
                 gcnet predict/bench --runtime openvino --precision bf16.
   safetensors   <name>/config.json + model.safetensors (save_pretrained: model config, class names,
                 palette, normalisation; loads without unpickling: any gcnet command, from_pretrained).
+Every file is written under a temporary name, and the files replace earlier ones of the same names
+only once all of them are complete and verified, so a failed export (or quantization, or
+evaluation) leaves the --out folder unchanged.
 
 int8 (--precision int8): post-training static quantization calibrated on --num-calib images
 (--calib-dataset/--calib-root or --calib-images). Writes <name>_int8.xml (OpenVINO + NNCF) when
@@ -95,23 +104,22 @@ def _dataset(kind: str, root: str | None, split: str, what: str):
     return build_dataset(kind, root, split, transform=EvalTransform())
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from gcnet.deploy import export as E
-    from gcnet.deploy.runtimes import OnnxRuntime, OpenVINORuntime, TorchRuntime, is_available
+def _check_args(args: argparse.Namespace, formats: list[str]) -> None:
+    from gcnet.optional import is_available
 
     if args.opset < 17:
         raise ConfigError("--opset must be >= 17")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    formats = list(dict.fromkeys(args.format))
+    output_folder(args.out)
+    if args.json:
+        output_file(args.json, "--json")
     int8 = args.precision == "int8"
     if int8 and not {"onnx", "openvino"} & set(formats):
         raise ConfigError("--precision int8 needs --format onnx and/or openvino")
     if int8 and not (args.calib_dataset or args.calib_images):
         raise ConfigError("--precision int8 needs calibration data: --calib-dataset KIND --calib-root DIR, "
                           "or --calib-images DIR")
+    if int8 and "onnx" in formats and args.postprocess:
+        raise ConfigError("int8 ONNX quantization needs the logits graph; drop --postprocess")
     if args.eval_dataset and not int8:
         print("note: --eval-dataset evaluates the fp32 exports only (no --precision int8)", file=sys.stderr)
     for fmt, mod in (("onnx", "onnx"), ("openvino", "openvino")):
@@ -119,105 +127,169 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--format {fmt} needs the '{mod}' package (pip install gcnet[deploy])")
     if "onnx" in formats and not args.no_verify and not is_available("onnxruntime"):
         raise ConfigError("verifying the ONNX export needs onnxruntime (install it or pass --no-verify)")
-
     if args.source:
         if args.checkpoint:
             raise ConfigError("give the checkpoint either positionally or with --checkpoint, not both")
         args.checkpoint = args.source
-    model = model_from_args(args)
-    deploy = E.load_for_deploy(model)
+
+
+def _export(fmt: str, deploy, path: Path, args: argparse.Namespace, settings) -> dict:
+    """Write one fp32 format (verified unless --no-verify); returns its report."""
+    from gcnet.deploy.export import export_torch_export, export_torchscript
+    from gcnet.deploy.pipeline import build
+
+    if fmt == "onnx":
+        return build(deploy, "onnxruntime", out=path, open_runtime=False, settings=settings).report
+    if fmt == "openvino":
+        return build(deploy, "openvino", out=path, open_runtime=False, settings=settings,
+                     threads=args.threads).report
+    if fmt == "safetensors":
+        from gcnet.checkpoint import checkpoint_dataset_info, save_pretrained
+
+        spec = args.checkpoint or args.weights
+        info = checkpoint_dataset_info(spec) if spec else None  # class names and palette travel along
+        return {"format": fmt, "path": str(save_pretrained(deploy, path, dataset=info))}
+    if fmt == "torchscript":
+        return export_torchscript(deploy, path, input_size=args.input_size, verify=settings.verify,
+                                  tolerance=args.tolerance)
+    return export_torch_export(deploy, path, input_size=args.input_size, dynamic=not args.static,
+                               verify=settings.verify, tolerance=args.tolerance)
+
+
+def _calibration(args: argparse.Namespace) -> tuple[list, dict]:
+    from gcnet.deploy.export import calibration_from_dataset, calibration_from_images
+    from gcnet.fileio import is_image_file
+
+    if args.calib_images:
+        files = [p for p in Path(args.calib_images).rglob("*") if is_image_file(p)]
+        calibration = calibration_from_images(files, args.num_calib)
+        return calibration, {"images": args.calib_images, "num": len(calibration)}
+    ds = _dataset(args.calib_dataset, args.calib_root, args.calib_split, "calib")
+    calibration = calibration_from_dataset(ds, args.num_calib)
+    return calibration, {"dataset": args.calib_dataset, "split": args.calib_split, "num": len(calibration)}
+
+
+def _quantize(deploy, out: Path, name: str, formats: list[str], args: argparse.Namespace, settings,
+              report: dict, log) -> dict:
+    """Write the int8 models (OpenVINO from the deploy form, ONNX from the fp32 .onnx); returns their runtimes."""
+    from gcnet.deploy.pipeline import build
+
+    calibration, report["calibration"] = _calibration(args)
+    runtimes = {}
+    if "openvino" in formats:
+        path = out / f"{name}_int8.xml"
+        log(f"quantizing OpenVINO int8 (NNCF, {len(calibration)} images) -> {Path(args.out) / path.name}")
+        built = build(deploy, "openvino", "int8", calibration=calibration, out=path, settings=settings,
+                      threads=args.threads)
+        report["exports"]["openvino-int8"] = {"format": "openvino", "precision": "int8", "path": str(path)}
+        runtimes["openvino-int8"] = built.runtime
+    if "onnx" in formats:
+        path = out / f"{name}_int8.onnx"
+        log(f"quantizing ONNX Runtime int8 (QDQ, {len(calibration)} images) -> {Path(args.out) / path.name}")
+        built = build(out / f"{name}.onnx", "onnxruntime", "int8", calibration=calibration, out=path,
+                      settings=settings, threads=args.threads)
+        report["exports"]["onnx-int8"] = {"format": "onnx", "precision": "int8", "path": str(path)}
+        runtimes["onnxruntime-int8"] = built.runtime
+    return runtimes
+
+
+def _accuracy(deploy, out: Path, name: str, formats: list[str], args: argparse.Namespace, int8_runtimes: dict,
+              log) -> dict:
+    """mIoU of PyTorch fp32, every fp32/bf16 export and the int8 runtimes; prints the table."""
+    from gcnet.deploy.pipeline import build, compare_accuracy
+
+    ds = _dataset(args.eval_dataset, args.eval_root, args.eval_split, "eval")
+    evaluated = {"torch-fp32": build(deploy, "torch", threads=args.threads).runtime}
+    if "onnx" in formats and not args.postprocess:
+        evaluated["onnxruntime-fp32"] = build(out / f"{name}.onnx", "onnxruntime", threads=args.threads).runtime
+    if "openvino" in formats:
+        for precision in ("fp32", "bf16"):
+            evaluated[f"openvino-{precision}"] = build(out / f"{name}.xml", "openvino", precision,
+                                                       threads=args.threads).runtime
+    evaluated.update(int8_runtimes)
+    log(f"evaluating {', '.join(evaluated)} on {args.eval_dataset}:{args.eval_split} ...")
+    acc = compare_accuracy(evaluated, ds, reference="torch-fp32", limit=args.eval_limit, progress=True)
+    print(f"{'runtime':<20}{'mIoU':>8}{'aAcc':>8}{'delta mIoU':>12}")
+    for k, v in acc["results"].items():
+        print(f"{k:<20}{v['mIoU']:>8.2f}{v['aAcc']:>8.2f}{v['delta_mIoU']:>+12.2f}")
+    return acc
+
+
+def _move_into_place(src: Path, dst: Path) -> None:
+    """Rename ``src`` over ``dst``; a folder (safetensors) replaces an earlier folder of that name."""
+    if src.is_dir() and dst.is_dir():
+        old = dst.with_name(f".{dst.name}.old{TMP_MARKER}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+@contextlib.contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A hidden folder in ``out`` that the run writes every file to; the files replace those in
+    ``out`` only once the whole export succeeded, so a failed run leaves ``out`` as it was."""
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".export.", suffix=TMP_MARKER, dir=out))
+    done = False
+    try:
+        yield stage
+        for f in sorted(stage.iterdir()):  # complete and verified; an IR's .bin sorts before its .xml
+            _move_into_place(f, out / f.name)
+        done = True
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created and not done:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from gcnet.deploy.export import ExportError, load_for_deploy
+    from gcnet.deploy.pipeline import ExportSettings
+    from gcnet.fileio import write_text
+
+    formats = list(dict.fromkeys(args.format))
+    _check_args(args, formats)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    deploy = load_for_deploy(model_from_args(args))
     name = args.name or (Path(args.checkpoint).stem if args.checkpoint else f"{args.model.lower()}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     report: dict = {"model": deploy.config, "input_size": list(args.input_size), "exports": {}}
-    verify = not args.no_verify
+    settings = ExportSettings(input_size=args.input_size, opset=args.opset, dynamic=not args.static,
+                              postprocess=args.postprocess, verify=not args.no_verify, tolerance=args.tolerance,
+                              preset=args.quant_preset, fast_bias_correction=not args.full_bias_correction)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    for fmt in formats:
-        path = out / f"{name}{SUFFIX[fmt]}"
-        log(f"exporting {fmt} -> {path}")
-        if fmt == "onnx":
-            r = E.export_onnx(deploy, path, input_size=args.input_size, opset=args.opset, dynamic=not args.static,
-                              postprocess=args.postprocess, verify=verify, tolerance=args.tolerance)
-        elif fmt == "torchscript":
-            r = E.export_torchscript(deploy, path, input_size=args.input_size, verify=verify,
-                                     tolerance=args.tolerance)
-        elif fmt == "torch-export":
-            r = E.export_torch_export(deploy, path, input_size=args.input_size, dynamic=not args.static,
-                                      verify=verify, tolerance=args.tolerance)
-            if not args.static and not r["dynamic"]:
+    with _staging(out) as stage:
+        for fmt in formats:
+            path = stage / f"{name}{SUFFIX[fmt]}"
+            log(f"exporting {fmt} -> {out / path.name}")
+            try:
+                r = report["exports"][fmt] = _export(fmt, deploy, path, args, settings)
+            except ExportError as exc:
+                raise ExportError(f"{exc}\nnothing was written; earlier files in {out} are unchanged") from exc
+            if fmt == "torch-export" and not args.static and not r["dynamic"]:
                 log("  note: torch.export could not make the shapes dynamic; exported for the example size")
-        elif fmt == "safetensors":
-            from gcnet.checkpoint import checkpoint_dataset_info, save_pretrained
-
-            spec = args.checkpoint or args.weights
-            info = checkpoint_dataset_info(spec) if spec else None  # class names and palette travel along
-            r = {"format": fmt, "path": str(save_pretrained(deploy, path, dataset=info))}
-        else:
-            ov_model = E.to_openvino(deploy, input_size=args.input_size)
-            E.save_openvino(ov_model, path)
-            r = {"format": "openvino", "path": str(path)}
-            if verify:
-                x = E._example(args.input_size, 1, seed=1)
-                with torch.no_grad():
-                    ref = deploy(x).numpy()
-                rt = OpenVINORuntime(path, "fp32", threads=args.threads)
-                r.update(E._check_close("OpenVINO fp32", ref, rt(x.numpy()), args.tolerance))
-        report["exports"][fmt] = r
-        if "max_abs_diff" in r:
-            log(f"  verified: max |diff| to PyTorch = {r['max_abs_diff']:.3g}")
-
-    runtimes: dict = {}
-    if int8:
-        if args.calib_images:
-            files = [p for p in sorted(Path(args.calib_images).rglob("*"))
-                     if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp")]
-            calibration = E.calibration_from_images(files, args.num_calib)
-            report["calibration"] = {"images": args.calib_images, "num": len(calibration)}
-        else:
-            ds = _dataset(args.calib_dataset, args.calib_root, args.calib_split, "calib")
-            calibration = E.calibration_from_dataset(ds, args.num_calib)
-            report["calibration"] = {"dataset": args.calib_dataset, "split": args.calib_split,
-                                     "num": len(calibration)}
-        if "openvino" in formats:
-            path = out / f"{name}_int8.xml"
-            log(f"quantizing OpenVINO int8 (NNCF, {len(calibration)} images) -> {path}")
-            q = E.quantize_openvino(E.to_openvino(deploy, input_size=args.input_size), calibration,
-                                    preset=args.quant_preset, fast_bias_correction=not args.full_bias_correction)
-            E.save_openvino(q, path)
-            report["exports"]["openvino-int8"] = {"format": "openvino", "precision": "int8", "path": str(path)}
-            runtimes["openvino-int8"] = OpenVINORuntime(path, "int8", threads=args.threads)
-        if "onnx" in formats:
-            if args.postprocess:
-                raise ConfigError("int8 ONNX quantization needs the logits graph; drop --postprocess")
-            path = out / f"{name}_int8.onnx"
-            log(f"quantizing ONNX Runtime int8 (QDQ, {len(calibration)} images) -> {path}")
-            E.quantize_onnx(out / f"{name}.onnx", path, calibration)
-            report["exports"]["onnx-int8"] = {"format": "onnx", "precision": "int8", "path": str(path)}
-            runtimes["onnxruntime-int8"] = OnnxRuntime(path, "int8", threads=args.threads)
-
-    if args.eval_dataset:
-        ds = _dataset(args.eval_dataset, args.eval_root, args.eval_split, "eval")
-        evaluated = {"torch-fp32": TorchRuntime(deploy, threads=args.threads)}
-        if "onnx" in formats and not args.postprocess:
-            evaluated["onnxruntime-fp32"] = OnnxRuntime(out / f"{name}.onnx", threads=args.threads)
-        if "openvino" in formats:
-            evaluated["openvino-fp32"] = OpenVINORuntime(out / f"{name}.xml", "fp32", threads=args.threads)
-            evaluated["openvino-bf16"] = OpenVINORuntime(out / f"{name}.xml", "bf16", threads=args.threads)
-        evaluated.update(runtimes)
-        log(f"evaluating {', '.join(evaluated)} on {args.eval_dataset}:{args.eval_split} ...")
-        acc = E.compare_accuracy(evaluated, ds, reference="torch-fp32", limit=args.eval_limit, progress=True)
-        report["accuracy"] = acc
-        print(f"{'runtime':<20}{'mIoU':>8}{'aAcc':>8}{'delta mIoU':>12}")
-        for k, v in acc["results"].items():
-            print(f"{k:<20}{v['mIoU']:>8.2f}{v['aAcc']:>8.2f}{v['delta_mIoU']:>+12.2f}")
-
+            if "max_abs_diff" in r:
+                log(f"  verified: max |diff| to PyTorch = {r['max_abs_diff']:.3g}")
+        int8_runtimes = _quantize(deploy, stage, name, formats, args, settings, report, log) \
+            if args.precision == "int8" else {}
+        if args.eval_dataset:
+            report["accuracy"] = _accuracy(deploy, stage, name, formats, args, int8_runtimes, log)
+    for v in report["exports"].values():
+        v["path"] = str(out / Path(v["path"]).name)
     for k, v in report["exports"].items():
         print(f"{k}: {v['path']}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        write_text(args.json, json.dumps(report, indent=2, default=str) + "\n")
         print(f"report: {args.json}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -56,6 +57,37 @@ def model_from_args(args: argparse.Namespace, *, required: bool = True, allow_ex
     return None
 
 
+def _writable_ancestor(path: Path, flag: str, value: str) -> None:
+    """The nearest existing folder above ``path`` must be a folder this process may write to."""
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {value}: {existing} is a file, so the path cannot be created; "
+                          f"choose another {flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {value}: {existing} is not writable; choose a folder you can write to "
+                          f"with {flag}")
+
+
+def output_folder(value: str, flag: str = "--out") -> Path:
+    """Check an output folder option before anything is computed or written: it is a folder (or can
+    be created as one) that is writable. Returns it as a path; it is created when first written."""
+    path = Path(value).absolute()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {value} is an existing file, not a folder; give a folder path "
+                          f"(it is created if missing)")
+    _writable_ancestor(path, flag, value)
+    return Path(value)
+
+
+def output_file(value: str, flag: str) -> Path:
+    """Check an output file option up front: not an existing folder, and its folder writable."""
+    path = Path(value).absolute()
+    if path.is_dir():
+        raise ConfigError(f"{flag} {value} is a folder; give a file name")
+    _writable_ancestor(path.parent, flag, value)
+    return Path(value)
+
+
 def add_runtime_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("runtime")
     g.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino"), default="torch",
@@ -69,9 +101,11 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
 
 
 def runtime_from_args(args: argparse.Namespace, source):
+    """The runtime for ``gcnet predict``: ``--runtime`` (an .xml source means openvino, an .onnx
+    source onnxruntime unless openvino is asked), ``--precision``, ``--device``, ``--threads``."""
     import torch
 
-    from gcnet.deploy.runtimes import create_runtime
+    from gcnet.deploy.pipeline import build
 
     kind = args.runtime
     if isinstance(source, Path):
@@ -82,13 +116,7 @@ def runtime_from_args(args: argparse.Namespace, source):
     if args.precision == "int8" and not isinstance(source, Path):
         raise ConfigError("--precision int8 needs a quantized model: run `gcnet export --precision int8 ...` "
                           "and pass the .xml/.onnx it writes as --checkpoint")
-    if args.precision == "int8" and isinstance(source, Path) and source.suffix.lower() == ".xml":
-        from gcnet.deploy.runtimes import OpenVINORuntime, is_quantized_openvino, require
-
-        model = require("openvino").Core().read_model(str(source))
-        if is_quantized_openvino(model):
-            return OpenVINORuntime(model, "int8", threads=args.threads)
-    return create_runtime(kind, source, args.precision, threads=args.threads, device=device)
+    return build(source, kind, args.precision, threads=args.threads, device=device).runtime
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -108,9 +136,14 @@ For every video (.mp4 .avi .mov .mkv .webm ...):
 Pre-processing: RGB, normalised with the training mean/std, optionally resized to --input-size;
 the 1/8-resolution logits are upsampled bilinearly to the input size and argmax'ed.
 
+Inputs that would write the same names (x/a.png and y/a.png) write them under sub-folders named
+after their input (x/a_label.png, y/a_label.png); stderr says so.
+
 Failures: an unreadable, corrupt or truncated input is reported by name on stderr and skipped;
-the other inputs are still processed. The exit status is 0 when every input succeeded, 1 when any
-input was skipped (a summary lists them), 2 for usage errors (bad model, bad option).
+the other inputs are still processed. A video that ends before the frame count its file announces
+is reported with both counts, and its partial annotated video is not kept. The exit status is 0
+when every input succeeded, 1 when any input was skipped (a summary lists them), 2 for usage
+errors (bad model, bad option, an --out that is a file or not writable).
 Nothing already written is lost: every output is written to a temporary file and renamed into
 place only when complete, so a failed or interrupted input never truncates or replaces an
 earlier output.""",
@@ -141,12 +174,14 @@ examples:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gcnet.deploy.predict import InputError, Predictor, predict_paths
+    from gcnet.deploy.predict import VIDEO_EXTS, InputError, Predictor, predict_paths
+    from gcnet.errors import DatasetError
 
     if not 0.0 <= args.alpha <= 1.0:
         raise ConfigError("--alpha must be in [0, 1]")
+    output_folder(args.out)
     if args.no_label and args.no_overlay and not any(
-            Path(i).suffix.lower() in (".mp4", ".avi", ".mov", ".mkv", ".webm") for i in args.inputs):
+            Path(i).suffix.lower() in VIDEO_EXTS for i in args.inputs):
         raise ConfigError("--no-label and --no-overlay together leave nothing to write")
     source = model_from_args(args, allow_exported=True)
     runtime = runtime_from_args(args, source)
@@ -161,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
                                 save_label=not args.no_label, save_overlay=not args.no_overlay, alpha=args.alpha,
                                 max_frames=args.max_frames, progress=not args.no_progress,
                                 fail_fast=args.fail_fast, label_text=label_text)
-    except InputError as exc:
+    except (InputError, DatasetError) as exc:
         print(f"gcnet predict: stopped (--fail-fast): {exc}", file=sys.stderr)
         return 1
     print(f"wrote {len(summary.written)} file(s) for {summary.processed} input(s) to {args.out}")

@@ -40,8 +40,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from gcnet.deploy.runtimes import default_threads, is_available
+from gcnet.deploy.export import calibration_from_dataset, load_for_deploy
+from gcnet.deploy.pipeline import ExportSettings, build
+from gcnet.deploy.runtimes import Runtime, default_threads
 from gcnet.errors import GCNetError
+from gcnet.fileio import write_text
+from gcnet.optional import is_available
 
 
 @dataclass(frozen=True)
@@ -177,24 +181,14 @@ def bench_model(name: str = "gcnet-s", num_classes: int = 19, checkpoint: str | 
 
 
 # ------------------------------------------------------------------------------------------ worker
-def _build_runtime(job: dict):
-    from gcnet.deploy.runtimes import OnnxRuntime, OpenVINORuntime, TorchRuntime
-
+def _build_runtime(job: dict) -> Runtime:
+    """The form's runtime, opened from the artefact the driver wrote for it."""
     form = Form(**job["form"])
-    threads = job["threads"]
-    if form.kind == "torch":
-        import gcnet
-
-        key = "checkpoint" if form.model_form == "train" else "checkpoint_deploy"
-        model = gcnet.load_model(job["artifacts"][key]).eval()
-        return TorchRuntime(model, form.precision, device=form.device, threads=threads, **form.options)
-    if form.kind == "onnxruntime":
-        key = "onnx_int8" if form.precision == "int8" else "onnx"
-        return OnnxRuntime(job["artifacts"][key], form.precision, threads=threads)
-    if form.kind == "openvino":
-        key = "openvino_int8" if form.precision == "int8" else "openvino"
-        return OpenVINORuntime(job["artifacts"][key], form.precision, threads=threads, **form.options)
-    raise GCNetError(f"unknown runtime kind {form.kind}")
+    key = {"torch": "checkpoint" if form.model_form == "train" else "checkpoint_deploy",
+           "onnxruntime": "onnx_int8" if form.precision == "int8" else "onnx",
+           "openvino": "openvino_int8" if form.precision == "int8" else "openvino"}[form.kind]
+    return build(job["artifacts"][key], form.kind, form.precision, device=form.device, threads=job["threads"],
+                 reparameterize=form.model_form != "train", **form.options).runtime
 
 
 def timed_runs(call: Callable[[], Any], iters: int, min_time: float = 0.0,
@@ -218,22 +212,24 @@ def run_form(job: dict) -> dict:
     form = Form(**job["form"])
     if form.kind in ("onnxruntime", "openvino"):
         __import__(form.kind)  # baseline memory includes the runtime library
+        if form.kind == "onnxruntime" and form.precision == "int8":
+            __import__("onnx")  # and the onnx package that checks the file is quantized
     cuda = form.device == "cuda"
     baseline = _rss_mb()
     t0 = time.perf_counter()
-    rt = _build_runtime(job)
+    runtime = _build_runtime(job)
     x = np.load(job["input"])
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         xt = torch.from_numpy(x).cuda()
 
         def call():
-            out = rt.forward_tensor(xt)
+            out = runtime.forward_tensor(xt)
             torch.cuda.synchronize()
             return out
     else:
         def call():
-            return rt(x)
+            return runtime(x)
 
     out = call()  # first call: compiles / allocates
     first_ms = (time.perf_counter() - t0) * 1e3
@@ -243,7 +239,7 @@ def run_form(job: dict) -> dict:
     if cuda:
         out = out.cpu().numpy()
     result: dict[str, Any] = {"latency_ms": latency_stats(times), "load_and_first_call_ms": first_ms,
-                              "runtime": rt.name, "threads": rt.threads}
+                              "runtime": runtime.name, "threads": runtime.threads}
     if cuda:
         result["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
         result["mem_note"] = "torch.cuda.max_memory_allocated (weights + activations)"
@@ -257,11 +253,11 @@ def run_form(job: dict) -> dict:
     if job.get("eval"):
         from gcnet.data.datasets import build_dataset
         from gcnet.data.transforms import EvalTransform
-        from gcnet.deploy.export import evaluate_runtime
+        from gcnet.evaluation.inference import evaluate
 
         ev = job["eval"]
         ds = build_dataset(ev["kind"], ev["root"], ev["split"], transform=EvalTransform())
-        r = evaluate_runtime(rt, ds, limit=ev.get("limit"))
+        r = evaluate(runtime, ds, limit=ev.get("limit"), progress=False)
         result["mIoU"] = r["mIoU"]
         result["aAcc"] = r["aAcc"]
         result["eval_images"] = r["num_images"]
@@ -276,7 +272,7 @@ def _worker_main(job_path: str) -> int:
         import traceback
 
         result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-    Path(job["result"]).write_text(json.dumps(result))
+    write_text(job["result"], json.dumps(result))
     return 0
 
 
@@ -331,8 +327,6 @@ def _diff(out: np.ndarray, ref: np.ndarray) -> dict:
 
 
 def _calibration(cfg: dict, x: np.ndarray) -> tuple[list[np.ndarray], str]:
-    from gcnet.deploy.export import calibration_from_dataset
-
     calib = cfg.get("calib")
     if calib:
         from gcnet.data.datasets import build_dataset
@@ -362,6 +356,117 @@ def _bench_input(data: dict | None, batch: int, h: int, w: int) -> tuple[np.ndar
     return np.random.default_rng(0).standard_normal((batch, 3, h, w)).astype(np.float32), "standard normal"
 
 
+def _write_artifacts(work: Path, net: torch.nn.Module, deploy: torch.nn.Module, kinds: set[tuple[str, str]],
+                     vsize: tuple[int, int], calibration: list[np.ndarray], full_bias_correction: bool,
+                     log: Any) -> tuple[dict[str, str], dict]:
+    """Write every file the forms run (checkpoints, ONNX, IR, int8 models) into ``work`` through the
+    deploy pipeline; returns (artefact paths by key, export report)."""
+    import gcnet
+
+    artifacts = {"checkpoint": str(gcnet.save_checkpoint(work / "model.pt", net)),
+                 "checkpoint_deploy": str(gcnet.save_checkpoint(work / "model_deploy.pt", deploy))}
+    export_report: dict[str, Any] = {}
+    if any(k in ("onnxruntime", "openvino") for k, _ in kinds):
+        log("exporting ONNX ...")
+        built = build(deploy, "onnxruntime", out=work / "model.onnx", open_runtime=False,
+                      settings=ExportSettings(input_size=vsize, verify=is_available("onnxruntime")))
+        export_report["onnx"], artifacts["onnx"] = built.report, str(built.path)
+    if ("onnxruntime", "int8") in kinds:
+        log("quantizing for ONNX Runtime int8 ...")
+        built = build(work / "model.onnx", "onnxruntime", "int8", calibration=calibration,
+                      out=work / "model_int8.onnx", open_runtime=False)
+        artifacts["onnx_int8"] = str(built.path)
+    settings = ExportSettings(input_size=vsize, verify=False, fast_bias_correction=not full_bias_correction)
+    if any(k == "openvino" for k, _ in kinds):
+        built = build(deploy, "openvino", out=work / "model_ov.xml", open_runtime=False, settings=settings)
+        artifacts["openvino"] = str(built.path)
+    if ("openvino", "int8") in kinds:
+        log("quantizing for OpenVINO int8 (NNCF) ...")
+        built = build(deploy, "openvino", "int8", calibration=calibration, out=work / "model_ov_int8.xml",
+                      open_runtime=False, settings=settings)
+        artifacts["openvino_int8"] = str(built.path)
+    return artifacts, export_report
+
+
+def _run_job(job: dict, work: Path, isolate: bool, threads: int, timeout: float) -> dict:
+    """Run one form's job in a fresh worker process (``isolate``) or here; errors come back as ``error``."""
+    if not isolate:
+        try:
+            return run_form(job)
+        except Exception as exc:  # noqa: BLE001 - reported in the results
+            return {"error": f"{type(exc).__name__}: {exc}"}
+    job_path = work / f"job_{Form(**job['form']).name}.json"
+    write_text(job_path, json.dumps(job))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "gcnet.deploy.bench", "--worker", str(job_path)],
+                              env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if Path(job["result"]).exists():
+        return json.loads(Path(job["result"]).read_text())
+    return {"error": f"worker exited with {proc.returncode}: {proc.stderr.strip()[-2000:]}"}
+
+
+def _result_entry(name: str, res: dict, complexity: dict, batch: int, out_path: str, ref: np.ndarray,
+                  log: Any) -> dict:
+    """One row of ``results``: the form, its complexity and, unless it failed, speed and differences."""
+    form = FORMS[name]
+    entry: dict[str, Any] = {"form": name, "runtime": form.kind, "precision": form.precision,
+                             "device": form.device, "model_form": form.model_form, "description": form.description}
+    c = complexity["train" if form.model_form == "train" else "deploy"]
+    entry["params"], entry["macs"] = c["params"], c["macs"]
+    if "error" in res:
+        entry["error"] = res["error"]
+        log(f"    failed: {res['error'].splitlines()[0] if res['error'] else res['error']}")
+        return entry
+    entry.update(res)
+    med = res["latency_ms"]["median"]
+    entry["fps"] = batch * 1e3 / med
+    entry["gflops"] = 2 * c["macs"] / (med * 1e-3) / 1e9
+    entry.update(_diff(np.load(out_path), ref))
+    log(f"    {med:.1f} ms median, {entry['fps']:.2f} FPS, {entry['gflops']:.0f} GFLOP/s")
+    return entry
+
+
+def _relative_columns(results: list[dict]) -> dict | None:
+    """Add speed-up against the authors' path on the same device (reparameterized, eager fp32) and
+    the mIoU change against the first fp32 form with mIoU; returns that reference result."""
+    base = {dev: next((r for r in results if r["form"] == name and "latency_ms" in r), None)
+            for dev, name in (("cpu", "torch-fp32"), ("cuda", "cuda-fp32"))}
+    ref_eval = next((r for r in results if "mIoU" in r and r["precision"] == "fp32"), None)
+    for r in results:
+        b = base.get(r["device"])
+        if b and "latency_ms" in r:
+            r["speedup_vs_torch_fp32"] = b["latency_ms"]["median"] / r["latency_ms"]["median"]
+        if ref_eval and "mIoU" in r:
+            r["delta_mIoU"] = r["mIoU"] - ref_eval["mIoU"]
+    return ref_eval
+
+
+def _check_forms(forms: list[str]) -> None:
+    unknown = [f for f in forms if f not in FORMS]
+    if unknown:
+        raise GCNetError(f"unknown form(s) {', '.join(unknown)}; known: {', '.join(FORMS)}")
+    missing = sorted({FORMS[f].kind for f in forms if not is_available(FORMS[f].kind)})
+    if missing:
+        raise GCNetError(f"runtime(s) not installed: {', '.join(missing)} (pip install gcnet[deploy])")
+    if any(FORMS[f].device == "cuda" for f in forms) and not torch.cuda.is_available():
+        raise GCNetError("CUDA forms were requested but torch.cuda.is_available() is False")
+
+
+def _complexity(net: torch.nn.Module, deploy: torch.nn.Module, size: tuple[int, int], batch: int,
+                has_train: bool) -> dict:
+    from gcnet.models.complexity import model_complexity
+
+    forms = {"deploy": deploy, "train": net} if has_train else {"deploy": deploy}
+    out = {}
+    for key, module in forms.items():
+        out[key] = model_complexity(module, size).as_dict()
+        out[key]["macs"] *= batch
+    return out
+
+
 def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: str | None = None,
                   input_size: tuple[int, int] = (1024, 2048), batch: int = 1, forms: list[str] | None = None,
                   warmup: int = 3, iters: int = 10, min_time: float = 1.0, threads: int | None = None,
@@ -371,19 +476,9 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
                   artifacts_dir: str | None = None, timeout: float = 1800, progress: bool = True,
                   command: str | None = None) -> dict:
     """Benchmark ``forms`` (default: :func:`default_forms`) and return the report dict (the JSON)."""
-    import gcnet
-    from gcnet.deploy import export as E
-
     threads = threads or default_threads()
     forms = list(forms) if forms else default_forms()
-    unknown = [f for f in forms if f not in FORMS]
-    if unknown:
-        raise GCNetError(f"unknown form(s) {', '.join(unknown)}; known: {', '.join(FORMS)}")
-    missing = sorted({FORMS[f].kind for f in forms if not is_available(FORMS[f].kind)})
-    if missing:
-        raise GCNetError(f"runtime(s) not installed: {', '.join(missing)} (pip install gcnet[deploy])")
-    if any(FORMS[f].device == "cuda" for f in forms) and not torch.cuda.is_available():
-        raise GCNetError("CUDA forms were requested but torch.cuda.is_available() is False")
+    _check_forms(forms)
     h, w = int(input_size[0]), int(input_size[1])
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
 
@@ -392,110 +487,39 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
     net = bench_model(model, num_classes, checkpoint)
     model, num_classes = net.config.get("name", model), int(net.num_classes)
     has_train = not getattr(net, "is_deployed", False)
-    deploy = E.load_for_deploy(net)
-    from gcnet.models.complexity import model_complexity
-
-    complexity = {"deploy": model_complexity(deploy, (h, w)).as_dict()}
-    complexity["deploy"]["macs"] *= batch
-    if has_train:
-        complexity["train"] = model_complexity(net, (h, w)).as_dict()
-        complexity["train"]["macs"] *= batch
-    else:
+    deploy = load_for_deploy(net)
+    complexity = _complexity(net, deploy, (h, w), batch, has_train)
+    if not has_train:
         forms = [f for f in forms if FORMS[f].model_form != "train"]
 
     tmp = tempfile.TemporaryDirectory(prefix="gcnet-bench-") if not artifacts_dir else None
     work = Path(artifacts_dir or tmp.name)
     work.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {}
     try:
-        artifacts: dict[str, str] = {}
-        ckpt = work / "model.pt"
-        gcnet.save_checkpoint(ckpt, net)
-        artifacts["checkpoint"] = str(ckpt)
-        artifacts["checkpoint_deploy"] = str(gcnet.save_checkpoint(work / "model_deploy.pt", deploy))
         x, input_desc = _bench_input(calib or eval, batch, h, w)
         np.save(work / "input.npy", x)
         with torch.no_grad():
             ref = (net if has_train else deploy)(torch.from_numpy(x)).numpy()
-        export_report: dict[str, Any] = {}
         kinds = {(FORMS[f].kind, FORMS[f].precision) for f in forms}
-        if any(k in ("onnxruntime", "openvino") for k, _ in kinds):
-            log("exporting ONNX ...")
-            vsize = (min(h, 256), min(w, 512))
-            export_report["onnx"] = E.export_onnx(deploy, work / "model.onnx", input_size=vsize,
-                                                  verify=is_available("onnxruntime"))
-            artifacts["onnx"] = str(work / "model.onnx")
         calib_source, calibration = None, []
         if ("onnxruntime", "int8") in kinds or ("openvino", "int8") in kinds:
             calibration, calib_source = _calibration({"calib": calib, "calib_num": calib_num}, x)
-            if ("onnxruntime", "int8") in kinds:
-                log("quantizing for ONNX Runtime int8 ...")
-                artifacts["onnx_int8"] = str(E.quantize_onnx(work / "model.onnx", work / "model_int8.onnx",
-                                                             calibration))
-        if any(k == "openvino" for k, _ in kinds):
-            ov_model = E.to_openvino(deploy, input_size=(min(h, 256), min(w, 512)))
-            artifacts["openvino"] = str(E.save_openvino(ov_model, work / "model_ov.xml"))
-            if ("openvino", "int8") in kinds:
-                log("quantizing for OpenVINO int8 (NNCF) ...")
-                q = E.quantize_openvino(ov_model, calibration, fast_bias_correction=not full_bias_correction)
-                artifacts["openvino_int8"] = str(E.save_openvino(q, work / "model_ov_int8.xml"))
+        artifacts, export_report = _write_artifacts(work, net, deploy, kinds, (min(h, 256), min(w, 512)),
+                                                    calibration, full_bias_correction, log)
         del net, deploy
 
         results = []
         for name in forms:
-            form = FORMS[name]
             log(f"[{len(results) + 1}/{len(forms)}] {name} ...")
-            job = {"form": asdict(form), "artifacts": artifacts, "input": str(work / "input.npy"),
+            job = {"form": asdict(FORMS[name]), "artifacts": artifacts, "input": str(work / "input.npy"),
                    "output": str(work / f"out_{name}.npy"), "result": str(work / f"result_{name}.json"),
                    "warmup": warmup, "iters": iters, "min_time_s": min_time, "threads": threads,
                    "isolated": isolate, "eval": eval}
-            if isolate:
-                job_path = work / f"job_{name}.json"
-                job_path.write_text(json.dumps(job))
-                env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-                try:
-                    proc = subprocess.run([sys.executable, "-m", "gcnet.deploy.bench", "--worker", str(job_path)],
-                                          env=env, capture_output=True, text=True, timeout=timeout, check=False)
-                    if Path(job["result"]).exists():
-                        res = json.loads(Path(job["result"]).read_text())
-                    else:
-                        res = {"error": f"worker exited with {proc.returncode}: {proc.stderr.strip()[-2000:]}"}
-                except subprocess.TimeoutExpired:
-                    res = {"error": f"timed out after {timeout:.0f} s"}
-            else:
-                try:
-                    res = run_form(job)
-                except Exception as exc:  # noqa: BLE001
-                    res = {"error": f"{type(exc).__name__}: {exc}"}
-            entry: dict[str, Any] = {"form": name, "runtime": form.kind, "precision": form.precision,
-                                     "device": form.device, "model_form": form.model_form,
-                                     "description": form.description}
-            c = complexity["train" if form.model_form == "train" else "deploy"]
-            entry["params"], entry["macs"] = c["params"], c["macs"]
-            if "error" in res:
-                entry["error"] = res["error"]
-                log(f"    failed: {res['error'].splitlines()[0] if res['error'] else res['error']}")
-            else:
-                entry.update(res)
-                med = res["latency_ms"]["median"]
-                entry["fps"] = batch * 1e3 / med
-                entry["gflops"] = 2 * c["macs"] / (med * 1e-3) / 1e9
-                entry.update(_diff(np.load(job["output"]), ref))
-                log(f"    {med:.1f} ms median, {entry['fps']:.2f} FPS, {entry['gflops']:.0f} GFLOP/s")
-            results.append(entry)
-
-        # speed-up against the authors' path on the same device: reparameterized, eager fp32
-        base = {dev: next((r for r in results if r["form"] == name and "latency_ms" in r), None)
-                for dev, name in (("cpu", "torch-fp32"), ("cuda", "cuda-fp32"))}
-        ref_eval = next((r for r in results if "mIoU" in r and r["precision"] == "fp32"), None)
-        for r in results:
-            b = base.get(r["device"])
-            if b and "latency_ms" in r:
-                r["speedup_vs_torch_fp32"] = b["latency_ms"]["median"] / r["latency_ms"]["median"]
-            if ref_eval and "mIoU" in r:
-                r["delta_mIoU"] = r["mIoU"] - ref_eval["mIoU"]
+            res = _run_job(job, work, isolate, threads, timeout)
+            results.append(_result_entry(name, res, complexity, batch, job["output"], ref, log))
+        ref_eval = _relative_columns(results)
         ok = [r for r in results if "latency_ms" in r]
-        report = {
+        return {
             "gcnet_bench_version": 1,
             "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "command": command,
@@ -520,7 +544,6 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
     finally:
         if tmp is not None:
             tmp.cleanup()
-    return report
 
 
 def _fmt(v: Any, spec: str) -> str:
@@ -576,12 +599,8 @@ def format_report(report: dict) -> str:
 
 
 def save_report(report: dict, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Write the report as indented JSON (atomically)."""
+    return write_text(path, json.dumps(report, indent=2) + "\n")
 
 
 def command_line() -> str:

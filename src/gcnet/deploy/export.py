@@ -1,22 +1,28 @@
-"""Export the reparameterized GCNet: ONNX (verified against PyTorch), TorchScript, torch.export,
-OpenVINO IR, and int8 post-training quantization (OpenVINO/NNCF and ONNX Runtime QDQ) with an
-accuracy check of every runtime against fp32 on any dataset.
+"""Export the reparameterized GCNet: ONNX, TorchScript, torch.export and OpenVINO IR, and int8
+post-training quantization (OpenVINO/NNCF and ONNX Runtime QDQ) with its calibration data.
 
 Every export starts from the deploy form: a training-form model is copied and reparameterized
-(the caller's module is left unchanged).
+(the caller's module is left unchanged). Every file is written under a temporary name, checked
+(``verify``: run with its runtime and compared with PyTorch; int8 files: loaded and run) and only
+then renamed over the destination, so a failed export leaves an earlier file of the same name
+byte-identical. An OpenVINO IR's ``.xml`` and ``.bin`` are both written and verified before either
+replaces the earlier pair.
+
+Chaining these into a runtime (export -> quantize -> open) is :func:`gcnet.deploy.pipeline.build`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
+import logging
 import math
 import os
 import random
-import shutil
 import tempfile
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gcnet.deploy.runtimes import Runtime, require
+from gcnet.deploy.runtimes import OpenVINORuntime, is_quantized_openvino
 from gcnet.errors import GCNetError
+from gcnet.fileio import atomic_path
+from gcnet.optional import require
 
 DEFAULT_OPSET = 17
 
@@ -40,9 +48,9 @@ def load_for_deploy(source: nn.Module | str | os.PathLike) -> nn.Module:
     """A reparameterized, eval-mode GCNet from a module (copied if it needs reparameterizing) or a
     gcnet checkpoint path."""
     if isinstance(source, (str, os.PathLike)):
-        import gcnet
+        from gcnet.checkpoint import load_model
 
-        model = gcnet.load_model(source)
+        model = load_model(source)
     else:
         model = source
     if not getattr(model, "is_deployed", True):
@@ -100,6 +108,36 @@ def verification_inputs(input_size: Sequence[int], dynamic: bool) -> list[torch.
 
 
 # -------------------------------------------------------------------------------------------- ONNX
+def _onnx_export_kwargs(out_name: str, opset: int, dynamic: bool, postprocess: bool) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"input_names": ["input"], "output_names": [out_name], "opset_version": opset,
+                              "do_constant_folding": True}
+    if dynamic:
+        kwargs["dynamic_axes"] = {"input": {0: "batch", 2: "height", 3: "width"},
+                                  out_name: ({0: "batch", 1: "out_height", 2: "out_width"} if postprocess
+                                             else {0: "batch", 2: "out_height", 3: "out_width"})}
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        kwargs["dynamo"] = False  # the TorchScript exporter: no onnxscript needed, dynamic_axes honoured
+    return kwargs
+
+
+def _verify_onnx(net: nn.Module, path: Path, inputs: list[torch.Tensor], tolerance: float,
+                 labels: bool) -> list[dict]:
+    """Run the ONNX file with ONNX Runtime on ``inputs`` and compare with ``net``."""
+    ort = require("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    checks = []
+    for x in inputs:
+        with torch.no_grad():
+            ref = net(x).numpy()
+        try:
+            out = session.run(None, {"input": x.numpy()})[0]
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ExportError(f"ONNX Runtime cannot run the export on {tuple(x.shape)}: {exc}") from exc
+        checks.append({"input_shape": list(x.shape),
+                       **_check_close(f"ONNX Runtime on {tuple(x.shape)}", ref, out, tolerance, labels=labels)})
+    return checks
+
+
 def export_onnx(model: nn.Module | str | os.PathLike, path: str | os.PathLike, *,
                 input_size: Sequence[int] = (512, 1024), opset: int = DEFAULT_OPSET, dynamic: bool = True,
                 postprocess: bool = False, verify: bool = True, tolerance: float = 1e-3) -> dict:
@@ -114,46 +152,22 @@ def export_onnx(model: nn.Module | str | os.PathLike, path: str | os.PathLike, *
     net = SegmentationWithPostprocess(model).eval() if postprocess else model
     out_name = "labels" if postprocess else "logits"
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    kwargs: dict[str, Any] = {"input_names": ["input"], "output_names": [out_name], "opset_version": opset,
-                              "do_constant_folding": True}
-    if dynamic:
-        kwargs["dynamic_axes"] = {"input": {0: "batch", 2: "height", 3: "width"},
-                                  out_name: ({0: "batch", 1: "out_height", 2: "out_width"} if postprocess
-                                             else {0: "batch", 2: "out_height", 3: "out_width"})}
-    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
-        kwargs["dynamo"] = False  # the TorchScript exporter: no onnxscript needed, dynamic_axes honoured
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(net, (_example(input_size),), str(tmp), **kwargs)
-        os.replace(tmp, path)
-    except Exception as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, GCNetError):
-            raise
-        raise ExportError(f"ONNX export failed: {exc}") from exc
+    checks: list[dict] = []
+
+    def check(tmp: Path) -> None:
+        checks.extend(_verify_onnx(net, tmp, verification_inputs(input_size, dynamic), tolerance, postprocess))
+
+    with atomic_path(path, check if verify else None) as tmp:
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(net, (_example(input_size),), str(tmp),
+                                  **_onnx_export_kwargs(out_name, opset, dynamic, postprocess))
+        except Exception as exc:
+            raise ExportError(f"ONNX export failed: {exc}") from exc
     report: dict[str, Any] = {"format": "onnx", "path": str(path), "opset": opset, "dynamic": dynamic,
                               "output": out_name, "size_mb": path.stat().st_size / 2**20}
     if verify:
-        ort = require("onnxruntime")
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        checks = []
-        try:
-            for x in verification_inputs(input_size, dynamic):
-                with torch.no_grad():
-                    ref = net(x).numpy()
-                try:
-                    out = sess.run(None, {"input": x.numpy()})[0]
-                except Exception as exc:
-                    raise ExportError(f"ONNX Runtime cannot run the export on {tuple(x.shape)}: {exc}") from exc
-                check = _check_close(f"ONNX Runtime on {tuple(x.shape)}", ref, out, tolerance, labels=postprocess)
-                checks.append({"input_shape": list(x.shape), **check})
-        except ExportError:
-            del sess
-            path.unlink(missing_ok=True)  # a file on disk is always a verified one
-            raise
         report["verification"] = checks
         if not postprocess:
             report["max_abs_diff"] = max(c["max_abs_diff"] for c in checks)
@@ -161,15 +175,30 @@ def export_onnx(model: nn.Module | str | os.PathLike, path: str | os.PathLike, *
 
 
 def is_quantized_onnx(path: str | os.PathLike) -> bool:
+    """Whether an ONNX file holds quantized ops (QDQ or QLinear)."""
     onnx = require("onnx")
     graph = onnx.load(str(path), load_external_data=False).graph
     return any(n.op_type in ("QuantizeLinear", "QLinearConv", "ConvInteger") for n in graph.node)
 
 
+def _check_runs(name: str, run: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> None:
+    """A written model that cannot be compared with PyTorch (int8) must at least run: finite 4-D logits."""
+    try:
+        out = np.asarray(run(x))
+    except GCNetError:
+        raise
+    except Exception as exc:  # the runtimes raise their own exception types
+        raise ExportError(f"{name} cannot run the written model: {exc}") from exc
+    if out.ndim != 4 or out.shape[0] != x.shape[0] or not np.isfinite(out).all():
+        raise ExportError(f"{name}: the written model gives {tuple(out.shape)} outputs "
+                          f"{'' if np.isfinite(out).all() else 'with NaN/inf '}for a {tuple(x.shape)} input")
+
+
 def quantize_onnx(onnx_path: str | os.PathLike, out_path: str | os.PathLike,
                   calibration: Iterable[np.ndarray], *, per_channel: bool = True) -> Path:
     """Static int8 QDQ quantization with ONNX Runtime (u8 activations, s8 per-channel weights,
-    min-max calibration on ``calibration`` float32 NCHW arrays)."""
+    min-max calibration on ``calibration`` float32 NCHW arrays). The result is loaded and run on
+    the first calibration array before it replaces ``out_path``."""
     quant = require("onnxruntime.quantization")
     samples = [np.ascontiguousarray(c, dtype=np.float32) for c in calibration]
     if not samples:
@@ -183,28 +212,52 @@ def quantize_onnx(onnx_path: str | os.PathLike, out_path: str | os.PathLike,
             x = next(self._it, None)
             return None if x is None else {"input": x}
 
-    out_path = Path(out_path)
-    with tempfile.TemporaryDirectory(prefix="gcnet-q-") as tmp:
-        pre = Path(tmp) / "pre.onnx"
+    def check(tmp: Path) -> None:
+        session = require("onnxruntime").InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        _check_runs("ONNX Runtime int8", lambda x: session.run(None, {"input": x})[0], samples[0])
+
+    with tempfile.TemporaryDirectory(prefix="gcnet-q-") as scratch, atomic_path(out_path, check) as tmp:
+        pre = Path(scratch) / "pre.onnx"
         try:
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
             quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
         except Exception:  # noqa: BLE001 - pre-processing is an optimisation; quantize the original
             pre = Path(onnx_path)
-        tmp_out = Path(tmp) / "q.onnx"
-        quant.quantize_static(str(pre), str(tmp_out), Reader(), quant_format=quant.QuantFormat.QDQ,
+        quant.quantize_static(str(pre), str(tmp), Reader(), quant_format=quant.QuantFormat.QDQ,
                               activation_type=quant.QuantType.QUInt8, weight_type=quant.QuantType.QInt8,
                               per_channel=per_channel, calibrate_method=quant.CalibrationMethod.MinMax,
                               extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        part = out_path.with_name(f".{out_path.name}.tmp{os.getpid()}")
-        shutil.copyfile(tmp_out, part)
-        os.replace(part, out_path)
-    return out_path
+    return Path(out_path)
 
 
 # ---------------------------------------------------------------------- TorchScript / torch.export
+def _compare(name: str, model: nn.Module, loaded: Callable, inputs: list[torch.Tensor], tolerance: float,
+             *, optional_after_first: bool = False) -> list[dict]:
+    """Compare ``loaded(x)`` with ``model(x)`` on each input. With ``optional_after_first`` an input
+    after the first that ``loaded`` cannot run is skipped (a shape outside a proven range)."""
+    checks = []
+    for i, x in enumerate(inputs):
+        with torch.no_grad():
+            ref = model(x).numpy()
+            try:
+                out = loaded(x).numpy()
+            except Exception as exc:
+                if i == 0 or not optional_after_first:
+                    raise ExportError(f"the {name} program fails on {tuple(x.shape)}: {exc}") from exc
+                continue
+        checks.append({"input_shape": list(x.shape), **_check_close(f"{name} on {tuple(x.shape)}", ref, out,
+                                                                    tolerance)})
+    return checks
+
+
+def _verified_report(report: dict, checks: list[dict]) -> dict:
+    if checks:
+        report["verification"] = checks
+        report["max_abs_diff"] = max(c["max_abs_diff"] for c in checks)
+    return report
+
+
 def export_torchscript(model: nn.Module | str | os.PathLike, path: str | os.PathLike, *,
                        input_size: Sequence[int] = (512, 1024), verify: bool = True,
                        tolerance: float = 1e-4) -> dict:
@@ -212,25 +265,32 @@ def export_torchscript(model: nn.Module | str | os.PathLike, path: str | os.Path
     work) and check it against eager on the export size and an odd size."""
     model = load_for_deploy(model)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, (_example(input_size),), check_trace=False)
         traced = torch.jit.freeze(traced.eval()) if hasattr(torch.jit, "freeze") else traced
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    torch.jit.save(traced, str(tmp))
-    os.replace(tmp, path)
-    report: dict[str, Any] = {"format": "torchscript", "path": str(path), "size_mb": path.stat().st_size / 2**20}
-    if verify:
-        loaded = torch.jit.load(str(path))
-        checks = []
-        for x in verification_inputs(input_size, True):
-            with torch.no_grad():
-                checks.append({"input_shape": list(x.shape), **_check_close(
-                    f"TorchScript on {tuple(x.shape)}", model(x).numpy(), loaded(x).numpy(), tolerance)})
-        report["verification"] = checks
-        report["max_abs_diff"] = max(c["max_abs_diff"] for c in checks)
-    return report
+    checks: list[dict] = []
+
+    def check(tmp: Path) -> None:
+        checks.extend(_compare("TorchScript", model, torch.jit.load(str(tmp)),
+                               verification_inputs(input_size, True), tolerance))
+
+    with atomic_path(path, check if verify else None) as tmp:
+        torch.jit.save(traced, str(tmp))
+    return _verified_report({"format": "torchscript", "path": str(path), "size_mb": path.stat().st_size / 2**20},
+                            checks)
+
+
+def _torch_export_program(model: nn.Module, x: torch.Tensor, dynamic: bool) -> tuple[Any, bool]:
+    """``torch.export`` with symbolic height/width when asked and possible; (program, is_dynamic)."""
+    auto = getattr(getattr(torch.export, "Dim", None), "AUTO", None)
+    if dynamic and auto is not None:
+        try:
+            program = torch.export.export(model, (x,), dynamic_shapes=({2: auto, 3: auto},))
+            return program, bool(program.range_constraints)
+        except Exception:  # noqa: BLE001 - fall back to a static export
+            pass
+    return torch.export.export(model, (x,)), False
 
 
 def export_torch_export(model: nn.Module | str | os.PathLike, path: str | os.PathLike, *,
@@ -244,72 +304,84 @@ def export_torch_export(model: nn.Module | str | os.PathLike, path: str | os.Pat
     Without dynamic support the export is static, and ``dynamic`` is False in the report."""
     model = load_for_deploy(model)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     x = _example(input_size)
-    ep, is_dynamic = None, False
-    auto = getattr(getattr(torch.export, "Dim", None), "AUTO", None)
-    if dynamic and auto is not None:
-        try:
-            ep = torch.export.export(model, (x,), dynamic_shapes=({2: auto, 3: auto},))
-            is_dynamic = bool(ep.range_constraints)
-        except Exception:  # noqa: BLE001 - fall back to a static export below
-            ep = None
-    if ep is None:
-        ep = torch.export.export(model, (x,))
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    torch.export.save(ep, str(tmp))
-    os.replace(tmp, path)
-    report: dict[str, Any] = {"format": "torch.export", "path": str(path), "dynamic": is_dynamic,
-                              "range_constraints": {str(k): str(v) for k, v in ep.range_constraints.items()},
-                              "size_mb": path.stat().st_size / 2**20}
-    if verify:
-        loaded = torch.export.load(str(path)).module()
-        checks = []
-        h, w = int(input_size[0]), int(input_size[1])
-        inputs = [x] + ([_example((h - 8, w - 8), 1, seed=2)] if is_dynamic and min(h, w) > 72 else [])
-        for i, xi in enumerate(inputs):
-            with torch.no_grad():
-                ref = model(xi).numpy()
-                try:
-                    out = loaded(xi).numpy()
-                except Exception as exc:
-                    if i == 0:
-                        raise ExportError(f"the torch.export program fails on its example input: {exc}") from exc
-                    continue
-            checks.append({"input_shape": list(xi.shape),
-                           **_check_close(f"torch.export on {tuple(xi.shape)}", ref, out, tolerance)})
-        report["verification"] = checks
-        report["max_abs_diff"] = max(c["max_abs_diff"] for c in checks)
-    return report
+    program, is_dynamic = _torch_export_program(model, x, dynamic)
+    h, w = int(input_size[0]), int(input_size[1])
+    inputs = [x] + ([_example((h - 8, w - 8), 1, seed=2)] if is_dynamic and min(h, w) > 72 else [])
+    checks: list[dict] = []
+
+    def check(tmp: Path) -> None:
+        checks.extend(_compare("torch.export", model, torch.export.load(str(tmp)).module(), inputs, tolerance,
+                               optional_after_first=True))
+
+    with atomic_path(path, check if verify else None) as tmp:
+        torch.export.save(program, str(tmp))
+    report = {"format": "torch.export", "path": str(path), "dynamic": is_dynamic,
+              "range_constraints": {str(k): str(v) for k, v in program.range_constraints.items()},
+              "size_mb": path.stat().st_size / 2**20}
+    return _verified_report(report, checks)
 
 
 # ---------------------------------------------------------------------------------------- OpenVINO
 def to_openvino(source: nn.Module | str | os.PathLike, *, input_size: Sequence[int] = (512, 1024)) -> Any:
-    """An ``openvino.Model`` with dynamic batch/height/width, from an ONNX/IR file or a module
-    (converted directly from PyTorch)."""
+    """An ``openvino.Model`` with dynamic batch/height/width, from an ONNX/IR file or a module or
+    gcnet checkpoint (its deploy form, converted directly from PyTorch)."""
     ov = require("openvino")
-    if isinstance(source, (str, os.PathLike)):
-        suffix = Path(source).suffix.lower()
-        if suffix == ".xml":
-            return ov.Core().read_model(str(source))
-        if suffix == ".onnx":
-            return ov.convert_model(str(source))
-        source = load_for_deploy(source)
+    suffix = Path(source).suffix.lower() if isinstance(source, (str, os.PathLike)) else ""
+    if suffix == ".xml":
+        return ov.Core().read_model(str(source))
+    if suffix == ".onnx":
+        return ov.convert_model(str(source))
     model = load_for_deploy(source)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ov_model = ov.convert_model(model, example_input=_example(input_size),
-                                    input=[ov.PartialShape([-1, 3, -1, -1])])
-    return ov_model
+        return ov.convert_model(model, example_input=_example(input_size), input=[ov.PartialShape([-1, 3, -1, -1])])
 
 
-def save_openvino(ov_model: Any, path: str | os.PathLike) -> Path:
-    """Write an IR (``.xml`` + ``.bin``) with fp32 weights (int8 weights for a quantized model)."""
+@contextlib.contextmanager
+def _atomic_ir(path: Path, check: Callable[[Path], None]) -> Iterator[Path]:
+    """Yield a temporary ``.xml`` path (OpenVINO writes its ``.bin`` beside it); once the block is
+    done and ``check(tmp_xml)`` passes, the ``.bin`` and then the ``.xml`` replace the earlier pair."""
+    with atomic_path(path.with_suffix(".xml")) as tmp_xml:
+        tmp_bin = tmp_xml.with_suffix(".bin")
+        try:
+            yield tmp_xml
+            if not tmp_bin.is_file():
+                raise ExportError(f"OpenVINO wrote no weights file for {path}")
+            check(tmp_xml)
+            with atomic_path(path.with_suffix(".bin")) as final_bin_tmp:
+                os.replace(tmp_bin, final_bin_tmp)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp_bin.unlink()
+
+
+def export_openvino(ov_model: Any, path: str | os.PathLike, *, reference: nn.Module | None = None,
+                    input_size: Sequence[int] = (512, 1024), verify: bool = True, tolerance: float = 1e-3,
+                    threads: int | None = None) -> dict:
+    """Write an IR (``.xml`` + ``.bin``; fp32 weights, int8 weights for a quantized model).
+
+    ``verify`` runs the written pair with OpenVINO on an ``input_size`` example before it replaces
+    anything: compared with ``reference`` (the PyTorch deploy form) within ``tolerance`` when given
+    (report keys ``max_abs_diff``, ``rel_diff``), otherwise (an int8 model) only checked to run."""
     ov = require("openvino")
     path = Path(path).with_suffix(".xml")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(ov_model, str(path), compress_to_fp16=False)
-    return path
+    report: dict[str, Any] = {"format": "openvino", "path": str(path)}
+    x = _example(input_size, 1, seed=1)
+
+    def check(tmp_xml: Path) -> None:
+        precision = "int8" if is_quantized_openvino(ov_model) else "fp32"
+        runtime = OpenVINORuntime(tmp_xml, precision, threads=threads)
+        if reference is None:
+            _check_runs(f"OpenVINO {precision}", runtime, x.numpy())
+            return
+        with torch.no_grad():
+            ref = reference(x).numpy()
+        report.update(_check_close("OpenVINO fp32", ref, runtime(x.numpy()), tolerance))
+
+    with _atomic_ir(path, check if verify else (lambda tmp: None)) as tmp_xml:
+        ov.save_model(ov_model, str(tmp_xml), compress_to_fp16=False)
+    return report
 
 
 def quantize_openvino(ov_model: Any, calibration: Iterable[np.ndarray], *, preset: str = "mixed",
@@ -326,98 +398,38 @@ def quantize_openvino(ov_model: Any, calibration: Iterable[np.ndarray], *, prese
     presets = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
     if preset not in presets:
         raise GCNetError(f"unknown quantization preset {preset!r} (performance or mixed)")
-    import logging
-
     logging.getLogger("nncf").setLevel(logging.WARNING)
     return nncf.quantize(ov_model, nncf.Dataset(samples), preset=presets[preset], subset_size=len(samples),
                          fast_bias_correction=fast_bias_correction)
 
 
-# ------------------------------------------------------------------------- calibration & accuracy
-def _normalized_image(item: Any) -> torch.Tensor:
-    image = item[0]
-    if isinstance(image, np.ndarray):
-        if image.dtype == np.uint8:
-            from gcnet.data.transforms import normalize
-
-            return normalize(image)
-        image = torch.from_numpy(image)
-    return image
-
-
+# ------------------------------------------------------------------------------------- calibration
 def calibration_from_dataset(dataset: Any, num: int = 16, seed: int = 0) -> list[np.ndarray]:
     """``num`` images drawn at random (fixed seed) from ``dataset`` as 1x3xHxW float32 arrays.
     Items may be normalised tensors (EvalTransform) or raw uint8 images (normalised here)."""
+    from gcnet.data.transforms import normalize
+
     if len(dataset) == 0:
         raise GCNetError("the calibration dataset is empty")
     idx = list(range(len(dataset)))
     random.Random(seed).shuffle(idx)
-    return [_normalized_image(dataset[i]).unsqueeze(0).numpy().astype(np.float32) for i in idx[:num]]
-
-
-def calibration_from_images(paths: Iterable[str | os.PathLike], num: int = 16) -> list[np.ndarray]:
-    """Calibration arrays from image files (RGB, normalised with the training MEAN/STD)."""
-    from PIL import Image
-
-    from gcnet.data.transforms import normalize
-
     out = []
-    for p in sorted(Path(p) for p in paths)[:num]:
-        try:
-            with Image.open(p) as im:
-                rgb = np.asarray(im.convert("RGB"))
-        except Exception as exc:
-            raise GCNetError(f"cannot read calibration image {p}: {exc}") from exc
-        out.append(normalize(rgb).unsqueeze(0).numpy().astype(np.float32))
-    if not out:
-        raise GCNetError("no calibration images found")
+    for i in idx[:num]:
+        image = dataset[i][0]
+        if isinstance(image, np.ndarray):
+            image = normalize(image) if image.dtype == np.uint8 else torch.from_numpy(image)
+        out.append(image.unsqueeze(0).numpy().astype(np.float32))
     return out
 
 
-def evaluate_runtime(runtime: Runtime | Any, dataset: Any, *, num_classes: int | None = None,
-                     ignore_index: int | None = None, limit: int | None = None, progress: bool = False) -> dict:
-    """mIoU/aAcc/mAcc of a runtime (or any ``x -> logits`` callable) on ``dataset`` (whole-image
-    inference, logits upsampled bilinearly to the label size)."""
-    from gcnet.evaluation.metrics import ConfusionMatrix
+def calibration_from_images(paths: Iterable[str | os.PathLike], num: int = 16) -> list[np.ndarray]:
+    """Calibration arrays from the first ``num`` image files in sorted order (read like dataset
+    images, normalised with the training MEAN/STD)."""
+    from gcnet.data.datasets import read_image
+    from gcnet.data.transforms import normalize
 
-    info = getattr(dataset, "info", None)
-    num_classes = num_classes or (len(info.classes) if info is not None else None)
-    ignore_index = ignore_index if ignore_index is not None else (info.ignore_index if info is not None else 255)
-    if num_classes is None:
-        raise GCNetError("evaluate_runtime: num_classes is unknown (dataset has no .info)")
-    cm = ConfusionMatrix(num_classes, ignore_index)
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    it = range(n)
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, desc=f"eval {getattr(runtime, 'name', 'model')}", unit="img")
-    for i in it:
-        item = dataset[i]
-        x = _normalized_image(item).unsqueeze(0).numpy().astype(np.float32)
-        label = torch.as_tensor(np.asarray(item[1])).long()
-        logits = torch.from_numpy(np.asarray(runtime(x), dtype=np.float32))
-        logits = F.interpolate(logits, size=tuple(label.shape[-2:]), mode="bilinear", align_corners=False)
-        cm.update(logits.argmax(1)[0], label)
-    results = cm.compute()
-    results["num_images"] = n
-    return results
-
-
-def compare_accuracy(runtimes: Mapping[str, Runtime | Any], dataset: Any, *, reference: str | None = None,
-                     **kwargs: Any) -> dict:
-    """Evaluate each runtime on ``dataset``; report mIoU, aAcc and ``delta_mIoU`` against
-    ``reference`` (default: the first one, normally the fp32 runtime)."""
-    if not runtimes:
-        return {}
-    reference = reference or next(iter(runtimes))
-    if reference not in runtimes:
-        raise GCNetError(f"reference runtime {reference!r} is not among {', '.join(runtimes)}")
-    out: dict[str, dict] = {}
-    for name, rt in runtimes.items():
-        r = evaluate_runtime(rt, dataset, **kwargs)
-        out[name] = {"mIoU": r["mIoU"], "aAcc": r["aAcc"], "mAcc": r["mAcc"], "num_images": r["num_images"]}
-    ref = out[reference]["mIoU"]
-    for value in out.values():
-        value["delta_mIoU"] = value["mIoU"] - ref
-    return {"reference": reference, "results": out}
+    out = [normalize(read_image(p)).unsqueeze(0).numpy().astype(np.float32)
+           for p in sorted(Path(p) for p in paths)[:num]]
+    if not out:
+        raise GCNetError("no calibration images found")
+    return out

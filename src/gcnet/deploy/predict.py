@@ -1,7 +1,8 @@
 """Run a GCNet on images, folders (recursive) and videos; write label PNGs, colour overlays and
 annotated videos.
 
-Outputs for an input ``<stem>`` (folder inputs keep their sub-folder layout under the output dir):
+Outputs for an input ``<stem>`` (folder inputs keep their sub-folder layout under the output dir;
+inputs that would write the same names get distinct ones, see :func:`collect_inputs`):
 
 - ``<stem>_label.png``: palette ("P" mode) PNG whose pixel values are the class indices (reading it
   with PIL/numpy gives the indices; viewers show the dataset colours); 16-bit greyscale if the model
@@ -11,8 +12,9 @@ Outputs for an input ``<stem>`` (folder inputs keep their sub-folder layout unde
 
 Every file is written to a temporary name in the output folder and renamed into place only when
 complete, so an interrupted or failed run never leaves a truncated file or damages an earlier
-output. Unreadable inputs are reported by name and skipped; :func:`predict_paths` returns them in
-``failed`` (the CLI then exits with status 1).
+output. Unreadable inputs, and videos that end before their announced frame count, are reported by
+name and skipped (nothing is kept for them); :func:`predict_paths` returns them in ``failed`` (the
+CLI then exits with status 1).
 """
 
 from __future__ import annotations
@@ -31,15 +33,18 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from gcnet.deploy.pipeline import build
 from gcnet.deploy.runtimes import Runtime, TorchRuntime
-from gcnet.errors import GCNetError
+from gcnet.errors import DatasetError, GCNetError
+from gcnet.fileio import IMAGE_EXTENSIONS, atomic_path
+from gcnet.optional import require
 
-IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"})
 VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})
 
 
 class InputError(GCNetError):
-    """An input file cannot be read or decoded (the message names it)."""
+    """An input file cannot be read or decoded (the message names it); unreadable images raise
+    :class:`~gcnet.errors.DatasetError` (from :func:`gcnet.data.datasets.read_image`)."""
 
 
 def default_info(num_classes: int, dataset=None):
@@ -68,9 +73,7 @@ class Predictor:
     def __init__(self, runtime: Runtime | torch.nn.Module | Callable[[np.ndarray], np.ndarray], *,
                  input_size: Sequence[int] | None = None) -> None:
         if isinstance(runtime, torch.nn.Module):
-            from gcnet.deploy.export import load_for_deploy
-
-            runtime = TorchRuntime(load_for_deploy(runtime))
+            runtime = build(runtime, "torch").runtime
         self.runtime = runtime
         self.input_size = tuple(int(s) for s in input_size) if input_size else None
         self.num_classes: int | None = None
@@ -98,29 +101,10 @@ class Predictor:
 
 
 # -------------------------------------------------------------------------------------------- I/O
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file fully (truncated/corrupt files raise :class:`InputError`)."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return np.array(im.convert("RGB"), dtype=np.uint8)
-    except Exception as exc:
-        raise InputError(f"cannot read image {path}: {exc}") from exc
-
-
-def _tmp_name(final: Path) -> Path:
-    return final.with_name(f".{final.stem}.tmp{os.getpid()}{final.suffix}")
-
-
-def save_png_atomic(image: Image.Image, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
+def save_png(image: Image.Image, path: Path) -> Path:
+    """Write a PNG atomically (temporary name, renamed when complete)."""
+    with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -144,6 +128,33 @@ class InputItem:
     path: Path
     kind: str  # image | video
     stem: Path  # output path without the suffix, relative to the output dir
+    root: str = ""  # name of the input (folder, or a file's folder) it came from
+    note: str = ""  # why ``stem`` differs from the input's own name, if it does
+
+
+def _groups(items: list[InputItem]) -> list[list[InputItem]]:
+    """Items that would write the same output names, grouped (groups of two or more only)."""
+    by_stem: dict[Path, list[InputItem]] = {}
+    for it in items:
+        by_stem.setdefault(it.stem, []).append(it)
+    return [group for group in by_stem.values() if len(group) > 1]
+
+
+def _make_stems_unique(items: list[InputItem]) -> None:
+    """Give inputs that would write the same output names distinct ones: keep the extension when
+    that tells them apart (a.png, a.jpg), else put each under a sub-folder named after the input it
+    came from (x/a, y/a); a number (a-2) settles what is left. Each renamed item gets a ``note``."""
+    renamed = []
+    for group in _groups(items):
+        by_name = len({it.path.name for it in group}) == len(group)
+        for it in group:
+            it.stem = it.stem.with_name(it.path.name) if by_name else Path(it.root or "input") / it.stem
+            renamed.append(it)
+    for group in _groups(items):
+        for i, it in enumerate(group[1:], start=2):
+            it.stem = it.stem.with_name(f"{it.stem.name}-{i}")
+    for it in renamed:
+        it.note = f"{it.path}: another input has the same name; its outputs are named {it.stem}_*"
 
 
 def collect_inputs(inputs: Iterable[str | os.PathLike], *, recursive: bool = True,
@@ -151,10 +162,13 @@ def collect_inputs(inputs: Iterable[str | os.PathLike], *, recursive: bool = Tru
     """Expand files and folders into image/video items. Folders are walked (recursively by
     default) in sorted order, keeping files with known image/video extensions, skipping hidden
     files and anything under ``exclude`` (the output dir). Explicit files of unknown extension are
-    treated as images. Returns (items, missing) where missing lists (path, reason)."""
+    treated as images; a file given twice is processed once. Inputs that would write the same
+    output names get distinct ones (see :func:`_make_stems_unique`, ``item.note`` says so).
+    Returns (items, missing) where missing lists (path, reason)."""
     excluded = [Path(e).resolve() for e in exclude]
     items: list[InputItem] = []
     missing: list[tuple[str, str]] = []
+    known = frozenset(IMAGE_EXTENSIONS) | VIDEO_EXTS
 
     def kind_of(p: Path) -> str:
         return "video" if p.suffix.lower() in VIDEO_EXTS else "image"
@@ -167,22 +181,20 @@ def collect_inputs(inputs: Iterable[str | os.PathLike], *, recursive: bool = Tru
         p = Path(raw)
         if p.is_dir():
             walker = p.rglob("*") if recursive else p.glob("*")
-            files = sorted(f for f in walker if f.is_file() and f.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS
+            files = sorted(f for f in walker if f.is_file() and f.suffix.lower() in known
                            and not any(part.startswith(".") for part in f.relative_to(p).parts)
                            and not is_excluded(f))
-            for f in files:
-                items.append(InputItem(f, kind_of(f), f.relative_to(p).with_suffix("")))
+            root = p.resolve().name
+            items += [InputItem(f, kind_of(f), f.relative_to(p).with_suffix(""), root) for f in files]
         elif p.is_file():
-            items.append(InputItem(p, kind_of(p), Path(p.stem)))
+            items.append(InputItem(p, kind_of(p), Path(p.stem), p.resolve().parent.name))
         else:
             missing.append((str(p), "no such file or directory"))
-    # two inputs with the same stem (a.png, a.jpg) keep their extension in the output name
-    counts: dict[Path, int] = {}
+    unique: dict[Path, InputItem] = {}
     for it in items:
-        counts[it.stem] = counts.get(it.stem, 0) + 1
-    for it in items:
-        if counts[it.stem] > 1:
-            it.stem = it.stem.with_name(it.path.name)
+        unique.setdefault(it.path.resolve(), it)
+    items = list(unique.values())
+    _make_stems_unique(items)
     return items, missing
 
 
@@ -190,17 +202,18 @@ def collect_inputs(inputs: Iterable[str | os.PathLike], *, recursive: bool = Tru
 def predict_image(predictor: Predictor, path: str | os.PathLike, out_dir: str | os.PathLike,
                   stem: str | os.PathLike, info: Any, *, save_label: bool = True, save_overlay: bool = True,
                   alpha: float = 0.5) -> list[Path]:
+    from gcnet.data.datasets import read_image
     from gcnet.data.metadata import overlay
 
-    image = read_rgb(path)
+    image = read_image(path)
     label = predictor(image)
     base = Path(out_dir) / stem
     written = []
     if save_label:
-        written.append(save_png_atomic(label_image(label, info), base.with_name(base.name + "_label.png")))
+        written.append(save_png(label_image(label, info), base.with_name(base.name + "_label.png")))
     if save_overlay:
         ov = overlay(image, label, info, alpha=alpha)
-        written.append(save_png_atomic(Image.fromarray(ov), base.with_name(base.name + "_overlay.png")))
+        written.append(save_png(Image.fromarray(ov), base.with_name(base.name + "_overlay.png")))
     return written
 
 
@@ -219,36 +232,16 @@ def _draw_text(frame_bgr: np.ndarray, text: str) -> None:
                 thick, cv2.LINE_AA)
 
 
-def predict_video(predictor: Predictor, path: str | os.PathLike, out_dir: str | os.PathLike,
-                  stem: str | os.PathLike, info: Any, *, alpha: float = 0.5, label_text: str = "GCNet",
-                  max_frames: int | None = None, progress: bool = True) -> tuple[list[Path], dict]:
-    """Annotated ``<stem>_overlay.mp4`` (mp4v codec, the input's frame rate) with the model FPS
-    (inference incl. pre/post-processing, averaged over the last 30 frames) drawn on each frame.
-    Returns (written files, stats with frames and mean FPS)."""
+def _annotate_frames(cap: Any, path: Path, predictor: Predictor, info: Any, *, alpha: float, label_text: str,
+                     fps_in: float, max_frames: int | None, bar: Any) -> tuple[int, float]:
+    """Read frames until the end (or ``max_frames``), write each with its overlay and FPS to ``path``;
+    returns (frames, seconds spent in the model)."""
     from gcnet.data.metadata import overlay
-    from gcnet.deploy.runtimes import require
 
     cv2 = require("cv2")
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise InputError(f"cannot open video {path}")
-    fps_in = cap.get(cv2.CAP_PROP_FPS)
-    fps_in = fps_in if fps_in and 0 < fps_in < 1000 else 25.0
-    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    if max_frames:
-        total = min(total or max_frames, max_frames)
-    final = Path(out_dir) / stem
-    final = final.with_name(final.name + "_overlay.mp4")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(final)
     writer = None
     frames, model_time = 0, 0.0
     recent: deque[float] = deque(maxlen=30)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc=Path(path).name, unit="frame", leave=False, file=sys.stderr)
     try:
         while max_frames is None or frames < max_frames:
             ok, frame = cap.read()
@@ -264,23 +257,66 @@ def predict_video(predictor: Predictor, path: str | os.PathLike, out_dir: str | 
             out = cv2.cvtColor(overlay(rgb, label, info, alpha=alpha), cv2.COLOR_RGB2BGR)
             _draw_text(out, f"{label_text}  {len(recent) / sum(recent):.1f} FPS")
             if writer is None:
-                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps_in,
+                writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps_in,
                                          (out.shape[1], out.shape[0]))
                 if not writer.isOpened():
-                    raise InputError(f"cannot write video {final} (no mp4v encoder in this OpenCV build?)")
+                    raise InputError("cannot write an mp4v video (no mp4v encoder in this OpenCV build?)")
             writer.write(out)
             if bar is not None:
                 bar.update(1)
-        if frames == 0:
-            raise InputError(f"cannot decode any frame of video {path}")
-        writer.release()
-        writer = None
-        os.replace(tmp, final)
-    except BaseException:
+    finally:
         if writer is not None:
             writer.release()
-        tmp.unlink(missing_ok=True)
-        raise
+    return frames, model_time
+
+
+# containers whose header/index gives the exact frame count; others give an estimate from the duration
+EXACT_COUNT_EXTS = frozenset({".avi", ".mp4", ".mov", ".m4v"})
+
+
+def _is_truncated(path: Path, frames: int, expected: int | None) -> bool:
+    """Fewer frames decoded than the container announces (beyond the error of an estimated count)."""
+    if not expected:
+        return False
+    slack = 0 if path.suffix.lower() in EXACT_COUNT_EXTS else max(1, expected // 100)
+    return frames < expected - slack
+
+
+def predict_video(predictor: Predictor, path: str | os.PathLike, out_dir: str | os.PathLike,
+                  stem: str | os.PathLike, info: Any, *, alpha: float = 0.5, label_text: str = "GCNet",
+                  max_frames: int | None = None, progress: bool = True) -> tuple[list[Path], dict]:
+    """Annotated ``<stem>_overlay.mp4`` (mp4v codec, the input's frame rate) with the model FPS
+    (inference incl. pre/post-processing, averaged over the last 30 frames) drawn on each frame.
+    Returns (written files, stats with frames and mean FPS).
+
+    A video that ends before the frame count its container announces (truncated or corrupt) raises
+    :class:`InputError` naming both counts; its partial output is removed and an earlier
+    ``<stem>_overlay.mp4`` is left as it was."""
+    cv2 = require("cv2")
+    path = Path(path)
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise InputError(f"cannot open video {path}")
+    fps_in = cap.get(cv2.CAP_PROP_FPS)
+    fps_in = fps_in if fps_in and 0 < fps_in < 1000 else 25.0
+    expected = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT))) or None
+    total = min(expected or max_frames, max_frames) if max_frames else expected
+    final = Path(out_dir) / stem
+    final = final.with_name(final.name + "_overlay.mp4")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=path.name, unit="frame", leave=False, file=sys.stderr)
+    try:
+        with atomic_path(final) as tmp:
+            frames, model_time = _annotate_frames(cap, tmp, predictor, info, alpha=alpha, label_text=label_text,
+                                                  fps_in=fps_in, max_frames=max_frames, bar=bar)
+            if frames == 0:
+                raise InputError(f"cannot decode any frame of video {path}")
+            if (max_frames is None or frames < max_frames) and _is_truncated(path, frames, expected):
+                raise InputError(f"video {path} is truncated or corrupt: decoded {frames} of {expected} frames; "
+                                 f"its partial output was removed")
     finally:
         cap.release()
         if bar is not None:
@@ -322,6 +358,9 @@ def predict_paths(predictor: Predictor, inputs: Iterable[str | os.PathLike], out
         log(f"skipped {path}: {reason}")
         if fail_fast:
             raise InputError(f"{path}: {reason}")
+    for item in items:
+        if item.note:
+            log(item.note)
     for item in (bar if bar is not None else items):
         try:
             if item.kind == "video":
@@ -334,7 +373,7 @@ def predict_paths(predictor: Predictor, inputs: Iterable[str | os.PathLike], out
                                       save_overlay=save_overlay, alpha=alpha)
             summary.written.extend(files)
             summary.processed += 1
-        except InputError as exc:
+        except (InputError, DatasetError) as exc:
             summary.failed.append((str(item.path), str(exc)))
             log(f"skipped {item.path}: {exc}")
             if fail_fast:

@@ -5,19 +5,20 @@ A :class:`Runtime` takes a float32 NCHW array (normalised like the training data
 ``gcnet.data.transforms``) and returns the model's float32 logits at 1/8 resolution, exactly like
 ``GCNet.forward`` in eval mode::
 
-    rt = create_runtime("openvino", model, precision="bf16", threads=2)
-    logits = rt(batch)             # np.ndarray (B, K, ceil(H/8), ceil(W/8))
+    runtime = OpenVINORuntime("model.xml", precision="bf16", threads=2)
+    logits = runtime(batch)        # np.ndarray (B, K, ceil(H/8), ceil(W/8))
 
-Only PyTorch is required; the other runtimes are imported when first used and raise
-:class:`RuntimeUnavailableError` with an install hint when missing.
+The classes open what they are given (a module, an ONNX file, an OpenVINO model); converting,
+exporting and quantizing on the way there is :func:`gcnet.deploy.pipeline.build`. Only PyTorch is
+required; the other runtimes are imported when first used and raise
+:class:`~gcnet.optional.RuntimeUnavailableError` with an install hint when missing.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from gcnet.errors import GCNetError
+from gcnet.optional import RuntimeUnavailableError, is_available, require
 
 RUNTIME_KINDS = ("torch", "onnxruntime", "openvino")
 PRECISIONS = {
@@ -35,34 +37,8 @@ PRECISIONS = {
 }
 
 
-class RuntimeUnavailableError(GCNetError):
-    """An optional runtime (onnxruntime, openvino, nncf) is not installed."""
-
-
-def require(module: str) -> Any:
-    """Import an optional dependency or raise :class:`RuntimeUnavailableError` with an install hint."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        pip_name = {"openvino": "openvino", "onnxruntime": "onnxruntime", "onnx": "onnx", "nncf": "nncf",
-                    "cv2": "opencv-python-headless"}.get(module.split(".")[0], module)
-        raise RuntimeUnavailableError(
-            f"'{module}' is not installed; install it with `pip install {pip_name}` "
-            f"(or `pip install gcnet[deploy]` for all deployment runtimes)") from exc
-
-
-def is_available(kind: str) -> bool:
-    """Whether a runtime kind can be used here (``torch`` always can)."""
-    if kind == "torch":
-        return True
-    import importlib.util
-
-    return importlib.util.find_spec(kind) is not None
-
-
 def available_runtimes() -> list[str]:
+    """The runtime kinds installed here."""
     return [k for k in RUNTIME_KINDS if is_available(k)]
 
 
@@ -75,7 +51,7 @@ def default_threads() -> int:
 
 
 class Runtime:
-    """Base class: ``rt(x: float32 NCHW ndarray) -> float32 logits ndarray``.
+    """Base class: ``runtime(x: float32 NCHW ndarray) -> float32 logits ndarray``.
 
     Attributes: ``kind`` ("torch", "onnxruntime", "openvino"), ``precision`` ("fp32", "bf16", "fp16",
     "int8"), ``device`` ("cpu" or "cuda"), ``name`` ("<kind>-<precision>" plus options), ``threads``.
@@ -284,65 +260,5 @@ class OpenVINORuntime(Runtime):
 
 
 def is_quantized_openvino(model: Any) -> bool:
+    """Whether an ``openvino.Model`` holds FakeQuantize nodes (an int8 model from NNCF)."""
     return any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
-
-
-# ------------------------------------------------------------------------------------------ factory
-def create_runtime(kind: str, source: nn.Module | str | os.PathLike, precision: str = "fp32", *,
-                   threads: int | None = None, device: str = "cpu",
-                   calibration: Iterable[np.ndarray] | None = None, work_dir: str | os.PathLike | None = None,
-                   **options: Any) -> Runtime:
-    """Build a runtime of ``kind`` for ``source``.
-
-    ``source`` is a GCNet module (a reparameterized copy is used if it is in training form; the
-    caller's module is not changed), a gcnet checkpoint (``.pt``/``.pth``), an ONNX file (``.onnx``) or an
-    OpenVINO IR (``.xml``). Conversions happen on the fly (ONNX export into ``work_dir`` or a temp
-    dir). ``precision="int8"`` on a float source runs post-training quantization with
-    ``calibration`` (an iterable of float32 NCHW arrays, a few real images are enough).
-    ``options`` go to the runtime class (e.g. ``channels_last=True`` for torch).
-    """
-    from gcnet.deploy import export as _export
-
-    if kind not in RUNTIME_KINDS:
-        raise GCNetError(f"unknown runtime {kind!r} (choose from {', '.join(RUNTIME_KINDS)})")
-    if precision not in PRECISIONS[kind]:
-        raise GCNetError(f"runtime {kind!r} does not support precision {precision!r} "
-                         f"(supported: {', '.join(PRECISIONS[kind])})")
-    if device != "cpu" and kind != "torch":
-        raise GCNetError(f"runtime {kind!r} runs on CPU only here; use kind='torch' for CUDA")
-    if isinstance(source, (str, os.PathLike)) and not Path(source).exists():
-        raise GCNetError(f"model file not found: {source}")
-    suffix = Path(source).suffix.lower() if isinstance(source, (str, os.PathLike)) else ""
-
-    if kind == "torch":
-        if suffix in (".onnx", ".xml"):
-            raise GCNetError(f"the torch runtime needs a GCNet module or checkpoint, not {source}")
-        model = _export.load_for_deploy(source)
-        return TorchRuntime(model, precision, device=device, threads=threads, **options)
-
-    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="gcnet-rt-"))
-    work.mkdir(parents=True, exist_ok=True)
-    if kind == "onnxruntime":
-        if suffix != ".onnx":
-            onnx_path = work / "model.onnx"
-            _export.export_onnx(_export.load_for_deploy(source), onnx_path, verify=False)
-        else:
-            onnx_path = Path(source)
-        if precision == "int8" and not _export.is_quantized_onnx(onnx_path):
-            if calibration is None:
-                raise GCNetError("onnxruntime int8 needs calibration images (calibration=...)")
-            q_path = work / f"{onnx_path.stem}_int8.onnx"
-            _export.quantize_onnx(onnx_path, q_path, calibration)
-            onnx_path = q_path
-        return OnnxRuntime(onnx_path, precision, threads=threads, **options)
-
-    # openvino
-    if suffix == ".xml":
-        ov_model = require("openvino").Core().read_model(str(source))
-    else:
-        ov_model = _export.to_openvino(source if suffix == ".onnx" else _export.load_for_deploy(source))
-    if precision == "int8" and not is_quantized_openvino(ov_model):
-        if calibration is None:
-            raise GCNetError("openvino int8 needs calibration images (calibration=...)")
-        ov_model = _export.quantize_openvino(ov_model, calibration)
-    return OpenVINORuntime(ov_model, precision, threads=threads, **options)

@@ -1,16 +1,18 @@
 """Inference helpers: whole-image, sliding-window, multi-scale + flip logits, and dataset evaluation.
 
 ``infer_logits`` works with both model forms (training form in ``eval()`` mode and the
-reparameterized form): it only needs ``model(x) -> logits at ceil(H/8) x ceil(W/8)``.
+reparameterized form) and any callable: it only needs ``model(x) -> logits at ceil(H/8) x ceil(W/8)``.
+``evaluate`` takes a module or a deploy runtime (``gcnet.deploy.runtimes.Runtime``).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -31,7 +33,7 @@ def _pair(v, name: str) -> tuple[int, int] | None:
     return v  # type: ignore[return-value]
 
 
-def _forward(model: nn.Module, x: Tensor) -> Tensor:
+def _forward(model: nn.Module | Callable, x: Tensor) -> Tensor:
     out = model(x)
     if isinstance(out, (tuple, list)):  # a training-mode model returns (logits, aux)
         out = out[0]
@@ -164,8 +166,51 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+def _runtime_forward(runtime: Callable) -> Callable[[Tensor], Tensor]:
+    """``Tensor -> Tensor`` logits of a deploy runtime: a PyTorch runtime's ``forward_tensor`` (no
+    host copies), or the ``ndarray -> ndarray`` call of any other runtime."""
+    forward_tensor = getattr(runtime, "forward_tensor", None)
+    if forward_tensor is not None:
+        return forward_tensor
+
+    def forward(x: Tensor) -> Tensor:
+        return torch.from_numpy(np.asarray(runtime(x.cpu().float().numpy()), dtype=np.float32))
+
+    return forward
+
+
+def _eval_loader(data: Any, batch_size: int, workers: int, limit: int | None, use_dist: bool) -> tuple[Any, int | None]:
+    """(iterable of batches, number of images or None): a dataset is cut to ``limit`` images and
+    split between the ranks; an iterable of batches is used as given."""
+    if not _is_dataset(data):
+        return data, None
+    indices = list(range(len(data) if limit is None else min(limit, len(data))))
+    if use_dist:
+        rank, world = _dist_info()
+        indices = indices[rank::world]
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, indices), batch_size=batch_size,
+                                         shuffle=False, num_workers=workers, collate_fn=_collate_eval,
+                                         persistent_workers=False)
+    return loader, len(indices)
+
+
+def _label_info(model: Any, data: Any, num_classes: int | None, ignore_index: int | None,
+                class_names: Sequence[str] | None) -> tuple[int, int, list[str]]:
+    """Classes, ignore index and class names: as given, else from the model / ``data.info``."""
+    info = getattr(data, "info", None)
+    if num_classes is None:
+        num_classes = getattr(model, "num_classes", None) or (len(info.classes) if info else None)
+    if num_classes is None:
+        raise ValueError("evaluate() needs num_classes (model.num_classes or dataset.info)")
+    if ignore_index is None:
+        ignore_index = info.ignore_index if info is not None else 255
+    if class_names is None:
+        class_names = list(info.classes) if info is not None else [str(i) for i in range(num_classes)]
+    return num_classes, ignore_index, list(class_names)
+
+
 def evaluate(
-    model: nn.Module,
+    model: nn.Module | Callable,
     data: Any,
     *,
     num_classes: int | None = None,
@@ -183,60 +228,44 @@ def evaluate(
     progress: bool = True,
     distributed: bool | None = None,
     desc: str = "eval",
+    limit: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on a dataset (a ``torch.utils.data.Dataset`` or a list of items ``(image [3,H,W]
     normalised, label [H,W])``) or on an iterable of ``(images [B,3,H,W], labels [B,H,W])`` batches
     (e.g. a DataLoader). Returns ``ConfusionMatrix.compute()`` plus
     ``class_names``, ``num_images`` and ``seconds``.
 
+    ``model`` is a module or a deploy runtime (:class:`gcnet.deploy.runtimes.Runtime`: a PyTorch
+    runtime runs on tensors on its device, the others on float32 arrays on the CPU, each at its own
+    precision). ``limit`` evaluates the first ``limit`` images of a dataset.
+
     Under an initialised ``torch.distributed`` process group (or ``distributed=True``) a dataset
     is split between the ranks (each image evaluated exactly once) and the confusion matrices are
-    all-reduced, so every rank returns the same result. The model is put in ``eval()`` mode and
-    restored to its previous mode afterwards. ``amp_dtype`` (e.g. ``torch.bfloat16``) runs the
-    forward passes under autocast on CUDA or CPU.
+    all-reduced, so every rank returns the same result. A module is put in ``eval()`` mode and
+    restored to its previous mode afterwards. ``amp_dtype`` (e.g. ``torch.bfloat16``) runs a
+    module's forward passes under autocast on CUDA or CPU.
     """
     from gcnet.evaluation.metrics import ConfusionMatrix
 
-    info = getattr(data, "info", None)
-    if num_classes is None:
-        num_classes = getattr(model, "num_classes", None) or (len(info.classes) if info else None)
-    if num_classes is None:
-        raise ValueError("evaluate() needs num_classes (model.num_classes or dataset.info)")
-    if ignore_index is None:
-        ignore_index = info.ignore_index if info is not None else 255
-    if class_names is None:
-        class_names = list(info.classes) if info is not None else [str(i) for i in range(num_classes)]
+    is_module = isinstance(model, nn.Module)
+    if not is_module and amp_dtype is not None:
+        raise ValueError("amp_dtype applies to modules; a runtime runs at its own precision")
+    num_classes, ignore_index, class_names = _label_info(model, data, num_classes, ignore_index, class_names)
     if device is None:
-        try:
-            device = next(model.parameters()).device
-        except StopIteration:  # pragma: no cover
-            device = torch.device("cpu")
+        device = next(model.parameters(), torch.empty(0)).device if is_module else getattr(model, "device", "cpu")
     device = torch.device(device)
+    # inputs follow the model's floating dtype (e.g. a float64 model for exactness checks)
+    in_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32) \
+        if is_module else torch.float32
+    forward = model if is_module else _runtime_forward(model)
 
     rank, world = _dist_info()
     use_dist = world > 1 if distributed is None else (distributed and world > 1)
-
-    if _is_dataset(data):
-        dataset = data
-        indices = list(range(len(dataset)))
-        if use_dist:
-            indices = indices[rank::world]
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(dataset, indices),
-            batch_size=batch_size,
-            shuffle=False,
-            num_workers=workers,
-            collate_fn=_collate_eval,
-            persistent_workers=False,
-        )
-        total = len(indices)
-    else:
-        loader = data
-        total = None
-
+    loader, total = _eval_loader(data, batch_size, workers, limit, use_dist)
     cm = ConfusionMatrix(num_classes, ignore_index)
-    was_training = model.training
-    model.eval()
+    was_training = model.training if is_module else False
+    if is_module:
+        model.eval()
     bar = None
     if progress and rank == 0:
         from tqdm.auto import tqdm
@@ -245,8 +274,6 @@ def evaluate(
     n_images = 0
     t0 = time.perf_counter()
     use_amp = amp_dtype is not None and device.type in ("cuda", "cpu")
-    # inputs follow the model's floating dtype (e.g. a float64 model for exactness checks)
-    in_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     try:
         with torch.no_grad():
             for images, labels in loader:
@@ -257,7 +284,7 @@ def evaluate(
                     img = img.to(device, dtype=in_dtype, non_blocking=True)
                     lab = torch.as_tensor(lab).to(device, non_blocking=True)
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                        logits = infer_logits(model, img, mode=mode, crop_size=crop_size, stride=stride,
+                        logits = infer_logits(forward, img, mode=mode, crop_size=crop_size, stride=stride,
                                               scales=scales, flip=flip)
                     if tuple(logits.shape[-2:]) != tuple(lab.shape[-2:]):
                         logits = _resize(logits.float(), tuple(lab.shape[-2:]))
@@ -268,7 +295,8 @@ def evaluate(
     finally:
         if bar is not None:
             bar.close()
-        model.train(was_training)
+        if is_module:
+            model.train(was_training)
     if use_dist:
         from gcnet.engine.distributed import all_reduce_sum
 
