@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import pickle
-import sys
-import types
-from collections import OrderedDict
 
 import pytest
 import torch
-from helpers import assert_close_rel, randomize_bn, tiny_model_kwargs
+from helpers import assert_close_rel, save_mmengine, tiny_model_kwargs, trained_tiny
 
 from gcnet import build_model, load_model, load_weights, read_checkpoint, save_checkpoint
 from gcnet.errors import CheckpointError
-
-
-def trained_tiny(num_classes: int = 4):
-    torch.manual_seed(0)
-    model = build_model("gcnet-s", **tiny_model_kwargs(num_classes))
-    randomize_bn(model)
-    return model.eval()
 
 
 def test_save_and_load_model_round_trip_weights_only(tmp_path):
@@ -118,41 +107,6 @@ def test_legacy_pickle_with_eval_is_refused(tmp_path):
     with pytest.raises(CheckpointError):
         read_checkpoint(path)
     assert not (tmp_path / "pwned").exists()
-
-
-@contextlib.contextmanager
-def fake_mmengine():
-    """An mmengine-like ``HistoryBuffer`` class, importable only inside the block (mmengine is not installed)."""
-    names = ["mmengine", "mmengine.logging", "mmengine.logging.history_buffer"]
-    modules = {name: types.ModuleType(name) for name in names}
-
-    class HistoryBuffer:
-        def __init__(self):
-            self.values = [1.0, 2.0]
-
-    HistoryBuffer.__module__ = names[-1]
-    HistoryBuffer.__qualname__ = "HistoryBuffer"
-    modules[names[-1]].HistoryBuffer = HistoryBuffer
-    saved = {name: sys.modules.get(name) for name in names}
-    sys.modules.update(modules)
-    try:
-        yield HistoryBuffer
-    finally:
-        for name, previous in saved.items():
-            if previous is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = previous
-
-
-def save_mmengine(target, state_dict: dict, dataset_meta: dict | None = None) -> None:
-    """Write a checkpoint laid out like the authors' (mmengine): meta, state_dict, pickled message hub."""
-    with fake_mmengine() as HistoryBuffer:
-        meta = {"mmengine_version": "0.10.2", "epoch": 0, "iter": 120000}
-        if dataset_meta is not None:
-            meta["dataset_meta"] = dataset_meta
-        torch.save({"meta": meta, "state_dict": OrderedDict(state_dict),
-                    "message_hub": {"log_scalars": {"loss": HistoryBuffer()}}}, target)
 
 
 def test_mmengine_metadata_objects_are_read_inertly():

@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import randomize_bn, save_mmengine, trained_tiny
 from PIL import Image
-from test_checkpoint import save_mmengine, trained_tiny
-from test_fusion import randomize_bn
 
 import gcnet
 from gcnet import weights as W

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,26 +39,34 @@ def _fsync(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, check: Callable[[Path], None] | None = None) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, check: Callable[[Path], None] | None = None,
+                companions: tuple[str, ...] = ()) -> Iterator[Path]:
     """Yield a temporary path to write ``path``'s content to; rename it into place on success.
 
-    ``check(tmp)`` runs before the rename and may raise to refuse the result. On any exception
-    (or a check failure) the temporary file is removed and an existing ``path`` is left untouched.
+    ``check(tmp)`` runs before the rename and may raise to refuse the result. ``companions`` are
+    suffixes of files the writer puts beside the temporary file (OpenVINO writes ``.bin`` next to
+    ``.xml``): each must exist and is renamed to ``path`` with that suffix first, so the main file
+    only ever appears next to complete companions. On any exception (or a check failure) every
+    temporary file is removed and the existing files are left untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
+    extra = [(tmp.with_suffix(s), path.with_suffix(s)) for s in companions]
     try:
         yield tmp
-        if not tmp.exists():
-            raise FileNotFoundError(f"{tmp}: the writer produced no file")
+        for produced in [tmp, *(t for t, _ in extra)]:
+            if not produced.exists():
+                raise FileNotFoundError(f"{produced}: the writer produced no file")
         if check is not None:
             check(tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
+        for produced, final in [*extra, (tmp, path)]:
+            _fsync(produced)
+            os.replace(produced, final)
     finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        for produced in [tmp, *(t for t, _ in extra)]:
+            with contextlib.suppress(OSError):
+                produced.unlink()
 
 
 @contextlib.contextmanager
@@ -74,11 +84,45 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+@contextlib.contextmanager
+def staging_folder(out: str | os.PathLike) -> Iterator[Path]:
+    """A hidden folder inside ``out`` for a command that writes several files (or folders): they
+    replace their namesakes in ``out`` only if the whole block succeeds, so a failure anywhere
+    leaves ``out`` as it was (and removes ``out`` again if the block created it)."""
+    out = Path(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".stage.", suffix=TMP_MARKER, dir=out))
+    done = False
+    try:
+        yield stage
+        for item in sorted(stage.iterdir()):  # sorted: an IR's .bin is in place before its .xml
+            _move_into_place(item, out / item.name)
+        done = True
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created and not done:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+
+
+def _move_into_place(src: Path, dst: Path) -> None:
+    """Rename ``src`` over ``dst``; a folder replaces an earlier folder of that name."""
+    if src.is_dir() and dst.is_dir():
+        old = dst.with_name(f".{dst.name}.old{TMP_MARKER}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
-    """Delete temporary files left in ``folder`` by a killed writer; returns what was removed."""
+    """Delete temporary files and staging folders left in ``folder`` by a killed writer."""
     removed = []
     for p in Path(folder).glob(f".*{TMP_MARKER}*"):
         with contextlib.suppress(OSError):
-            p.unlink()
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
             removed.append(p)
     return removed

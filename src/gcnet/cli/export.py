@@ -4,19 +4,14 @@ optional int8 quantization with an mIoU check against fp32."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from gcnet.cli.args import parse_size
 from gcnet.cli.predict import add_model_args, model_from_args, output_file, output_folder
 from gcnet.errors import ConfigError
-from gcnet.fileio import TMP_MARKER
+from gcnet.fileio import staging_folder
 
 FORMATS = ("onnx", "torchscript", "torch-export", "openvino", "safetensors")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "torch-export": ".pt2", "openvino": ".xml", "safetensors": ""}
@@ -215,38 +210,6 @@ def _accuracy(deploy, out: Path, name: str, formats: list[str], args: argparse.N
     return acc
 
 
-def _move_into_place(src: Path, dst: Path) -> None:
-    """Rename ``src`` over ``dst``; a folder (safetensors) replaces an earlier folder of that name."""
-    if src.is_dir() and dst.is_dir():
-        old = dst.with_name(f".{dst.name}.old{TMP_MARKER}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
-
-
-@contextlib.contextmanager
-def _staging(out: Path) -> Iterator[Path]:
-    """A hidden folder in ``out`` that the run writes every file to; the files replace those in
-    ``out`` only once the whole export succeeded, so a failed run leaves ``out`` as it was."""
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".export.", suffix=TMP_MARKER, dir=out))
-    done = False
-    try:
-        yield stage
-        for f in sorted(stage.iterdir()):  # complete and verified; an IR's .bin sorts before its .xml
-            _move_into_place(f, out / f.name)
-        done = True
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-        if created and not done:
-            with contextlib.suppress(OSError):
-                out.rmdir()
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -269,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    with _staging(out) as stage:
+    with staging_folder(out) as stage:
         for fmt in formats:
             path = stage / f"{name}{SUFFIX[fmt]}"
             log(f"exporting {fmt} -> {out / path.name}")

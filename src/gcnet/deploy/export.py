@@ -13,7 +13,6 @@ Chaining these into a runtime (export -> quantize -> open) is :func:`gcnet.deplo
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
 import logging
@@ -22,7 +21,7 @@ import os
 import random
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -338,24 +337,6 @@ def to_openvino(source: nn.Module | str | os.PathLike, *, input_size: Sequence[i
         return ov.convert_model(model, example_input=_example(input_size), input=[ov.PartialShape([-1, 3, -1, -1])])
 
 
-@contextlib.contextmanager
-def _atomic_ir(path: Path, check: Callable[[Path], None]) -> Iterator[Path]:
-    """Yield a temporary ``.xml`` path (OpenVINO writes its ``.bin`` beside it); once the block is
-    done and ``check(tmp_xml)`` passes, the ``.bin`` and then the ``.xml`` replace the earlier pair."""
-    with atomic_path(path.with_suffix(".xml")) as tmp_xml:
-        tmp_bin = tmp_xml.with_suffix(".bin")
-        try:
-            yield tmp_xml
-            if not tmp_bin.is_file():
-                raise ExportError(f"OpenVINO wrote no weights file for {path}")
-            check(tmp_xml)
-            with atomic_path(path.with_suffix(".bin")) as final_bin_tmp:
-                os.replace(tmp_bin, final_bin_tmp)
-        finally:
-            with contextlib.suppress(OSError):
-                tmp_bin.unlink()
-
-
 def export_openvino(ov_model: Any, path: str | os.PathLike, *, reference: nn.Module | None = None,
                     input_size: Sequence[int] = (512, 1024), verify: bool = True, tolerance: float = 1e-3,
                     threads: int | None = None) -> dict:
@@ -379,7 +360,7 @@ def export_openvino(ov_model: Any, path: str | os.PathLike, *, reference: nn.Mod
             ref = reference(x).numpy()
         report.update(_check_close("OpenVINO fp32", ref, runtime(x.numpy()), tolerance))
 
-    with _atomic_ir(path, check if verify else (lambda tmp: None)) as tmp_xml:
+    with atomic_path(path.with_suffix(".xml"), check if verify else None, companions=(".bin",)) as tmp_xml:
         ov.save_model(ov_model, str(tmp_xml), compress_to_fp16=False)
     return report
 
