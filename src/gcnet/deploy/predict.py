@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from gcnet.deploy.pipeline import build
+from gcnet.deploy.postprocess import upsample_argmax
 from gcnet.deploy.runtimes import Runtime, TorchRuntime
 from gcnet.errors import DatasetError, GCNetError
 from gcnet.fileio import IMAGE_EXTENSIONS, atomic_path
@@ -66,8 +67,9 @@ class Predictor:
     """RGB uint8 image -> class map at the image size.
 
     Pre-processing: normalise with the training MEAN/STD; optionally resize to ``input_size``
-    (H, W) first. Post-processing: upsample the 1/8 logits bilinearly (align_corners=False) to the
-    image size and take the argmax.
+    (H, W) first. Post-processing: the argmax of the 1/8 logits upsampled bilinearly
+    (align_corners=False) to the image size, computed by :func:`gcnet.deploy.postprocess.upsample_argmax`
+    without materialising the full-size logits.
     """
 
     def __init__(self, runtime: Runtime | torch.nn.Module | Callable[[np.ndarray], np.ndarray], *,
@@ -78,26 +80,23 @@ class Predictor:
         self.input_size = tuple(int(s) for s in input_size) if input_size else None
         self.num_classes: int | None = None
 
-    def logits(self, image: np.ndarray) -> torch.Tensor:
-        """``(K, H, W)`` float logits at the image size."""
+    def low_res_logits(self, image: np.ndarray) -> torch.Tensor:
+        """``(K, h, w)`` float logits as the model outputs them (1/8 of the network's input)."""
         from gcnet.data.transforms import normalize
 
-        h, w = image.shape[:2]
         x = normalize(image).unsqueeze(0)
-        if self.input_size and tuple(self.input_size) != (h, w):
+        if self.input_size and tuple(self.input_size) != tuple(image.shape[:2]):
             x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False)
         if isinstance(self.runtime, TorchRuntime):
             out = self.runtime.forward_tensor(x).float()
         else:
             out = torch.from_numpy(np.asarray(self.runtime(x.numpy()), dtype=np.float32))
         self.num_classes = int(out.shape[1])
-        return F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)[0]
+        return out[0]
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            label = self.logits(image).argmax(0)
-        dtype = np.uint8 if (self.num_classes or 0) <= 256 else np.uint16
-        return label.cpu().numpy().astype(dtype)
+            return upsample_argmax(self.low_res_logits(image), image.shape[:2])
 
 
 # -------------------------------------------------------------------------------------------- I/O
