@@ -174,14 +174,14 @@ examples:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gcnet.deploy.predict import VIDEO_EXTS, InputError, Predictor, predict_paths
+    from gcnet.deploy.predict import VIDEO_EXTENSIONS, InputError, Predictor, predict_paths
     from gcnet.errors import DatasetError
 
     if not 0.0 <= args.alpha <= 1.0:
         raise ConfigError("--alpha must be in [0, 1]")
     output_folder(args.out)
     if args.no_label and args.no_overlay and not any(
-            Path(i).suffix.lower() in VIDEO_EXTS for i in args.inputs):
+            Path(i).suffix.lower() in VIDEO_EXTENSIONS for i in args.inputs):
         raise ConfigError("--no-label and --no-overlay together leave nothing to write")
     source = model_from_args(args, allow_exported=True)
     runtime = runtime_from_args(args, source)

@@ -36,11 +36,10 @@ from PIL import Image
 from gcnet.deploy.pipeline import build
 from gcnet.deploy.postprocess import upsample_argmax
 from gcnet.deploy.runtimes import Runtime, TorchRuntime
+from gcnet.deploy.stream import VIDEO_EXTENSIONS, SourceError, TruncatedVideoError, VideoSource, prefetch
 from gcnet.errors import DatasetError, GCNetError
 from gcnet.fileio import IMAGE_EXTENSIONS, atomic_path
 from gcnet.optional import require
-
-VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})
 
 
 class InputError(GCNetError):
@@ -167,10 +166,10 @@ def collect_inputs(inputs: Iterable[str | os.PathLike], *, recursive: bool = Tru
     excluded = [Path(e).resolve() for e in exclude]
     items: list[InputItem] = []
     missing: list[tuple[str, str]] = []
-    known = frozenset(IMAGE_EXTENSIONS) | VIDEO_EXTS
+    known = frozenset(IMAGE_EXTENSIONS) | VIDEO_EXTENSIONS
 
     def kind_of(p: Path) -> str:
-        return "video" if p.suffix.lower() in VIDEO_EXTS else "image"
+        return "video" if p.suffix.lower() in VIDEO_EXTENSIONS else "image"
 
     def is_excluded(p: Path) -> bool:
         rp = p.resolve()
@@ -231,28 +230,24 @@ def _draw_text(frame_bgr: np.ndarray, text: str) -> None:
                 thick, cv2.LINE_AA)
 
 
-def _annotate_frames(cap: Any, path: Path, predictor: Predictor, info: Any, *, alpha: float, label_text: str,
-                     fps_in: float, max_frames: int | None, bar: Any) -> tuple[int, float]:
-    """Read frames until the end (or ``max_frames``), write each with its overlay and FPS to ``path``;
-    returns (frames, seconds spent in the model)."""
+def _annotate_frames(frames: Iterable[np.ndarray], path: Path, predictor: Predictor, info: Any, *, alpha: float,
+                     label_text: str, fps_in: float, bar: Any) -> tuple[int, float]:
+    """Write each frame with its overlay and the model FPS to ``path``; returns (frames, seconds
+    spent in the model)."""
     from gcnet.data.metadata import overlay
 
     cv2 = require("cv2")
     writer = None
-    frames, model_time = 0, 0.0
+    count, model_time = 0, 0.0
     recent: deque[float] = deque(maxlen=30)
     try:
-        while max_frames is None or frames < max_frames:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        for rgb in frames:
             t = time.perf_counter()
             label = predictor(rgb)
             dt = time.perf_counter() - t
             model_time += dt
             recent.append(dt)
-            frames += 1
+            count += 1
             out = cv2.cvtColor(overlay(rgb, label, info, alpha=alpha), cv2.COLOR_RGB2BGR)
             _draw_text(out, f"{label_text}  {len(recent) / sum(recent):.1f} FPS")
             if writer is None:
@@ -266,19 +261,7 @@ def _annotate_frames(cap: Any, path: Path, predictor: Predictor, info: Any, *, a
     finally:
         if writer is not None:
             writer.release()
-    return frames, model_time
-
-
-# containers whose header/index gives the exact frame count; others give an estimate from the duration
-EXACT_COUNT_EXTS = frozenset({".avi", ".mp4", ".mov", ".m4v"})
-
-
-def _is_truncated(path: Path, frames: int, expected: int | None) -> bool:
-    """Fewer frames decoded than the container announces (beyond the error of an estimated count)."""
-    if not expected:
-        return False
-    slack = 0 if path.suffix.lower() in EXACT_COUNT_EXTS else max(1, expected // 100)
-    return frames < expected - slack
+    return count, model_time
 
 
 def predict_video(predictor: Predictor, path: str | os.PathLike, out_dir: str | os.PathLike,
@@ -286,20 +269,18 @@ def predict_video(predictor: Predictor, path: str | os.PathLike, out_dir: str | 
                   max_frames: int | None = None, progress: bool = True) -> tuple[list[Path], dict]:
     """Annotated ``<stem>_overlay.mp4`` (mp4v codec, the input's frame rate) with the model FPS
     (inference incl. pre/post-processing, averaged over the last 30 frames) drawn on each frame.
-    Returns (written files, stats with frames and mean FPS).
+    Frames are decoded on a background thread. Returns (written files, stats with frames and mean FPS).
 
     A video that ends before the frame count its container announces (truncated or corrupt) raises
     :class:`InputError` naming both counts; its partial output is removed and an earlier
     ``<stem>_overlay.mp4`` is left as it was."""
-    cv2 = require("cv2")
     path = Path(path)
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise InputError(f"cannot open video {path}")
-    fps_in = cap.get(cv2.CAP_PROP_FPS)
-    fps_in = fps_in if fps_in and 0 < fps_in < 1000 else 25.0
-    expected = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT))) or None
-    total = min(expected or max_frames, max_frames) if max_frames else expected
+    try:
+        source = VideoSource(path, max_frames=max_frames)
+    except SourceError as exc:
+        raise InputError(str(exc)) from None
+    fps_in = source.fps or 25.0
+    total = min(source.expected or max_frames, max_frames) if max_frames else source.expected
     final = Path(out_dir) / stem
     final = final.with_name(final.name + "_overlay.mp4")
     bar = None
@@ -307,21 +288,20 @@ def predict_video(predictor: Predictor, path: str | os.PathLike, out_dir: str | 
         from tqdm import tqdm
 
         bar = tqdm(total=total, desc=path.name, unit="frame", leave=False, file=sys.stderr)
+    frames = (f.rgb for f in prefetch(source))
     try:
         with atomic_path(final) as tmp:
-            frames, model_time = _annotate_frames(cap, tmp, predictor, info, alpha=alpha, label_text=label_text,
-                                                  fps_in=fps_in, max_frames=max_frames, bar=bar)
-            if frames == 0:
-                raise InputError(f"cannot decode any frame of video {path}")
-            if (max_frames is None or frames < max_frames) and _is_truncated(path, frames, expected):
-                raise InputError(f"video {path} is truncated or corrupt: decoded {frames} of {expected} frames; "
-                                 f"its partial output was removed")
+            count, model_time = _annotate_frames(frames, tmp, predictor, info, alpha=alpha,
+                                                 label_text=label_text, fps_in=fps_in, bar=bar)
+    except SourceError as exc:
+        partial = "; its partial output was removed" if isinstance(exc, TruncatedVideoError) else ""
+        raise InputError(f"{exc}{partial}") from None
     finally:
-        cap.release()
+        frames.close()
+        source.close()
         if bar is not None:
             bar.close()
-    return [final], {"frames": frames, "fps": frames / model_time if model_time > 0 else None,
-                     "input_fps": fps_in}
+    return [final], {"frames": count, "fps": count / model_time if model_time > 0 else None, "input_fps": fps_in}
 
 
 @dataclass

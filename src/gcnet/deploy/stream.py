@@ -28,7 +28,9 @@ from gcnet.fileio import IMAGE_EXTENSIONS, is_image_file
 __all__ = ["Frame", "FrameSource", "VideoSource", "ImageFolderSource", "TruncatedVideoError", "SourceError",
            "open_source", "prefetch", "stream"]
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})
+# containers whose header/index gives the exact frame count; others give an estimate from the duration
+EXACT_COUNT_EXTENSIONS = frozenset({".avi", ".mp4", ".mov", ".m4v"})
 
 
 class SourceError(GCNetError):
@@ -39,7 +41,7 @@ class TruncatedVideoError(SourceError):
     """The video ended before the number of frames its container announces."""
 
     def __init__(self, path: str, decoded: int, expected: int) -> None:
-        super().__init__(f"video {path} ended after {decoded} of {expected} frames (truncated or corrupt file)")
+        super().__init__(f"video {path} is truncated or corrupt: decoded {decoded} of {expected} frames")
         self.decoded, self.expected = decoded, expected
 
 
@@ -83,8 +85,7 @@ class VideoSource(FrameSource):
 
     def __iter__(self) -> Iterator[Frame]:
         cv2, index = self._cv2, 0
-        limit = self.max_frames if self.max_frames is not None else self.expected
-        while limit is None or index < limit:
+        while self.max_frames is None or index < self.max_frames:
             ok, bgr = self._cap.read()
             if not ok:
                 break
@@ -92,8 +93,15 @@ class VideoSource(FrameSource):
             index += 1
         if index == 0:
             raise SourceError(f"cannot decode any frame of {self.name}")
-        if limit is not None and index < limit:
-            raise TruncatedVideoError(self.name, index, limit)
+        if self._truncated(index):
+            raise TruncatedVideoError(self.name, index, self.expected)
+
+    def _truncated(self, decoded: int) -> bool:
+        """Fewer frames than the container announces (beyond the error of an estimated count)."""
+        if not self.expected or (self.max_frames is not None and decoded >= self.max_frames):
+            return False
+        exact = Path(self.name).suffix.lower() in EXACT_COUNT_EXTENSIONS
+        return decoded < self.expected - (0 if exact else max(1, self.expected // 100))
 
     def close(self) -> None:
         self._cap.release()
