@@ -23,5 +23,14 @@ __version__ = "0.1.0"
 __all__ = [
     "VARIANTS", "GCNet", "build_model", "list_models", "load_model", "load_weights", "read_checkpoint",
     "save_checkpoint", "save_pretrained", "from_pretrained", "checkpoint_dataset_info", "Weights",
-    "get_weights", "list_weights", "model_complexity", "model_info", "__version__",
+    "get_weights", "list_weights", "model_complexity", "model_info", "stream", "__version__",
 ]
+
+
+def __getattr__(name: str):
+    """``gcnet.stream`` is imported on first use (it pulls in the deploy runtimes)."""
+    if name == "stream":
+        from gcnet.deploy.predict import stream
+
+        return stream
+    raise AttributeError(f"module 'gcnet' has no attribute {name!r}")

@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,15 @@ from PIL import Image
 from gcnet.deploy.pipeline import build
 from gcnet.deploy.postprocess import upsample_argmax
 from gcnet.deploy.runtimes import Runtime, TorchRuntime
-from gcnet.deploy.stream import VIDEO_EXTENSIONS, SourceError, TruncatedVideoError, VideoSource, prefetch
+from gcnet.deploy.sources import (
+    VIDEO_EXTENSIONS,
+    FrameSource,
+    SourceError,
+    TruncatedVideoError,
+    VideoSource,
+    open_source,
+    prefetch,
+)
 from gcnet.errors import DatasetError, GCNetError
 from gcnet.fileio import IMAGE_EXTENSIONS, atomic_path
 from gcnet.optional import require
@@ -360,3 +368,29 @@ def predict_paths(predictor: Predictor, inputs: Iterable[str | os.PathLike], out
     if bar is not None:
         bar.close()
     return summary
+
+
+def stream(source: str | os.PathLike | int | FrameSource, model: Any, *, runtime: str = "torch",
+           precision: str = "fp32", calibration: Iterable[np.ndarray] | None = None, threads: int | None = None,
+           input_size: Sequence[int] | None = None, max_frames: int | None = None,
+           depth: int = 2) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(frame, labels)`` for every frame of a video file, an image folder or a camera index.
+
+    ``model``: anything :func:`gcnet.deploy.pipeline.build` takes (a GCNet module, a checkpoint path,
+    a weights name, an ``.onnx``/``.xml`` file), run with ``runtime`` at ``precision`` (int8 from a
+    float model is calibrated on ``calibration``); or a :class:`Runtime`; or a ready ``frame -> labels``
+    callable such as a :class:`Predictor`. Frames are RGB uint8; labels are class maps at the frame's
+    size. Decoding runs ahead on a background thread.
+    """
+    if isinstance(model, (torch.nn.Module, str, os.PathLike)):
+        model = build(model, runtime, precision, calibration=calibration, threads=threads).runtime
+    if isinstance(model, Runtime):
+        model = Predictor(model, input_size=input_size)
+    src = source if isinstance(source, FrameSource) else open_source(source, max_frames=max_frames)
+    frames = prefetch(src, depth)
+    try:
+        for frame in frames:
+            yield frame.rgb, model(frame.rgb)
+    finally:
+        frames.close()  # stops and joins the reader before the source is released
+        src.close()

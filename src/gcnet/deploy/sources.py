@@ -1,14 +1,10 @@
-"""Frames in, labels out: video files, image folders and cameras as one stream.
+"""Frame sources: video files, image folders and cameras behind one iterator of RGB frames.
 
-A :class:`FrameSource` yields RGB frames; :func:`stream` decodes them on a background thread
-(decoding overlaps inference, and OpenCV and the runtimes release the GIL) and yields
-``(frame, labels)`` pairs from any predictor (``frame -> labels`` callable)::
-
-    for frame, labels in gcnet.deploy.stream.stream("street.mp4", predictor):
-        ...
-
+:func:`open_source` picks the source for a path or camera index; :func:`prefetch` decodes on a
+background thread so that decoding overlaps inference (OpenCV and the runtimes release the GIL).
 A video that ends before the frame count its container announces raises
 :class:`TruncatedVideoError` after the last decodable frame, naming how far it got.
+:func:`gcnet.stream` (in :mod:`gcnet.deploy.predict`) puts a model behind them.
 """
 
 from __future__ import annotations
@@ -16,7 +12,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +22,7 @@ from gcnet.errors import GCNetError
 from gcnet.fileio import IMAGE_EXTENSIONS, is_image_file
 
 __all__ = ["Frame", "FrameSource", "VideoSource", "ImageFolderSource", "TruncatedVideoError", "SourceError",
-           "open_source", "prefetch", "stream"]
+           "open_source", "prefetch", "VIDEO_EXTENSIONS"]
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})
 # containers whose header/index gives the exact frame count; others give an estimate from the duration
@@ -177,16 +173,3 @@ def prefetch(items: Iterable, depth: int = 2) -> Iterator:
     finally:
         stop.set()
         thread.join(timeout=5)
-
-
-def stream(source: str | os.PathLike | int | FrameSource, predictor: Callable[[np.ndarray], np.ndarray], *,
-           max_frames: int | None = None, depth: int = 2) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(frame, labels)`` for each frame of ``source``: RGB uint8 frame, class map at its size."""
-    src = source if isinstance(source, FrameSource) else open_source(source, max_frames=max_frames)
-    frames = prefetch(src, depth)
-    try:
-        for frame in frames:
-            yield frame.rgb, predictor(frame.rgb)
-    finally:
-        frames.close()  # stops and joins the reader before the source is released
-        src.close()

@@ -1,4 +1,4 @@
-"""Stream sources: folders, videos (complete and truncated), background decoding."""
+"""Frame sources (folders, videos complete and truncated), background decoding, and gcnet.stream."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gcnet.deploy.stream import SourceError, TruncatedVideoError, open_source, prefetch, stream
+from gcnet.deploy.predict import stream
+from gcnet.deploy.sources import SourceError, TruncatedVideoError, open_source, prefetch
 
 
 def _write_video(path: Path, frames: int, size: tuple[int, int] = (48, 64)) -> None:
@@ -75,3 +76,25 @@ def test_prefetch_reraises_and_stops_early() -> None:
     gen = prefetch(iter(range(1000)), depth=2)
     assert next(gen) == 0
     gen.close()  # the reader thread stops instead of filling the queue forever
+
+
+def test_gcnet_stream_with_a_model_matches_reference_postprocessing(tmp_path: Path) -> None:
+    import torch
+    from helpers import tiny_model_kwargs
+
+    import gcnet
+    from gcnet.data.transforms import normalize
+    from gcnet.deploy.postprocess import reference_upsample_argmax
+
+    torch.manual_seed(0)
+    model = gcnet.build_model("gcnet-s", **tiny_model_kwargs(num_classes=5)).eval()
+    video = tmp_path / "clip.avi"
+    _write_video(video, 4, size=(64, 96))
+    pairs = list(gcnet.stream(video, model))
+    assert len(pairs) == 4
+    deploy = model.reparameterize()
+    for frame, labels in pairs:
+        with torch.no_grad():
+            logits = deploy(normalize(frame).unsqueeze(0))[0]
+        assert labels.shape == frame.shape[:2] and labels.dtype == np.uint8
+        assert (labels == reference_upsample_argmax(logits, frame.shape[:2])).mean() >= 0.999
