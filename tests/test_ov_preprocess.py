@@ -28,3 +28,21 @@ def test_uint8_input_matches_float_pipeline() -> None:
     out = uint8_net(image[None])[0]
     assert out.shape == ref.shape == (1, 4, 8, 12)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_openvino_runtime_frames_and_predictor_use_the_uint8_graph() -> None:
+    from gcnet.deploy.pipeline import build
+    from gcnet.deploy.postprocess import reference_upsample_argmax
+    from gcnet.deploy.predict import Predictor
+
+    torch.manual_seed(0)
+    model = gcnet.build_model("gcnet-s", num_classes=4, channels=8, ppm_channels=16, head_channels=16,
+                              num_blocks=[1, 1, [2, 1], [2, 1], [2, 2]]).eval()
+    runtime = build(model, "openvino", "fp32").runtime
+    image = np.random.default_rng(1).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    ref = runtime(normalize(image).unsqueeze(0).numpy())
+    out = runtime.frames(image[None])
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    assert any(key[0] for key in runtime._requests), "the uint8 graph was compiled"
+    labels = Predictor(runtime)(image)
+    assert (labels == reference_upsample_argmax(torch.from_numpy(ref), (64, 96))).mean() >= 0.999

@@ -73,8 +73,8 @@ def default_info(num_classes: int, dataset=None):
 class Predictor:
     """RGB uint8 image -> class map at the image size.
 
-    Pre-processing: normalise with the training MEAN/STD; optionally resize to ``input_size``
-    (H, W) first. Post-processing: the argmax of the 1/8 logits upsampled bilinearly
+    Pre-processing: normalise with the training MEAN/STD (inside the graph for OpenVINO, which takes
+    the uint8 frame as it is); optionally resize to ``input_size`` (H, W) first. Post-processing: the argmax of the 1/8 logits upsampled bilinearly
     (align_corners=False) to the image size, computed by :func:`gcnet.deploy.postprocess.upsample_argmax`
     without materialising the full-size logits.
     """
@@ -91,8 +91,13 @@ class Predictor:
         """``(K, h, w)`` float logits as the model outputs them (1/8 of the network's input)."""
         from gcnet.data.transforms import normalize
 
+        resize = bool(self.input_size) and tuple(self.input_size) != tuple(image.shape[:2])
+        if isinstance(self.runtime, Runtime) and not isinstance(self.runtime, TorchRuntime) and not resize:
+            out = torch.from_numpy(np.asarray(self.runtime.frames(image[None]), dtype=np.float32))
+            self.num_classes = int(out.shape[1])
+            return out[0]
         x = normalize(image).unsqueeze(0)
-        if self.input_size and tuple(self.input_size) != tuple(image.shape[:2]):
+        if resize:
             x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False)
         if isinstance(self.runtime, TorchRuntime):
             out = self.runtime.forward_tensor(x).float()

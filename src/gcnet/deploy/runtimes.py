@@ -69,6 +69,16 @@ class Runtime:
     def __call__(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def frames(self, images: np.ndarray) -> np.ndarray:
+        """Logits of RGB uint8 frames ``(N, H, W, 3)``, normalised as in training.
+
+        Runtimes that can normalise inside their graph override this to skip the float copy.
+        """
+        from gcnet.data.transforms import MEAN, STD
+
+        x = (images.astype(np.float32) - np.float32(MEAN)) / np.float32(STD)
+        return self(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} threads={self.threads}>"
 
@@ -236,13 +246,16 @@ class OpenVINORuntime(Runtime):
         self._compiled: dict[tuple, Any] = {}
         self._requests: dict[tuple, Any] = {}
 
-    def _request(self, shape: tuple):
-        key = shape if self.static_shapes else ()
+    def _request(self, shape: tuple, uint8: bool = False):
+        key = (uint8, shape if self.static_shapes else ())
         req = self._requests.get(key)
         if req is None:
-            model = self.model
+            model = self.model.clone()
+            if uint8:
+                from gcnet.deploy.ov_preprocess import with_uint8_nhwc_input
+
+                model = with_uint8_nhwc_input(model)
             if self.static_shapes:
-                model = self.model.clone()
                 model.reshape({model.inputs[0].any_name: list(shape)})
             compiled = self.core.compile_model(model, "CPU", self.config)
             if len(self._requests) >= self.max_shapes:  # forget the oldest shape
@@ -252,11 +265,18 @@ class OpenVINORuntime(Runtime):
             req = self._requests[key] = compiled.create_infer_request()
         return req
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        req = self._request(tuple(x.shape))
+    def _infer(self, x: np.ndarray, uint8: bool) -> np.ndarray:
+        req = self._request(tuple(x.shape), uint8)
         req.infer([x], share_inputs=True)
         return np.array(req.get_output_tensor(0).data, copy=True)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self._infer(np.ascontiguousarray(x, dtype=np.float32), uint8=False)
+
+    def frames(self, images: np.ndarray) -> np.ndarray:
+        """Logits of RGB uint8 frames ``(N, H, W, 3)``: conversion, normalisation and layout run
+        inside the compiled graph (see :mod:`gcnet.deploy.ov_preprocess`)."""
+        return self._infer(np.ascontiguousarray(images, dtype=np.uint8), uint8=True)
 
 
 def is_quantized_openvino(model: Any) -> bool:
