@@ -12,15 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from gcnet.engine.builders import load_init_weights
 from gcnet.engine.config import load_config
-from gcnet.engine.trainer import (
-    InfiniteBatchSampler,
-    NonFiniteLossError,
-    SeededTrainSet,
-    Trainer,
-    load_init_weights,
-    poly_lr,
-)
+from gcnet.engine.sampler import InfiniteBatchSampler, SeededTrainSet
+from gcnet.engine.trainer import NonFiniteLossError, Trainer, poly_lr
 from gcnet.errors import CheckpointError, ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -110,15 +110,22 @@ def run(args: argparse.Namespace) -> int:
     from gcnet.checkpoint import load_model
     from gcnet.data.metadata import colorize, get_dataset_info, overlay
     from gcnet.data.synthetic import make_synthetic_dataset
-    from gcnet.engine.config import load_config
-    from gcnet.engine.trainer import Trainer, build_datasets, resolve_device
+    from gcnet.engine.builders import build_datasets
+    from gcnet.engine.config import TrainConfig
+    from gcnet.engine.distributed import resolve_device
+    from gcnet.engine.trainer import Trainer
     from gcnet.evaluation.inference import evaluate, infer_logits
     from gcnet.evaluation.metrics import format_table
+    from gcnet.fileio import atomic_path, write_text
 
     if args.minutes <= 0 and not args.iters:
         raise ConfigError("--minutes must be > 0")
     if args.iters is not None and args.iters < 1:
         raise ConfigError("--iters must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    if args.num_overlays < 0:
+        raise ConfigError(f"--num-overlays must be >= 0, got {args.num_overlays}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -134,24 +141,27 @@ def run(args: argparse.Namespace) -> int:
         overrides += [f"schedule.iters={args.iters}", "schedule.time_budget_min=0"]
     else:
         overrides += ["schedule.iters=1000000", f"schedule.time_budget_min={args.minutes}"]
-    cfg = load_config("tiny_synthetic", overrides)
-    d = cfg["data"]
+    cfg = TrainConfig.load("tiny_synthetic", overrides)
+    d = cfg.data
+    h, w = d.synthetic_size
     info = get_dataset_info("synthetic")
-    _say(f"[1/6] writing a synthetic dataset to {data_dir} ({d['synthetic_train']} train / {d['synthetic_val']} val "
-         f"images of {d['synthetic_size'][0]}x{d['synthetic_size'][1]}, classes: {', '.join(info.classes)})")
+    _say(f"[1/6] writing a synthetic dataset to {data_dir} ({d.synthetic_train} train / {d.synthetic_val} val "
+         f"images of {h}x{w}, classes: {', '.join(info.classes)})")
     if data_dir.exists():
         shutil.rmtree(data_dir)
-    make_synthetic_dataset(data_dir, num_train=d["synthetic_train"], num_val=d["synthetic_val"],
-                           size=tuple(d["synthetic_size"]), seed=args.seed)
+    make_synthetic_dataset(data_dir, num_train=d.synthetic_train, num_val=d.synthetic_val, size=(h, w),
+                           seed=args.seed)
 
     # 2. train ------------------------------------------------------------------------------------
     work = out / "train"
     how = f"{args.iters} iterations" if args.iters else f"about {args.minutes:g} minutes"
     _say(f"[2/6] training a reduced GCNet-S for {how} on {device} (config: tiny_synthetic; logs and checkpoints "
-         f"in {work})")
+         f"in {work}, replacing an earlier demo's)")
+    if work.exists():
+        shutil.rmtree(work)
     train_cfg = copy.deepcopy(cfg)
-    train_cfg["data"]["val_split"] = ""  # the demo evaluates below, in both forms
-    summary = Trainer(train_cfg, work, overwrite=True, progress=args.progress,
+    train_cfg.data.val_split = ""  # the demo evaluates below, in both forms
+    summary = Trainer(train_cfg, work, progress=args.progress,
                       log=lambda m: _say("      " + m.replace("\n", "\n      "))).run()
     ckpt = work / "latest.pth"
 
@@ -186,7 +196,6 @@ def run(args: argparse.Namespace) -> int:
          "(the reparameterization is exact)")
 
     # 5. speed --------------------------------------------------------------------------------------
-    h, w = d["synthetic_size"]
     x = val_set[0][0].unsqueeze(0).to(device)
     bigger = torch.randn(1, 3, 512, 640, device=device)
     _say(f"[5/6] timing both forms (batch 1, median of repeated forward passes on {device})")
@@ -211,7 +220,8 @@ def run(args: argparse.Namespace) -> int:
             gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)
             panel = np.concatenate([image, gap, colorize(gt, info), gap, overlay(image, pred, info, alpha=0.6)], axis=1)
             path = ov_dir / f"val_{i:04d}.png"
-            Image.fromarray(panel).save(path)
+            with atomic_path(path) as tmp:
+                Image.fromarray(panel).save(tmp)
             written.append(str(path))
     _say(f"[6/6] wrote {len(written)} panels (image | ground truth | prediction overlay) to {ov_dir}")
 
@@ -229,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
         "overlays": written,
         "seconds": round(time.perf_counter() - t_all, 1),
     }
-    (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_text(out / "summary.json", json.dumps(result, indent=2) + "\n")
     _say("")
     _say(f"done in {result['seconds']:.0f}s. Everything is under {out}/:")
     _say("  data/             the synthetic dataset (folder layout: images/, labels/, dataset.json)")
