@@ -17,6 +17,8 @@ import os
 import random
 import shlex
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ from gcnet.engine.config import save_config
 from gcnet.errors import CheckpointError, ConfigError
 from gcnet.fileio import atomic_path, remove_stale_temps
 
-__all__ = ["Resume", "RunDir", "capture_rng", "read_resume", "restore_rng", "resume_command"]
+__all__ = ["Resume", "RunDir", "capture_rng", "read_resume", "restore_rng", "resume_command", "sigint_deferred"]
 
 _RUN_FILES = ("latest.pth", "best.pth", "metrics.jsonl", "summary.json", "config.toml", "tb")
 
@@ -108,6 +110,24 @@ def read_resume(work_dir: Path, resume: bool | str | os.PathLike) -> Resume:
     if not isinstance(ckpt, dict) or "optimizer" not in ckpt or "iteration" not in ckpt:
         raise CheckpointError(f"{path}: not a training checkpoint (no optimizer/iteration state)")
     return Resume(path, ckpt)
+
+
+@contextlib.contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) until the block is done, then raise KeyboardInterrupt: an interrupted
+    ``torch.save`` would otherwise surface as an unrelated write error."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield  # not ours to change (another thread, Ctrl-C ignored or handled elsewhere)
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager

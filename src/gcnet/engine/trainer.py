@@ -43,7 +43,7 @@ from gcnet.engine.builders import (
 )
 from gcnet.engine.config import TrainConfig, config_diff, load_config
 from gcnet.engine.logs import MetricsLog, fmt_time, json_safe
-from gcnet.engine.run_state import RunDir, capture_rng, read_resume, restore_rng, resume_command
+from gcnet.engine.run_state import RunDir, capture_rng, read_resume, restore_rng, resume_command, sigint_deferred
 from gcnet.engine.sampler import InfiniteBatchSampler, SeededTrainSet
 from gcnet.errors import CheckpointError, ConfigError, GCNetError
 from gcnet.fileio import write_text
@@ -198,9 +198,13 @@ class Trainer:
             try:
                 load_weights(model, resume.ckpt)
             except CheckpointError as exc:
-                detail = str(exc).removeprefix("state dict: ")
-                raise CheckpointError(f"cannot resume from {resume.path}: {detail}\n(the [model] settings must be "
-                                      "the checkpoint's; leave out CONFIG to use the run's config.toml)") from None
+                saved = resume.ckpt.get("train_config")
+                keys = [k for k in config_diff(load_config(saved), cfg.to_dict()) if k.startswith("model.")] \
+                    if isinstance(saved, dict) else []
+                what = (f"its model differs from this config's in {', '.join(keys)}" if keys
+                        else str(exc).removeprefix("state dict: ").splitlines()[0])
+                raise CheckpointError(f"cannot resume from {resume.path}: {what}\n(leave out CONFIG to use the run's "
+                                      "config.toml, or start a new run in another --work-dir)") from None
         elif cfg.init.load_from:  # every rank loads (DDP would broadcast rank 0's anyway); rank 0 talks
             load_init_weights(model, cfg.init.load_from, self.log if self.dist.is_main else (lambda m: None))
         if cfg.model.sync_bn and self.dist.enabled:
@@ -418,8 +422,9 @@ class Trainer:
                  "world_size": self.dist.world_size, "train_time_s": float(s.local_time)}
         if s.scaler.is_enabled():
             state["scaler"] = s.scaler.state_dict()
-        gdist.on_main(lambda: self.run_dir.save(s.model, state, iter_file, self.cfg.schedule.keep_ckpts))
-        s.last_ckpt, s.last_ckpt_it = self.run_dir.latest, s.it
+        with sigint_deferred():
+            gdist.on_main(lambda: self.run_dir.save(s.model, state, iter_file, self.cfg.schedule.keep_ckpts))
+            s.last_ckpt, s.last_ckpt_it = self.run_dir.latest, s.it
 
     def _validate(self, s: _Session) -> None:
         """Validate at ``s.it``; write best.pth if improved; mark latest.pth's validation done."""
@@ -444,9 +449,10 @@ class Trainer:
         state = s.state
         if res["mIoU"] > state["best"]["mIoU"]:
             state["best"] = {"mIoU": float(res["mIoU"]), "iteration": it}
-            gdist.on_main(lambda: self.run_dir.save_best(s.model, iteration=it, best=state["best"],
-                                                        results=json_safe(res), train_config=self.cfg.to_dict(),
-                                                        run_id=state["run_id"]))
+            with sigint_deferred():
+                gdist.on_main(lambda: self.run_dir.save_best(s.model, iteration=it, best=state["best"],
+                                                            results=json_safe(res), train_config=self.cfg.to_dict(),
+                                                            run_id=state["run_id"]))
         state["pending_val"] = False
         if s.last_ckpt == self.run_dir.latest:  # latest.pth is of this iteration: record the validation
             self._save(s, iter_file=False)
@@ -479,9 +485,9 @@ class Trainer:
 
     def _interrupted_message(self, s: _Session) -> str:
         if s.last_ckpt is None:
-            return (f"interrupted at iteration {s.it}, before the first checkpoint: nothing was saved; run the same "
+            return (f"interrupted after iteration {s.it}, before the first checkpoint: nothing was saved; run the same "
                     "command again to start over")
-        return (f"interrupted at iteration {s.it}; training up to iteration {s.last_ckpt_it} is saved in "
+        return (f"interrupted after iteration {s.it}; training up to iteration {s.last_ckpt_it} is saved in "
                 f"{s.last_ckpt}. Continue with:\n  {resume_command(self.work_dir, s.last_ckpt)}")
 
 
