@@ -32,11 +32,11 @@ class InfiniteBatchSampler:
     """
 
     def __init__(self, dataset_len: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True, start_iter: int = 0) -> None:
+                 start_iter: int = 0) -> None:
         if dataset_len < 1:
             raise DatasetError("the training set is empty")
         self.n, self.batch_size, self.seed = dataset_len, batch_size, seed
-        self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
+        self.rank, self.world_size = rank, world_size
         self.start_iter = start_iter
         self.shard_len = math.ceil(dataset_len / world_size)
         self._cache: tuple[int, np.ndarray] | None = None
@@ -44,10 +44,7 @@ class InfiniteBatchSampler:
     def _shard(self, epoch: int) -> np.ndarray:
         if self._cache is not None and self._cache[0] == epoch:
             return self._cache[1]
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-        else:
-            order = np.arange(self.n)
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
         total = self.shard_len * self.world_size
         if total > self.n:
             order = np.concatenate([order, order[: total - self.n]])

@@ -48,7 +48,7 @@ from gcnet.engine.sampler import InfiniteBatchSampler, SeededTrainSet
 from gcnet.errors import CheckpointError, ConfigError, GCNetError
 from gcnet.fileio import write_text
 
-__all__ = ["NonFiniteLossError", "Trainer", "poly_lr", "train"]
+__all__ = ["NonFiniteLossError", "Trainer", "poly_lr"]
 
 
 class NonFiniteLossError(GCNetError):
@@ -166,24 +166,24 @@ class Trainer:
 
     # -- setup: every check first, then the first write ------------------------------------------------
     def _runtime(self) -> tuple[torch.device, bool, torch.dtype, torch.memory_format]:
-        rt = self.cfg.runtime
-        device = gdist.resolve_device(rt.device, self.dist.local_rank)
-        if rt.threads > 0:
-            torch.set_num_threads(rt.threads)
+        runtime = self.cfg.runtime
+        device = gdist.resolve_device(runtime.device, self.dist.local_rank)
+        if runtime.threads > 0:
+            torch.set_num_threads(runtime.threads)
         if device.type == "cuda":
-            torch.backends.cudnn.benchmark = not rt.deterministic
-        if rt.deterministic:
+            torch.backends.cudnn.benchmark = not runtime.deterministic
+        if runtime.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        amp = rt.amp and device.type in ("cuda", "cpu")
-        if rt.amp and not amp:
+        amp = runtime.amp and device.type in ("cuda", "cpu")
+        if runtime.amp and not amp:
             self.log(f"note: runtime.amp is ignored on {device.type} (mixed precision is for CUDA and CPUs)")
-        amp_dtype = torch.bfloat16 if rt.amp_dtype == "bf16" else torch.float16
+        amp_dtype = torch.bfloat16 if runtime.amp_dtype == "bf16" else torch.float16
         if amp and device.type == "cpu" and amp_dtype == torch.float16:
             raise ConfigError("runtime.amp_dtype fp16 needs CUDA; use bf16 for mixed precision on a CPU")
         if self.cfg.data.batch_size % self.dist.world_size:
             raise ConfigError(f"data.batch_size={self.cfg.data.batch_size} is not divisible by the "
                               f"{self.dist.world_size} processes")
-        return device, amp, amp_dtype, torch.channels_last if rt.channels_last else torch.contiguous_format
+        return device, amp, amp_dtype, torch.channels_last if runtime.channels_last else torch.contiguous_format
 
     def _build_model(self, resume, device: torch.device, memory_format) -> nn.Module:
         cfg = self.cfg
@@ -490,7 +490,3 @@ class Trainer:
         return (f"interrupted after iteration {s.it}; training up to iteration {s.last_ckpt_it} is saved in "
                 f"{s.last_ckpt}. Continue with:\n  {resume_command(self.work_dir, s.last_ckpt)}")
 
-
-def train(cfg: TrainConfig | Mapping | str | Path, work_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
-    """Convenience wrapper: ``Trainer(cfg, work_dir, **kwargs).run()``."""
-    return Trainer(cfg, work_dir, **kwargs).run()
