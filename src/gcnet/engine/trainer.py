@@ -185,6 +185,11 @@ class Trainer:
                               f"{self.dist.world_size} processes")
         return device, amp, amp_dtype, torch.channels_last if runtime.channels_last else torch.contiguous_format
 
+    def _changed_keys(self, resume) -> list[str]:
+        """Config keys whose values differ from those the checkpoint was trained with."""
+        saved = resume.ckpt.get("train_config")
+        return config_diff(load_config(saved), self.cfg.to_dict()) if isinstance(saved, dict) else []
+
     def _build_model(self, resume, device: torch.device, memory_format) -> nn.Module:
         cfg = self.cfg
         seed = cfg.runtime.seed
@@ -198,9 +203,7 @@ class Trainer:
             try:
                 load_weights(model, resume.ckpt)
             except CheckpointError as exc:
-                saved = resume.ckpt.get("train_config")
-                keys = [k for k in config_diff(load_config(saved), cfg.to_dict()) if k.startswith("model.")] \
-                    if isinstance(saved, dict) else []
+                keys = [k for k in self._changed_keys(resume) if k.startswith("model.")]
                 what = (f"its model differs from this config's in {', '.join(keys)}" if keys
                         else str(exc).removeprefix("state dict: ").splitlines()[0])
                 raise CheckpointError(f"cannot resume from {resume.path}: {what}\n(leave out CONFIG to use the run's "
@@ -218,7 +221,7 @@ class Trainer:
         cfg, dist = self.cfg, self.dist
         train_base, val_set, info = build_datasets(cfg, self.log)
         num_classes = cfg.model.num_classes
-        if info is not None and len(info.classes) != num_classes:
+        if len(info.classes) != num_classes:
             raise ConfigError(f"model.num_classes is {num_classes} but the {info.name} dataset has "
                               f"{len(info.classes)} classes")
         if self.check_data:
@@ -239,11 +242,9 @@ class Trainer:
             move_away = self.run_dir.previous_run(self.overwrite)
         else:
             move_away = self.run_dir.later_timeline(resume)
-            saved = resume.ckpt.get("train_config")
-            if isinstance(saved, dict):
-                diff = [k for k in config_diff(load_config(saved), cfg.to_dict()) if not k.startswith("runtime.")]
-                if diff:
-                    self.log(f"warning: resuming with a config that differs from {resume.path}'s in: {', '.join(diff)}")
+            diff = [k for k in self._changed_keys(resume) if not k.startswith("runtime.")]
+            if diff:
+                self.log(f"warning: resuming with a config that differs from {resume.path}'s in: {', '.join(diff)}")
         model = self._build_model(resume, device, memory_format)
         start_iter = resume.iteration if resume is not None else 0
         train_set, val_set, info, sampler = self._build_data(start_iter, resume)
