@@ -207,14 +207,18 @@ class RunDir:
         save_config(cfg, self.path / "config.toml", header="resolved training config (gcnet train)")
 
     def save(self, model: nn.Module, state: dict[str, Any], iter_file: bool, keep: int) -> None:
-        """Write ``latest.pth`` (and ``iter_N.pth``, recorded in ``state["iter_ckpts"]``), then prune."""
+        """Write ``latest.pth`` (and ``iter_N.pth``), then prune: ``state["iter_ckpts"]`` (the run's iter files,
+        oldest first) is updated in place to the newest ``keep``, the older ones are deleted once written."""
         from gcnet.checkpoint import save_checkpoint
 
         history: list[str] = state["iter_ckpts"]
-        it = state["iteration"]
-        name = f"iter_{it}.pth"
+        name = f"iter_{state['iteration']}.pth"
+        dropped: list[str] = []
         if iter_file:
             history[:] = [n for n in history if n != name] + [name]
+            if keep > 0:
+                dropped = history[:-keep]
+                del history[:-keep]
         with _writing_checkpoint(self.latest, self.path):
             save_checkpoint(self.latest, model, **state)
         if not iter_file:
@@ -224,11 +228,9 @@ class RunDir:
                 os.link(self.latest, tmp)  # same file system: no data copied
             except OSError:
                 shutil.copyfile(self.latest, tmp)
-        if keep > 0:
-            for old in history[:-keep]:
-                with contextlib.suppress(OSError):
-                    (self.path / old).unlink()
-            del history[:-keep]
+        for old in dropped:
+            with contextlib.suppress(OSError):
+                (self.path / old).unlink()
 
     def save_best(self, model: nn.Module, **extra: Any) -> None:
         from gcnet.checkpoint import save_checkpoint
