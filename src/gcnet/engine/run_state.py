@@ -131,7 +131,7 @@ def sigint_deferred() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _writing_checkpoint(path: Path, work_dir: Path) -> Iterator[None]:
+def _writing_checkpoint(path: Path) -> Iterator[None]:
     """Turn a failed checkpoint write (full disk, I/O error) into a CheckpointError saying what to do."""
     try:
         yield
@@ -141,10 +141,8 @@ def _writing_checkpoint(path: Path, work_dir: Path) -> Iterator[None]:
                 s in text for s in ("inline_container", "PytorchStreamWriter", "file write failed")):
             raise
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else text.strip().splitlines()[0][:160]
-        raise CheckpointError(
-            f"could not write checkpoint {path}: disk full? ({reason})\n"
-            f"the earlier checkpoints are intact; free space, then continue with: {resume_command(work_dir)}"
-        ) from None
+        raise CheckpointError(f"could not write checkpoint {path}: disk full? ({reason}); the earlier "
+                              "checkpoints are intact") from None
 
 
 class RunDir:
@@ -191,6 +189,12 @@ class RunDir:
     def prepare(self, cfg: Mapping, move_away: list[Path], log: Callable[[str], None]) -> None:
         """Create the folder, clear temporary files of killed writers, move ``move_away`` into a
         ``replaced-<time>/`` subfolder (said), write the resolved ``config.toml``."""
+        try:
+            self._prepare(cfg, move_away, log)
+        except OSError as exc:
+            raise ConfigError(f"cannot write to the run folder {self.path}: {exc.strerror or exc}") from None
+
+    def _prepare(self, cfg: Mapping, move_away: list[Path], log: Callable[[str], None]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(self.path)
         if move_away:
@@ -219,11 +223,11 @@ class RunDir:
             if keep > 0:
                 dropped = history[:-keep]
                 del history[:-keep]
-        with _writing_checkpoint(self.latest, self.path):
+        with _writing_checkpoint(self.latest):
             save_checkpoint(self.latest, model, **state)
         if not iter_file:
             return
-        with _writing_checkpoint(self.path / name, self.path), atomic_path(self.path / name) as tmp:
+        with _writing_checkpoint(self.path / name), atomic_path(self.path / name) as tmp:
             try:
                 os.link(self.latest, tmp)  # same file system: no data copied
             except OSError:
@@ -235,5 +239,5 @@ class RunDir:
     def save_best(self, model: nn.Module, **extra: Any) -> None:
         from gcnet.checkpoint import save_checkpoint
 
-        with _writing_checkpoint(self.best, self.path):
+        with _writing_checkpoint(self.best):
             save_checkpoint(self.best, model, **extra)

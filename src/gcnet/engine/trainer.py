@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -22,7 +23,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,13 +148,15 @@ class Trainer:
         try:
             s = self._setup()
             if s.state["pending_val"]:  # resumed from a checkpoint whose validation did not complete
-                self._validate(s)
+                with self._resume_hint(s):
+                    self._validate(s)
             if s.start_iter >= self.cfg.schedule.iters:
                 self.log(f"nothing to do: the checkpoint is at iteration {s.start_iter} >= schedule.iters "
                          f"{self.cfg.schedule.iters}")
                 return {"iterations": s.start_iter, "best": s.state["best"], "final": None,
                         "work_dir": str(self.work_dir)}
-            self._loop(s)
+            with self._resume_hint(s):
+                self._loop(s)
             return self._finish(s)
         finally:
             if s is not None:
@@ -437,8 +440,7 @@ class Trainer:
         try:
             res = evaluate(s.model, s.val_set, progress=self._bar is not None, desc=f"val @ {it}", **s.eval_kwargs)
         except GCNetError as exc:
-            raise type(exc)(f"{exc}\n(validation at iteration {it} failed; the training up to it is saved: fix the "
-                            f"cause, then {resume_command(self.work_dir, s.last_ckpt)})") from None
+            raise type(exc)(f"validation at iteration {it} failed: {exc}") from None
         s.last_val = res
         if self.dist.is_main:
             names = res["class_names"]
@@ -475,6 +477,19 @@ class Trainer:
         return summary
 
     # -- messages -----------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _resume_hint(self, s: _Session) -> Iterator[None]:
+        """Add to a user-fixable error what is saved and the command that continues from it."""
+        try:
+            yield
+        except NonFiniteLossError:
+            raise
+        except GCNetError as exc:
+            if s.last_ckpt is None:
+                raise
+            raise type(exc)(f"{exc}\n(training up to iteration {s.last_ckpt_it} is saved in {s.last_ckpt}; fix the "
+                            f"cause, then: {resume_command(self.work_dir, s.last_ckpt)})") from None
+
     def _nonfinite_message(self, it: int, stats: torch.Tensor, lr: float) -> str:
         latest = self.run_dir.latest
         vals = ", ".join(f"{k} {v:.4g}" for k, v in zip(("loss", "main", "aux"), stats.tolist()))
