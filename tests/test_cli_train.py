@@ -146,3 +146,121 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mIoU"]["identical"] and summary["train"]["iterations"] == 40
     assert len(list((out / "overlays").glob("*.png"))) == 2
+
+
+# ------------------------------------------------------------------ nothing a user made is ever lost (issue 9)
+def _train(tmp_path, work, *extra: str) -> int:
+    """``gcnet train`` of the tiny preset on 16 generated images; 6 iterations, a checkpoint every 2."""
+    return main(["train", "tiny_synthetic", "--data.root", str(tmp_path / "data"), "--work-dir", str(work),
+                 "--schedule.iters", "6", "--schedule.ckpt_interval", "2", "--schedule.val_interval", "0",
+                 "--schedule.log_interval", "2", "--loss.min_kept", "1000", *TINY, *extra])
+
+
+def _ckpt(path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def test_overwrite_of_a_longer_run_moves_its_files_and_keeps_the_new_ones(tmp_path, capsys):
+    work = tmp_path / "run"
+    assert _train(tmp_path, work, "--schedule.keep_ckpts", "0", "--schedule.val_interval", "2") == 0
+    old_id = _ckpt(work / "latest.pth")["run_id"]
+    assert _train(tmp_path, work, "--schedule.iters", "4") == 2  # refused without --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert _train(tmp_path, work, "--schedule.iters", "4", "--schedule.keep_ckpts", "1", "--overwrite") == 0
+    out = capsys.readouterr().out
+    assert "moved the earlier files" in out and "replaced-" in out
+    new_id = _ckpt(work / "latest.pth")["run_id"]
+    assert new_id != old_id
+    assert sorted(p.name for p in work.glob("iter_*.pth")) == ["iter_4.pth"]  # the new run's newest
+    assert _ckpt(work / "iter_4.pth")["run_id"] == new_id
+    assert _ckpt(work / "best.pth")["run_id"] == new_id  # the old run's best.pth is not passed off as new
+    (moved,) = work.glob("replaced-*")
+    assert {"iter_2.pth", "iter_4.pth", "iter_6.pth", "latest.pth", "best.pth", "config.toml"} <= {
+        p.name for p in moved.iterdir()}
+    assert _ckpt(moved / "iter_6.pth")["run_id"] == old_id
+
+
+def test_resume_from_an_earlier_checkpoint_of_a_finished_run(tmp_path, capsys):
+    work = tmp_path / "run"
+    assert _train(tmp_path, work, "--schedule.keep_ckpts", "0") == 0
+    assert main(["train", "--resume", str(work / "iter_2.pth"), "--work-dir", str(work), "--schedule.keep_ckpts", "2",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "moved the earlier files" in out
+    # the continuation's checkpoints survive pruning; the abandoned ones were moved, not deleted
+    assert sorted(p.name for p in work.glob("iter_*.pth")) == ["iter_4.pth", "iter_6.pth"]
+    run_id = _ckpt(work / "latest.pth")["run_id"]
+    assert _ckpt(work / "iter_4.pth")["run_id"] == run_id and _ckpt(work / "latest.pth")["iteration"] == 6
+    (moved,) = work.glob("replaced-*")
+    assert {"iter_4.pth", "iter_6.pth", "latest.pth"} <= {p.name for p in moved.iterdir()}
+
+
+def test_refused_resume_changes_nothing_and_names_the_checkpoint(tmp_path, capsys):
+    work = tmp_path / "run"
+    assert _train(tmp_path, work, "--schedule.iters", "2") == 0
+    before = {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()}
+    capsys.readouterr()
+    rc = main(["train", "tiny_synthetic", "--resume", "--work-dir", str(work), "--model.overrides.channels", "16",
+               "--data.root", str(tmp_path / "data"), "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"cannot resume from {work / 'latest.pth'}" in err and "state dict" not in err
+    assert {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()} == before
+    assert main(["train", "--resume", "--work-dir", str(work), "--schedule.iters", "4", "--no-progress"]) == 0
+    assert _ckpt(work / "latest.pth")["iteration"] == 4
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_earlier_checkpoints(tmp_path, capsys, monkeypatch):
+    import errno
+
+    real_save, calls = torch.save, {"n": 0}
+
+    def failing_save(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the checkpoint of iteration 4: half written, then the disk is full
+            f.write(b"\0" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    work = tmp_path / "run"
+    monkeypatch.setattr(torch, "save", failing_save)
+    assert _train(tmp_path, work) == 2
+    err = capsys.readouterr().err
+    assert f"could not write checkpoint {work / 'latest.pth'}: disk full?" in err and "--resume" in err
+    assert len(err.strip().splitlines()) <= 2
+    monkeypatch.setattr(torch, "save", real_save)
+    assert _ckpt(work / "latest.pth")["iteration"] == 2
+    assert sorted(p.name for p in work.iterdir() if p.name.startswith(".")) == []  # no temporary files left
+    assert main(["train", "--resume", "--work-dir", str(work), "--no-progress"]) == 0
+    assert _ckpt(work / "latest.pth")["iteration"] == 6
+
+
+def test_train_and_eval_scan_the_data_first(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from gcnet.data.synthetic import make_synthetic_dataset
+
+    root = make_synthetic_dataset(tmp_path / "data", num_train=8, num_val=4, size=(64, 80), seed=0)
+    bad = sorted((root / "labels" / "val").glob("*.png"))[1]
+    Image.fromarray(np.full((64, 80), 9, dtype=np.uint8)).save(bad)  # class 9 of 5
+    work = tmp_path / "run"
+    assert _train(tmp_path, work) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "--skip-data-check" in err
+    assert not work.exists()  # refused before anything was written
+    assert _train(tmp_path, work, "--schedule.iters", "2", "--skip-data-check", "--data.val_split", "") == 0
+    capsys.readouterr()
+    assert main(["eval", str(work / "latest.pth"), "--no-progress", "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "--skip-data-check" in err
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "demo"])
+def test_negative_threads_is_a_short_error(tmp_path, capsys, command):
+    args = {"train": ["train", "tiny_synthetic", "--work-dir", str(tmp_path / "w")],
+            "eval": ["eval", str(tmp_path / "x.pth")], "demo": ["demo", "--out", str(tmp_path / "d")]}[command]
+    assert main([*args, "--threads", "-3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) <= 2 and "threads" in err[0] and ">= " in err[0]
+    assert not (tmp_path / "w").exists() and not (tmp_path / "d").exists()

@@ -123,3 +123,21 @@ def test_every_config_key_is_documented():
         table = section[1].split("\n\n", 2)[1]
         missing = [k for k in keys if f"| `{k}` |" not in table]
         assert not missing, f"[{sec}] keys missing from docs/training.md: {missing}"
+
+
+def test_typed_sections_take_their_choices_from_the_owning_modules():
+    from gcnet.data.datasets import CONFIG_KINDS, DATASET_KINDS
+    from gcnet.models import build_model, list_models
+
+    assert C.SCHEMA["data"]["kind"][0] == ("choice", CONFIG_KINDS) and set(DATASET_KINDS) < set(CONFIG_KINDS)
+    for key in C.model_override_keys():  # every key the config accepts, build_model accepts
+        value = {"num_blocks": [1, 1, [2, 1], [2, 1], [2, 2]], "align_corners": False}.get(key, 2 if "num" in key else 8)
+        build_model("gcnet-s", num_classes=3, **({"channels": 8, "ppm_channels": 8, "head_channels": 8} | {key: value}))
+    with pytest.raises(ConfigError, match="model.name must be one of " + ", ".join(list_models())):
+        C.load_config("tiny_synthetic", ["model.name=gcnet-xl"])
+    cfg = C.TrainConfig.load("tiny_synthetic", ["data.batch_size=3"])
+    assert cfg.data.batch_size == 3 and cfg.model.overrides["channels"] == 8
+    assert cfg.to_dict() == C.load_config("tiny_synthetic", ["data.batch_size=3"])
+    assert C.TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.eval.evaluate_kwargs() == {"mode": "whole", "crop_size": None, "stride": None, "scales": (1.0,),
+                                          "flip": False, "batch_size": 4}

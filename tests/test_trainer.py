@@ -13,15 +13,10 @@ import pytest
 import torch
 from helpers import FakeClock
 
+from gcnet.engine.builders import load_init_weights
 from gcnet.engine.config import load_config
-from gcnet.engine.trainer import (
-    InfiniteBatchSampler,
-    NonFiniteLossError,
-    SeededTrainSet,
-    Trainer,
-    load_init_weights,
-    poly_lr,
-)
+from gcnet.engine.sampler import InfiniteBatchSampler, SeededTrainSet
+from gcnet.engine.trainer import NonFiniteLossError, Trainer, poly_lr
 from gcnet.errors import CheckpointError, ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,9 +137,14 @@ def test_resume_after_sigkill_gives_the_uninterrupted_run(tmp_path):
     ck = torch.load(tmp_path / "killed" / "latest.pth", weights_only=True)
     assert ck["iteration"] == 5  # the hook checkpoints, then dies
 
+    from gcnet.fileio import temp_name
+
+    stale = temp_name(tmp_path / "killed" / "latest.pth")  # what a writer killed mid-write leaves
+    stale.write_bytes(b"")
     resumed = _run_cli(common + ["--work-dir", str(tmp_path / "killed"), "--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout
+    assert not stale.exists()
 
     a = torch.load(tmp_path / "straight" / "latest.pth", weights_only=True)
     b = torch.load(tmp_path / "killed" / "latest.pth", weights_only=True)
@@ -238,3 +238,75 @@ def test_init_from_weights_with_a_different_number_of_classes(tmp_path):
     other = build_model("gcnet-s", **{**tiny_model_kwargs(19), "channels": 16})
     with pytest.raises(CheckpointError):
         load_init_weights(other, str(path), log=lambda m: None)
+
+
+def _loss_that_spoils_a_val_label(label_path: Path | None):
+    """The usual loss; on its first call it writes class 9 (of 5) into ``label_path``, as if the file went bad
+    after the run started."""
+    from gcnet.engine.losses import GCNetLoss, OhemCrossEntropy
+
+    real = GCNetLoss(OhemCrossEntropy(min_kept=1000), aux_weight=0.4)
+
+    def loss(outputs, labels):
+        if label_path is not None and not loss.spoiled:
+            from PIL import Image
+
+            Image.fromarray(np.full((64, 80), 9, dtype=np.uint8)).save(label_path)
+            loss.spoiled = True
+        return real(outputs, labels)
+
+    loss.spoiled = False
+    return loss
+
+
+def test_a_failed_validation_loses_no_training_and_resume_redoes_it(tmp_path):
+    cfg = tiny_cfg(tmp_path / "data", **{"schedule.iters": 4, "schedule.val_interval": 2, "schedule.ckpt_interval": 4})
+    quiet = {"progress": False, "log": lambda m: None}
+    straight = Trainer(cfg, tmp_path / "straight", criterion=_loss_that_spoils_a_val_label(None), **quiet)
+    straight.run()
+    label = sorted((tmp_path / "data" / "labels" / "val").glob("*.png"))[0]
+    good = label.read_bytes()
+    work = tmp_path / "run"
+    from gcnet.errors import DatasetError
+
+    with pytest.raises(DatasetError, match=r"(?s)validation at iteration 2 failed.*--resume"):
+        Trainer(cfg, work, criterion=_loss_that_spoils_a_val_label(label), **quiet).run()
+    ck = torch.load(work / "latest.pth", weights_only=True)
+    assert ck["iteration"] == 2 and ck["pending_val"] is True  # written before the validation
+    assert not (work / "iter_2.pth").exists()  # not a ckpt_interval iteration: latest.pth only
+    label.write_bytes(good)  # the user fixes the file and resumes: the validation of iteration 2 is redone
+    summary = Trainer(cfg, work, resume=True, criterion=_loss_that_spoils_a_val_label(None), **quiet).run()
+    assert summary["iterations"] == 4
+    vals = [json.loads(x)["iter"] for x in (work / "metrics.jsonl").read_text().splitlines()
+            if json.loads(x)["type"] == "val"]
+    assert vals == [2, 4]
+    a = torch.load(tmp_path / "straight" / "latest.pth", weights_only=True)
+    b = torch.load(work / "latest.pth", weights_only=True)
+    assert a["best"] == b["best"] and b["pending_val"] is False
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_how_to_resume(tmp_path):
+    import signal
+    import time
+
+    work = tmp_path / "run"
+    cmd = [sys.executable, "-m", "gcnet.cli", "train", "tiny_synthetic", "--data.root", str(tmp_path / "data"),
+           "--data.synthetic_size", "[64, 80]", "--data.synthetic_train", "8", "--data.synthetic_val", "2",
+           "--data.crop_size", "64", "--data.batch_size", "2", "--data.workers", "0", "--schedule.iters", "100000",
+           "--schedule.ckpt_interval", "2", "--schedule.val_interval", "0", "--device", "cpu", "--threads", "1",
+           "--no-progress", "--work-dir", str(work)]
+    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (work / "latest.pth").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted after iteration" in out and f"gcnet train --resume --work-dir {work}" in out
+    assert "gcnet train: interrupted" in err

@@ -102,66 +102,62 @@ def _compare_logits(a, b, dataset, device) -> tuple[float, float]:
     return max_diff, 100.0 * same / total
 
 
-def run(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from gcnet.checkpoint import load_model
-    from gcnet.data.metadata import colorize, get_dataset_info, overlay
-    from gcnet.data.synthetic import make_synthetic_dataset
-    from gcnet.engine.config import load_config
-    from gcnet.engine.trainer import Trainer, build_datasets, resolve_device
-    from gcnet.evaluation.inference import evaluate, infer_logits
-    from gcnet.evaluation.metrics import format_table
-
+def _check_args(args: argparse.Namespace) -> None:
     if args.minutes <= 0 and not args.iters:
         raise ConfigError("--minutes must be > 0")
-    if args.iters is not None and args.iters < 1:
-        raise ConfigError("--iters must be >= 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t_all = time.perf_counter()
+    for flag, value in (("--iters", args.iters), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    if args.num_overlays < 0:
+        raise ConfigError(f"--num-overlays must be >= 0, got {args.num_overlays}")
 
-    # 1. data -------------------------------------------------------------------------------------
-    data_dir = out / "data"
+
+def _demo_config(args: argparse.Namespace, data_dir: Path, device):
+    from gcnet.engine.config import TrainConfig
+
     overrides = [f'data.root="{data_dir.as_posix()}"', f"runtime.seed={args.seed}", f'runtime.device="{device}"',
                  "schedule.val_interval=0", "schedule.ckpt_interval=0", "schedule.keep_ckpts=1"]
     if args.iters:
         overrides += [f"schedule.iters={args.iters}", "schedule.time_budget_min=0"]
     else:
         overrides += ["schedule.iters=1000000", f"schedule.time_budget_min={args.minutes}"]
-    cfg = load_config("tiny_synthetic", overrides)
-    d = cfg["data"]
-    info = get_dataset_info("synthetic")
-    _say(f"[1/6] writing a synthetic dataset to {data_dir} ({d['synthetic_train']} train / {d['synthetic_val']} val "
-         f"images of {d['synthetic_size'][0]}x{d['synthetic_size'][1]}, classes: {', '.join(info.classes)})")
-    if data_dir.exists():
-        shutil.rmtree(data_dir)
-    make_synthetic_dataset(data_dir, num_train=d["synthetic_train"], num_val=d["synthetic_val"],
-                           size=tuple(d["synthetic_size"]), seed=args.seed)
+    return TrainConfig.load("tiny_synthetic", overrides)
 
-    # 2. train ------------------------------------------------------------------------------------
-    work = out / "train"
+
+def _write_data(cfg, seed: int, info) -> None:
+    from gcnet.data.synthetic import make_synthetic_dataset
+
+    d = cfg.data
+    h, w = d.synthetic_size
+    _say(f"[1/6] writing a synthetic dataset to {d.root} ({d.synthetic_train} train / {d.synthetic_val} val "
+         f"images of {h}x{w}, classes: {', '.join(info.classes)})")
+    if Path(d.root).exists():
+        shutil.rmtree(d.root)
+    make_synthetic_dataset(d.root, num_train=d.synthetic_train, num_val=d.synthetic_val, size=(h, w), seed=seed)
+
+
+def _train(args: argparse.Namespace, cfg, work: Path, device) -> dict[str, Any]:
+    from gcnet.engine.trainer import Trainer
+
     how = f"{args.iters} iterations" if args.iters else f"about {args.minutes:g} minutes"
     _say(f"[2/6] training a reduced GCNet-S for {how} on {device} (config: tiny_synthetic; logs and checkpoints "
-         f"in {work})")
+         f"in {work}, replacing an earlier demo's)")
+    if work.exists():
+        shutil.rmtree(work)
     train_cfg = copy.deepcopy(cfg)
-    train_cfg["data"]["val_split"] = ""  # the demo evaluates below, in both forms
-    summary = Trainer(train_cfg, work, overwrite=True, progress=args.progress,
-                      log=lambda m: _say("      " + m.replace("\n", "\n      "))).run()
-    ckpt = work / "latest.pth"
+    train_cfg.data.val_split = ""  # the demo evaluates below, in both forms
+    return Trainer(train_cfg, work, progress=args.progress,
+                   log=lambda m: _say("      " + m.replace("\n", "\n      "))).run()
 
-    # 3-4. evaluate both forms ----------------------------------------------------------------------
-    _, val_set, _ = build_datasets(cfg, _say, train=False)
-    model = load_model(ckpt).to(device).eval()
+
+def _evaluate_forms(model, deployed, val_set, device) -> dict[str, Any]:
+    """Both forms' results in float32 and float64, and how far their logits are apart."""
+    from gcnet.evaluation.inference import evaluate
+    from gcnet.evaluation.metrics import format_table
+
     _say(f"[3/6] evaluating the trained model (training form) on {len(val_set)} val images")
     res_train = evaluate(model, val_set, batch_size=4, device=device, progress=False)
     _say(format_table(res_train, res_train["class_names"]))
-    deployed = copy.deepcopy(model).reparameterize().to(device).eval()
     n_train = sum(p.numel() for p in model.parameters())
     n_deploy = sum(p.numel() for p in deployed.parameters())
     _say(f"[4/6] reparameterized: {n_train / 1e6:.3f} M -> {n_deploy / 1e6:.3f} M parameters "
@@ -184,40 +180,7 @@ def run(args: argparse.Namespace) -> int:
     _say(f"      float64: mIoU {res_train64['mIoU']:.4f} vs {res_deploy64['mIoU']:.4f} -> "
          f"{'identical' if identical else 'DIFFERENT'}; max |logit difference| {diff64:.1e} "
          "(the reparameterization is exact)")
-
-    # 5. speed --------------------------------------------------------------------------------------
-    h, w = d["synthetic_size"]
-    x = val_set[0][0].unsqueeze(0).to(device)
-    bigger = torch.randn(1, 3, 512, 640, device=device)
-    _say(f"[5/6] timing both forms (batch 1, median of repeated forward passes on {device})")
-    speed: dict[str, Any] = {}
-    for label, inp in ((f"{h}x{w}", x), ("512x640", bigger)):
-        t_tr = _time_forward(model, inp, repeats=10)
-        t_de = _time_forward(deployed, inp, repeats=10)
-        speed[label] = {"train_ms": t_tr * 1e3, "deploy_ms": t_de * 1e3, "speedup": t_tr / t_de}
-        _say(f"      {label:>8}: training form {t_tr * 1e3:7.2f} ms, reparameterized {t_de * 1e3:7.2f} ms "
-             f"-> {t_tr / t_de:.2f}x faster")
-
-    # 6. overlays -------------------------------------------------------------------------------------
-    ov_dir = out / "overlays"
-    ov_dir.mkdir(exist_ok=True)
-    raw_val = val_set  # same samples, read raw for the pictures
-    written = []
-    with torch.no_grad():
-        for i in range(min(args.num_overlays, len(raw_val))):
-            image = raw_val.load_image(i)
-            gt = raw_val.load_label(i)
-            pred = infer_logits(deployed, raw_val[i][0].unsqueeze(0).to(device)).argmax(1)[0].cpu().numpy()
-            gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)
-            panel = np.concatenate([image, gap, colorize(gt, info), gap, overlay(image, pred, info, alpha=0.6)], axis=1)
-            path = ov_dir / f"val_{i:04d}.png"
-            Image.fromarray(panel).save(path)
-            written.append(str(path))
-    _say(f"[6/6] wrote {len(written)} panels (image | ground truth | prediction overlay) to {ov_dir}")
-
-    result = {
-        "train": {"iterations": summary["iterations"], "train_time_s": summary.get("train_time_s"),
-                  "checkpoint": str(ckpt)},
+    return {
         "mIoU": {"train_form": res_train["mIoU"], "reparameterized": res_deploy["mIoU"],
                  "train_form_float64": res_train64["mIoU"], "reparameterized_float64": res_deploy64["mIoU"],
                  "identical": identical},
@@ -225,16 +188,88 @@ def run(args: argparse.Namespace) -> int:
         "max_abs_logit_diff": {"float32": diff32, "float64": diff64},
         "same_prediction_percent_float32": agree32,
         "params": {"train_form": n_train, "reparameterized": n_deploy},
-        "speed": speed,
-        "overlays": written,
-        "seconds": round(time.perf_counter() - t_all, 1),
     }
-    (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+def _time_forms(model, deployed, val_set, device) -> dict[str, Any]:
+    import torch
+
+    x = val_set[0][0].unsqueeze(0).to(device)
+    bigger = torch.randn(1, 3, 512, 640, device=device)
+    _say(f"[5/6] timing both forms (batch 1, median of repeated forward passes on {device})")
+    speed: dict[str, Any] = {}
+    for label, inp in ((f"{x.shape[-2]}x{x.shape[-1]}", x), ("512x640", bigger)):
+        t_tr = _time_forward(model, inp, repeats=10)
+        t_de = _time_forward(deployed, inp, repeats=10)
+        speed[label] = {"train_ms": t_tr * 1e3, "deploy_ms": t_de * 1e3, "speedup": t_tr / t_de}
+        _say(f"      {label:>8}: training form {t_tr * 1e3:7.2f} ms, reparameterized {t_de * 1e3:7.2f} ms "
+             f"-> {t_tr / t_de:.2f}x faster")
+    return speed
+
+
+def _write_overlays(deployed, val_set, count: int, ov_dir: Path, device, info) -> list[str]:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from gcnet.data.metadata import colorize, overlay
+    from gcnet.evaluation.inference import infer_logits
+    from gcnet.fileio import atomic_path
+
+    ov_dir.mkdir(exist_ok=True)
+    written = []
+    with torch.no_grad():
+        for i in range(min(count, len(val_set))):
+            image = val_set.load_image(i)
+            gt = val_set.load_label(i)
+            pred = infer_logits(deployed, val_set[i][0].unsqueeze(0).to(device)).argmax(1)[0].cpu().numpy()
+            gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)
+            panel = np.concatenate([image, gap, colorize(gt, info), gap, overlay(image, pred, info, alpha=0.6)], axis=1)
+            path = ov_dir / f"val_{i:04d}.png"
+            with atomic_path(path) as tmp:
+                Image.fromarray(panel).save(tmp)
+            written.append(str(path))
+    _say(f"[6/6] wrote {len(written)} panels (image | ground truth | prediction overlay) to {ov_dir}")
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from gcnet.checkpoint import load_model
+    from gcnet.data.metadata import get_dataset_info
+    from gcnet.engine.builders import build_datasets
+    from gcnet.engine.distributed import resolve_device
+    from gcnet.fileio import write_text
+
+    _check_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
+    cfg = _demo_config(args, out / "data", device)
+    info = get_dataset_info("synthetic")
+    _write_data(cfg, args.seed, info)
+    work = out / "train"
+    summary = _train(args, cfg, work, device)
+    ckpt = work / "latest.pth"
+    _, val_set, _ = build_datasets(cfg, _say, train=False)
+    model = load_model(ckpt).to(device).eval()
+    deployed = copy.deepcopy(model).reparameterize().to(device).eval()
+    result = {"train": {"iterations": summary["iterations"], "train_time_s": summary.get("train_time_s"),
+                        "checkpoint": str(ckpt)},
+              **_evaluate_forms(model, deployed, val_set, device),
+              "speed": _time_forms(model, deployed, val_set, device),
+              "overlays": _write_overlays(deployed, val_set, args.num_overlays, out / "overlays", device, info)}
+    result["seconds"] = round(time.perf_counter() - t_all, 1)
+    write_text(out / "summary.json", json.dumps(result, indent=2) + "\n")
     _say("")
     _say(f"done in {result['seconds']:.0f}s. Everything is under {out}/:")
     _say("  data/             the synthetic dataset (folder layout: images/, labels/, dataset.json)")
     _say(f"  train/            checkpoint latest.pth, config.toml, metrics.jsonl, tb/ (tensorboard --logdir {work})")
-    _say(f"  overlays/         {len(written)} PNG panels: image | ground truth | prediction")
+    _say(f"  overlays/         {len(result['overlays'])} PNG panels: image | ground truth | prediction")
     _say("  summary.json      the numbers above")
     _say("next:")
     _say(f"  gcnet eval {ckpt} --both-forms")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import textwrap
-from pathlib import Path
 from typing import Any
 
 from gcnet.cli.args import parse_size
+from gcnet.data.datasets import CONFIG_KINDS
 from gcnet.errors import ConfigError
 
 EPILOG = """\
@@ -53,13 +54,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT",
                    help="checkpoint file (.pth), named weights (`gcnet weights`), URL or save_pretrained folder")
     d = p.add_argument_group("data (defaults: the training config stored in our checkpoints)")
-    d.add_argument("--dataset", choices=("cityscapes", "camvid", "voc", "folder", "synthetic"),
-                   help="dataset kind")
+    d.add_argument("--dataset", choices=CONFIG_KINDS, help="dataset kind")
     d.add_argument("--data-root", metavar="DIR", help="dataset root folder")
     d.add_argument("--split", default=None, help="split to evaluate (default: the config's val split, else 'val')")
     d.add_argument("--info", metavar="NAME", help="class metadata for --dataset folder (e.g. camvid); default: "
                    "the folder's dataset.json / classes.txt")
     d.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images (quick checks)")
+    d.add_argument("--skip-data-check", action="store_true",
+                   help="do not scan every image and label of the split before evaluating (the scan stops on "
+                        "unreadable files, size mismatches and label values outside the classes)")
     m = p.add_argument_group("model (only for checkpoints without a config inside, e.g. the authors')")
     m.add_argument("--model", metavar="NAME", help="gcnet-s, gcnet-m or gcnet-l")
     m.add_argument("--num-classes", type=int, metavar="K", help="number of classes of the checkpoint")
@@ -114,47 +117,34 @@ def _load(args: argparse.Namespace):
 
 
 def _settings(args: argparse.Namespace, train_cfg: dict | None) -> dict[str, Any]:
-    from gcnet.engine.config import load_config
+    """Data and inference settings: the command line over the checkpoint's training config over defaults."""
+    from gcnet.engine.config import EvalSection, TrainConfig
 
-    cfg = load_config(train_cfg) if isinstance(train_cfg, dict) else None
-    d = cfg["data"] if cfg else {}
-    e = cfg["eval"] if cfg else {}
-    kind = args.dataset or d.get("kind")
-    root = args.data_root or d.get("root")
+    cfg = TrainConfig.from_dict(train_cfg) if isinstance(train_cfg, dict) else None
+    kind = args.dataset or (cfg.data.kind if cfg else None)
+    root = args.data_root or (cfg.data.root if cfg else None)
     if not kind or not root:
         raise ConfigError("which data? pass --dataset and --data-root (this checkpoint has no training config "
                           "inside to take them from)")
-    split = args.split or d.get("val_split") or "val"
-    mode = args.mode or e.get("mode", "whole")
-    crop = args.crop or (tuple(e["crop_size"]) if e.get("crop_size") else None)
-    stride = args.stride or (tuple(e["stride"]) if e.get("stride") else None)
-    if mode == "slide" and crop is None:
+    same_dataset = cfg is not None and args.dataset in (None, cfg.data.kind)
+    e = cfg.eval if cfg else EvalSection()
+    e = dataclasses.replace(e, mode=args.mode or e.mode, crop_size=list(args.crop or e.crop_size),
+                            stride=list(args.stride or e.stride), scales=list(args.scales or e.scales),
+                            flip=e.flip if args.flip is None else args.flip, batch_size=args.batch_size or e.batch_size)
+    if e.mode == "slide" and not e.crop_size:
         raise ConfigError("--mode slide needs --crop HxW")
-    same_dataset = args.dataset in (None, d.get("kind"))
-    return {
-        "kind": kind, "root": root, "split": split, "info": args.info or (d.get("info") if same_dataset else ""),
-        "mode": mode, "crop": crop, "stride": stride,
-        "scales": args.scales or tuple(e.get("scales", (1.0,))),
-        "flip": bool(args.flip if args.flip is not None else e.get("flip", False)),
-        "batch_size": args.batch_size or e.get("batch_size", 1),
-    }
+    return {"kind": kind, "root": root, "split": args.split or (cfg.data.val_split if cfg else "") or "val",
+            "info": args.info or (cfg.data.info if same_dataset else ""), "eval": e}
 
 
-def _dataset(s: dict[str, Any]):
-    from gcnet.data.datasets import build_dataset
-    from gcnet.data.metadata import get_dataset_info
+def _dataset(s: dict[str, Any], limit: int | None):
+    from gcnet.data.datasets import dataset_from_settings
     from gcnet.data.transforms import EvalTransform
 
-    kind = s["kind"]
-    info = None
-    if kind == "synthetic":
-        info = get_dataset_info("synthetic")
-    elif s["info"]:
-        info = get_dataset_info(s["info"])
-    if not Path(s["root"]).exists():
-        raise ConfigError(f"dataset root {s['root']} does not exist (pass --data-root)")
-    return build_dataset("folder" if kind == "synthetic" else kind, s["root"], s["split"], transform=EvalTransform(),
-                         info=info)
+    dataset = dataset_from_settings(s["kind"], s["root"], s["split"], s["info"], EvalTransform())
+    if limit:
+        dataset.samples = dataset.samples[:limit]
+    return dataset
 
 
 def run(args: argparse.Namespace) -> int:
@@ -163,26 +153,29 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from gcnet.engine import distributed as gdist
-    from gcnet.engine.trainer import resolve_device
+    from gcnet.engine.builders import check_datasets
     from gcnet.evaluation.inference import evaluate
     from gcnet.evaluation.metrics import format_table
+    from gcnet.fileio import write_text
 
+    for flag, value in (("--threads", args.threads), ("--workers", args.workers), ("--batch-size", args.batch_size),
+                        ("--limit", args.limit)):
+        if value is not None and value < (0 if flag == "--workers" else 1):
+            raise ConfigError(f"{flag} must be >= {0 if flag == '--workers' else 1}, got {value}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = gdist.resolve_device(args.device)
     dist = gdist.init_from_env(device.type)
-    device = resolve_device(args.device, dist.local_rank)
+    device = gdist.resolve_device(args.device, dist.local_rank)
     try:
         model, train_cfg = _load(args)
         s = _settings(args, train_cfg)
-        dataset = _dataset(s)
+        dataset = _dataset(s, args.limit)
         if len(dataset.info.classes) != model.num_classes:
             raise ConfigError(f"the model has {model.num_classes} classes but the {dataset.info.name} dataset has "
                               f"{len(dataset.info.classes)}")
-        data = dataset
-        if args.limit:
-            data = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
-            data.info = dataset.info  # type: ignore[attr-defined]
+        if not args.skip_data_check:
+            check_datasets([dataset], progress=not args.no_progress)
         if args.float64:
             model = model.double()
         forms: list[tuple[str, torch.nn.Module]] = []
@@ -195,21 +188,22 @@ def run(args: argparse.Namespace) -> int:
         else:
             forms = [("deploy" if model.is_deployed else "train", model)]
 
+        e = s["eval"]
+        kwargs = e.evaluate_kwargs()
         out: dict[str, Any] = {"checkpoint": str(args.checkpoint), "dataset": s["kind"], "data_root": str(s["root"]),
-                               "split": s["split"], "mode": s["mode"], "crop": s["crop"], "stride": s["stride"],
-                               "scales": list(s["scales"]), "flip": s["flip"], "results": {}}
+                               "split": s["split"], "mode": e.mode, "crop": kwargs["crop_size"],
+                               "stride": kwargs["stride"], "scales": list(e.scales), "flip": e.flip, "results": {}}
         main = dist.is_main
         for name, net in forms:
             net = net.to(device).eval()
-            res = evaluate(net, data, mode=s["mode"], crop_size=s["crop"], stride=s["stride"], scales=s["scales"],
-                           flip=s["flip"], batch_size=s["batch_size"], workers=args.workers, device=device,
+            res = evaluate(net, dataset, **kwargs, workers=args.workers, device=device,
                            amp_dtype=torch.bfloat16 if args.amp else None,
                            progress=not args.no_progress, desc=f"eval ({name} form)")
             out["results"][name] = res
             if main:
-                tta = f", scales {','.join(f'{x:g}' for x in s['scales'])}" + (" + flip" if s["flip"] else "")
+                tta = f", scales {','.join(f'{x:g}' for x in e.scales)}" + (" + flip" if e.flip else "")
                 print(f"{args.checkpoint} ({name} form) on {dataset.info.name} {s['split']} "
-                      f"({res['num_images']} images, {s['mode']} inference{tta}, {res['seconds']:.1f}s):")
+                      f"({res['num_images']} images, {e.mode} inference{tta}, {res['seconds']:.1f}s):")
                 print(format_table(res, res["class_names"]))
         if main and len(forms) == 2:
             a, b = out["results"]["train"], out["results"]["deploy"]
@@ -224,9 +218,9 @@ def run(args: argparse.Namespace) -> int:
             if args.json == "-":
                 print(text)
             else:
-                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.json).write_text(text + "\n", encoding="utf-8")
+                write_text(args.json, text + "\n")
                 print(f"results written to {args.json}")
     finally:
         gdist.cleanup()
     return 0
+

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 
-from gcnet.engine.config import SCHEMA, apply_overrides, dumps_toml, list_presets, load_config
+from gcnet.engine.config import SCHEMA, TrainConfig, dumps_toml, list_presets
 from gcnet.errors import ConfigError
 
 _OVR_PREFIX = "cfg:"
@@ -53,7 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="continue from a checkpoint: without a value WORK_DIR/latest.pth; or a .pth file or a "
                         "run folder. Same schedule, data order, optimizer and RNG state as if never stopped")
     p.add_argument("--overwrite", action="store_true",
-                   help="start from scratch even though WORK_DIR already holds a run (its files are replaced)")
+                   help="start from scratch even though WORK_DIR already holds a run: its checkpoints, logs and "
+                        "config are moved into WORK_DIR/replaced-<time>/ (delete that folder yourself)")
+    p.add_argument("--skip-data-check", action="store_true",
+                   help="start without first scanning every training and validation image and label (the scan "
+                        "refuses unreadable files, size mismatches and label values outside the classes)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set optim.lr=0.005 (repeatable; also for sub-keys such "
                         "as model.overrides.channels=16)")
@@ -129,7 +133,7 @@ def _resolve(args: argparse.Namespace):
             raise ConfigError("--resume without CONFIG needs --work-dir (or a run folder) containing config.toml")
         source = run_dir / "config.toml"
         work_dir = work_dir or str(run_dir)
-    cfg = load_config(source, overrides)
+    cfg = TrainConfig.load(source, overrides)
     if work_dir is None:
         stem = Path(str(source)).name
         stem = stem.removesuffix(".toml")
@@ -149,6 +153,8 @@ def _torchrun(args: argparse.Namespace, work_dir: str, overrides: list[str]) -> 
         cmd += ["--resume", str(args.resume)]
     if args.overwrite:
         cmd.append("--overwrite")
+    if args.skip_data_check:
+        cmd.append("--skip-data-check")
     if args.progress is not None:
         cmd.append("--progress" if args.progress else "--no-progress")
     for o in overrides:
@@ -167,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     cfg, work_dir, overrides = _resolve(args)
     if args.print_config:
-        print(dumps_toml(cfg), end="")
+        print(dumps_toml(cfg.to_dict()), end="")
         return 0
     if args.launcher == "torchrun" and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         if args.nproc_per_node < 1:
@@ -177,9 +183,9 @@ def run(args: argparse.Namespace) -> int:
     from gcnet.engine.trainer import Trainer
 
     trainer = Trainer(cfg, work_dir, resume=args.resume, overwrite=args.overwrite, progress=args.progress,
-                      kill_at=args.debug_kill_at)
+                      kill_at=args.debug_kill_at, check_data=not args.skip_data_check)
     trainer.run()
     return 0
 
 
-__all__ = ["apply_overrides", "collect_overrides", "register", "run"]
+__all__ = ["collect_overrides", "register", "run"]

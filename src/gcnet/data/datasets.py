@@ -19,7 +19,7 @@ shown at the top):
     (palette PNG, indices read directly, 255 = ignore; RGB colour PNGs are decoded with the VOC palette), ids
     from ``ImageSets/Segmentation/{split}.txt``.
 
-``folder`` (alias ``synthetic``)
+``folder`` (alias ``synthetic``: a folder written by :func:`gcnet.data.synthetic.make_synthetic_dataset`)
     ``images/{split}/**/<name>.{png,jpg,jpeg,bmp,tif,tiff,webp}`` with ``labels/{split}/**/<name>.png``
     (single-channel index PNGs: class index per pixel, ``ignore_index`` for ignored pixels). The label space
     comes from the ``info`` argument, else ``root/dataset.json`` (``{"name", "classes", "palette"?,
@@ -58,9 +58,11 @@ from gcnet.errors import DatasetError
 
 __all__ = [
     "IMG_EXTENSIONS",
+    "CONFIG_KINDS",
     "DATASET_KINDS",
     "SegmentationDataset",
     "build_dataset",
+    "dataset_from_settings",
     "read_image",
     "read_label_file",
     "load_folder_info",
@@ -68,6 +70,8 @@ __all__ = [
 
 IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DATASET_KINDS = ("cityscapes", "camvid", "voc", "folder")
+# The kinds a config or the command line names; ``synthetic`` is a generated ``folder`` dataset.
+CONFIG_KINDS = (*DATASET_KINDS, "synthetic")
 _KIND_ALIASES = {"voc2012": "voc", "pascal_voc": "voc", "synthetic": "folder"}
 _MAX_LISTED = 10  # how many offending files an error message lists
 
@@ -213,10 +217,6 @@ class SegmentationDataset(Dataset):
         check_labels: when True (default) every loaded label is checked for values outside
             ``[0, num_classes)`` other than the ignore index (DatasetError naming the file, instead of a CUDA
             device-side assert in the loss).
-        seed: when not None and the transform has ``accepts_rng = True`` (``TrainTransform``, ``EvalTransform``),
-            item ``i`` is transformed with ``numpy.random.default_rng([seed, epoch, i])`` - augmentation then
-            depends only on (seed, epoch, index), not on worker count or order, which makes resumed training
-            reproducible. Set the epoch with :meth:`set_epoch`.
     """
 
     def __init__(
@@ -230,7 +230,6 @@ class SegmentationDataset(Dataset):
         root: PathLike | None = None,
         split: str = "",
         check_labels: bool = True,
-        seed: int | None = None,
     ) -> None:
         self.samples: list[tuple[Path, Path]] = [(Path(i), Path(l)) for i, l in samples]
         self.info = info
@@ -240,8 +239,6 @@ class SegmentationDataset(Dataset):
         self.root = Path(root) if root is not None else None
         self.split = split
         self.check_labels = check_labels
-        self.seed = seed
-        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -251,10 +248,6 @@ class SegmentationDataset(Dataset):
             f"SegmentationDataset(kind={self.kind!r}, root={str(self.root)!r}, split={self.split!r}, "
             f"samples={len(self)}, classes={self.info.num_classes})"
         )
-
-    def set_epoch(self, epoch: int) -> None:
-        """Epoch used to derive per-sample random generators when ``seed`` is set."""
-        self.epoch = int(epoch)
 
     def load_image(self, index: int) -> np.ndarray:
         """RGB uint8 ``HxWx3`` image of sample ``index``."""
@@ -296,9 +289,6 @@ class SegmentationDataset(Dataset):
                 raise DatasetError(self._range_message(lbl_path, bad))
         if self.transform is None:
             return image, label
-        if self.seed is not None and getattr(self.transform, "accepts_rng", False):
-            rng = np.random.default_rng([int(self.seed), self.epoch, index])
-            return self.transform(image, label, rng=rng)
         return self.transform(image, label)
 
     def validate(self, check_values: bool = True, check_images: bool = False, progress: bool = True) -> dict:
@@ -449,7 +439,7 @@ def _camvid_samples(root: Path, split: str, info: DatasetInfo):
         _raise_unpaired(missing, "CamVid")
         if not samples:
             raise DatasetError(f"no CamVid samples for split {split!r} in {root}")
-        return samples, decoder, "segnet"
+        return samples, decoder
     if colour_dir.is_dir():  # authors' layout with colour *_L.png labels
         img_dir = _require_dir(root / split, f"CamVid images of split {split!r}")
         colors = {c: i for i, c in enumerate(info.palette)}
@@ -465,7 +455,7 @@ def _camvid_samples(root: Path, split: str, info: DatasetInfo):
         _raise_unpaired(missing, "CamVid")
         if not samples:
             raise DatasetError(f"no images in {img_dir}")
-        return samples, decoder, "authors"
+        return samples, decoder
     raise DatasetError(
         f"{root} is not a CamVid folder for split {split!r}: expected either {split}/ with {split}_labels/ "
         f"(colour *_L.png labels) or the SegNet layout {split}/ with {split}annot/ or {split}.txt"
@@ -546,15 +536,15 @@ def build_dataset(
     info: DatasetInfo | None = None,
     *,
     check_labels: bool = True,
-    seed: int | None = None,
 ) -> SegmentationDataset:
     """Build the dataset of ``kind`` (``cityscapes``, ``camvid``, ``voc``, ``folder``) from ``root`` / ``split``.
 
     ``info`` overrides the label space (default: the built-in one for the kind; for ``folder``,
-    ``dataset.json`` / ``classes.txt`` in ``root``). See the module docstring for the layouts.
+    ``dataset.json`` / ``classes.txt`` in ``root``; for ``synthetic``, the synthetic classes). See the module
+    docstring for the layouts.
     """
-    key = str(kind).strip().lower()
-    key = _KIND_ALIASES.get(key, key)
+    name = str(kind).strip().lower()
+    key = _KIND_ALIASES.get(name, name)
     if key not in DATASET_KINDS:
         raise DatasetError(f"unknown dataset kind {kind!r}; expected one of {', '.join(DATASET_KINDS)}")
     root = Path(root).expanduser()
@@ -568,15 +558,22 @@ def build_dataset(
         decoder = _CityscapesDecoder(info.ignore_index)
     elif key == "camvid":
         info = info or get_dataset_info("camvid")
-        samples, decoder, _layout = _camvid_samples(root, split, info)
+        samples, decoder = _camvid_samples(root, split, info)
     elif key == "voc":
         info = info or get_dataset_info("voc")
         root, samples = _voc_samples(root, split)
         decoder = _VOCDecoder(info)
     else:
         samples = _folder_samples(root, split)
-        info = info or load_folder_info(root)
+        info = info or (get_dataset_info("synthetic") if name == "synthetic" else load_folder_info(root))
         decoder = _IndexDecoder()
-    return SegmentationDataset(
-        samples, info, decoder, transform, kind=key, root=root, split=split, check_labels=check_labels, seed=seed
-    )
+    return SegmentationDataset(samples, info, decoder, transform, kind=key, root=root, split=split,
+                               check_labels=check_labels)
+
+
+def dataset_from_settings(
+    kind: str, root: PathLike, split: str, info: str = "", transform: Callable | None = None
+) -> SegmentationDataset:
+    """The dataset a config or the command line describes: ``kind`` one of :data:`CONFIG_KINDS` and the class
+    metadata by name (``info``, e.g. ``camvid`` for a ``folder`` copy of CamVid; ``""`` = the kind's own)."""
+    return build_dataset(kind, root, split, transform, info=get_dataset_info(info) if info else None)

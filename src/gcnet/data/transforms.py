@@ -14,8 +14,8 @@ and right to ``crop_size`` with 0 (i.e. the mean colour after normalisation), th
 All randomness comes from a ``numpy.random.Generator``: the one passed to ``__call__`` (``rng=``), otherwise
 the transform's own generator (seeded by ``seed``; :meth:`TrainTransform.reseed`). Inside a DataLoader worker
 the own generator is re-derived from the worker's torch seed, so workers never repeat each other's
-augmentations and runs with a seeded DataLoader are reproducible. ``SegmentationDataset(seed=...)`` passes a
-per-sample generator ``default_rng([seed, epoch, index])`` instead (best for resuming).
+augmentations and runs with a seeded DataLoader are reproducible. The trainer passes a per-sample generator
+derived from ``(seed, epoch, index)`` instead (:class:`gcnet.engine.sampler.SeededTrainSet`; best for resuming).
 
 Images are RGB ``uint8`` ``HxWx3`` arrays, labels integer ``HxW`` arrays; outputs are a float32 tensor
 ``[3, H, W]`` and an int64 tensor ``[H, W]``. Resizing and HSV conversion use OpenCV
@@ -256,7 +256,7 @@ def pad_to_size(
 
 # ---------------------------------------------------------------------------------------- rng handling
 class _RngMixin:
-    accepts_rng = True  # SegmentationDataset passes per-sample generators to transforms that set this
+    accepts_rng = True  # callers may pass per-sample generators (rng=) to transforms that set this
 
     def _init_rng(self, seed: int | None) -> None:
         self.seed = seed

@@ -1,6 +1,7 @@
 """Training configs: TOML presets shipped with the package, user TOML files, dotted overrides.
 
-A config is a nested dict with fixed sections (see :data:`SCHEMA`)::
+A config is a nested dict with fixed sections (one dataclass each, see :data:`SECTIONS`; :class:`TrainConfig`
+is the typed view the trainer uses)::
 
     [model]     name, num_classes, overrides (table passed to build_model), sync_bn
     [data]      kind, root, train_split, val_split, crop_size, base_scale, scale_range, batch_size, ...
@@ -22,14 +23,20 @@ Presets live in ``gcnet/configs/NAME.toml``; :func:`list_presets` lists them and
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from gcnet.data.datasets import CONFIG_KINDS as DATA_KINDS
 from gcnet.errors import ConfigError
+from gcnet.fileio import write_text
+from gcnet.models.gcnet import DEFAULTS as MODEL_DEFAULTS
+from gcnet.models.gcnet import VARIANTS, list_models
 
 try:  # Python >= 3.11
     import tomllib
@@ -38,12 +45,14 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 __all__ = [
     "SCHEMA",
+    "SECTIONS",
+    "TrainConfig",
     "apply_overrides",
     "config_diff",
     "default_config",
     "dumps_toml",
-    "get",
     "list_presets",
+    "model_override_keys",
     "load_config",
     "parse_override_args",
     "preset_path",
@@ -53,82 +62,213 @@ __all__ = [
 
 _ANY = object()
 
-# section -> key -> (type spec, default, help).  Type specs: int, float, str, bool, dict,
-# ("list", elem, length or None), ("optional_list", elem, length) (empty list == not set),
+
+# ---------------------------------------------------------------------------------------- sections
+# Each key: a dataclass field whose metadata holds its type spec and help text. Type specs: int, float,
+# str, bool, dict, ("list", elem, length or None), ("optional_list", elem, length) (empty list == not set),
 # ("choice", (values...)).
-SCHEMA: dict[str, dict[str, tuple[Any, Any, str]]] = {
-    "model": {
-        "name": (str, "gcnet-s", "model variant: gcnet-s, gcnet-m or gcnet-l"),
-        "num_classes": (int, 19, "number of classes (must match the dataset)"),
-        "overrides": (dict, {}, "extra build_model keyword arguments, e.g. {channels = 16}"),
-        "sync_bn": (bool, False, "convert BatchNorm to SyncBatchNorm under DDP (CUDA only)"),
-    },
-    "data": {
-        "kind": (str, "cityscapes", "dataset kind: cityscapes, camvid, voc, folder or synthetic"),
-        "root": (str, "data/cityscapes", "dataset root folder"),
-        "info": (str, "", "class metadata name for kind=folder (e.g. camvid); default: the kind"),
-        "train_split": (str, "train", "split used for training"),
-        "val_split": (str, "val", "split used for periodic validation ('' disables validation)"),
-        "crop_size": (("list", int, 2), [1024, 1024], "training crop [height, width]"),
-        "scale_range": (("list", float, 2), [0.5, 2.0], "random rescale range [min, max]"),
-        "base_scale": (("optional_list", int, 2), [], ("MMSeg RandomResize scale (e.g. [2048, 1024]) the "
-                                                        "scale range is relative to; [] = each image's own size")),
-        "cat_max_ratio": (float, 0.75, "max fraction of a crop one class may cover (1.0 disables)"),
-        "flip_prob": (float, 0.5, "horizontal flip probability"),
-        "photometric": (bool, True, "photometric distortion (brightness/contrast/saturation/hue)"),
-        "batch_size": (int, 12, "total batch size over all processes"),
-        "workers": (int, 4, "data loader worker processes per training process"),
-        "synthetic_size": (("list", int, 2), [128, 160], "image size [H, W] for kind=synthetic"),
-        "synthetic_train": (int, 48, "number of train images generated for kind=synthetic"),
-        "synthetic_val": (int, 12, "number of val images generated for kind=synthetic"),
-    },
-    "loss": {
-        "ohem_thresh": (float, 0.9, "OHEM probability threshold"),
-        "min_kept": (int, 131072, "OHEM minimum number of kept pixels per batch"),
-        "class_weights": (("optional_list", float, None), [], "per-class loss weights ([] = none)"),
-        "aux_weight": (float, 0.4, "weight of the auxiliary head loss"),
-    },
-    "optim": {
-        "lr": (float, 0.01, "initial learning rate (SGD)"),
-        "momentum": (float, 0.9, "SGD momentum"),
-        "weight_decay": (float, 5e-4, "SGD weight decay"),
-        "power": (float, 0.9, "poly decay power"),
-        "min_lr": (float, 0.0, "learning rate at the end of the poly schedule (eta_min)"),
-    },
-    "schedule": {
-        "iters": (int, 120000, "total training iterations"),
-        "val_interval": (int, 4000, "validate every N iterations (0 = only at the end)"),
-        "ckpt_interval": (int, 4000, "write iter_N.pth every N iterations (latest.pth too)"),
-        "log_interval": (int, 50, "log metrics every N iterations"),
-        "keep_ckpts": (int, 3, "keep only the newest N iter_*.pth files (0 = keep all)"),
-        "time_budget_min": (float, 0.0, ("train for this many minutes instead of a fixed iteration count "
-                                         "(0 = off): the poly decay follows elapsed training time and iters is "
-                                         "only a cap. For fixed-time CPU runs; the number of iterations then "
-                                         "depends on the machine")),
-    },
-    "eval": {
-        "mode": (("choice", ("whole", "slide")), "whole", "inference mode for validation"),
-        "crop_size": (("optional_list", int, 2), [], "sliding-window size [H, W] (mode=slide)"),
-        "stride": (("optional_list", int, 2), [], "sliding-window stride [H, W] (mode=slide)"),
-        "scales": (("list", float, None), [1.0], "test scales (multi-scale when several)"),
-        "flip": (bool, False, "add horizontally flipped inputs"),
-        "batch_size": (int, 1, "validation batch size per process"),
-    },
-    "init": {
-        "load_from": (str, "", "weights to start from (our checkpoint or the authors'); '' = scratch"),
-    },
-    "runtime": {
-        "seed": (int, 0, "random seed (data order, augmentation, initialisation)"),
-        "device": (str, "auto", "auto, cpu, cuda or cuda:N"),
-        "amp": (bool, False, "mixed precision: autocast to amp_dtype (CUDA: bf16 or fp16; CPU: bf16, fast "
-                             "on CPUs with AVX512_BF16/AMX)"),
-        "amp_dtype": (("choice", ("bf16", "fp16")), "bf16", "autocast dtype for amp (fp16 adds a GradScaler; CUDA only)"),
-        "channels_last": (bool, False, "channels_last memory format for the model and its inputs (faster "
-                                       "convolutions on CPUs and on tensor cores)"),
-        "threads": (int, 0, "torch CPU threads (0 = torch default)"),
-        "deterministic": (bool, False, "use deterministic algorithms (slower on CUDA)"),
-    },
+
+
+def model_override_keys() -> list[str]:
+    """The keyword arguments ``build_model`` accepts besides name and num_classes (from gcnet.models)."""
+    return sorted({k for variant in VARIANTS.values() for k in variant} | set(MODEL_DEFAULTS))
+
+
+def _key(spec: Any, default: Any, help_text: str) -> Any:
+    return field(default_factory=functools.partial(copy.deepcopy, default), metadata={"spec": spec, "help": help_text})
+
+
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass
+class ModelSection:
+    name: str = _key(str, "gcnet-s", f"model variant: {', '.join(list_models())}")
+    num_classes: int = _key(int, 19, "number of classes (must match the dataset)")
+    overrides: dict = _key(dict, {}, "extra build_model keyword arguments, e.g. {channels = 16}")
+    sync_bn: bool = _key(bool, False, "convert BatchNorm to SyncBatchNorm under DDP (CUDA only)")
+
+    def check(self) -> None:
+        _need(self.name.lower() in list_models(),
+              f"model.name must be one of {', '.join(list_models())}, got {self.name!r}")
+        _need(self.num_classes >= 1, "model.num_classes must be >= 1")
+        valid = model_override_keys()
+        for k in self.overrides:
+            _need(k in valid, f"model.overrides.{k} is not a build_model option; valid: {', '.join(valid)}")
+
+
+@dataclass
+class DataSection:
+    kind: str = _key(("choice", DATA_KINDS), "cityscapes",
+                     f"dataset kind: {', '.join(DATA_KINDS)} (synthetic: generated into root when missing)")
+    root: str = _key(str, "data/cityscapes", "dataset root folder")
+    info: str = _key(str, "", "class metadata name for kind=folder (e.g. camvid); default: the kind")
+    train_split: str = _key(str, "train", "split used for training")
+    val_split: str = _key(str, "val", "split used for periodic validation ('' disables validation)")
+    crop_size: list = _key(("list", int, 2), [1024, 1024], "training crop [height, width]")
+    scale_range: list = _key(("list", float, 2), [0.5, 2.0], "random rescale range [min, max]")
+    base_scale: list = _key(("optional_list", int, 2), [], ("MMSeg RandomResize scale (e.g. [2048, 1024]) the "
+                                                             "scale range is relative to; [] = each image's own size"))
+    cat_max_ratio: float = _key(float, 0.75, "max fraction of a crop one class may cover (1.0 disables)")
+    flip_prob: float = _key(float, 0.5, "horizontal flip probability")
+    photometric: bool = _key(bool, True, "photometric distortion (brightness/contrast/saturation/hue)")
+    batch_size: int = _key(int, 12, "total batch size over all processes")
+    workers: int = _key(int, 4, "data loader worker processes per training process")
+    synthetic_size: list = _key(("list", int, 2), [128, 160], "image size [H, W] for kind=synthetic")
+    synthetic_train: int = _key(int, 48, "number of train images generated for kind=synthetic")
+    synthetic_val: int = _key(int, 12, "number of val images generated for kind=synthetic")
+
+    def check(self) -> None:
+        _need(all(c >= 8 for c in self.crop_size), "data.crop_size values must be >= 8")
+        _need(0 < self.scale_range[0] <= self.scale_range[1],
+              "data.scale_range must be [min, max] with 0 < min <= max")
+        _need(0 < self.cat_max_ratio <= 1, "data.cat_max_ratio must be in (0, 1]")
+        _need(0 <= self.flip_prob <= 1, "data.flip_prob must be in [0, 1]")
+        _need(self.batch_size >= 1, "data.batch_size must be >= 1")
+        _need(self.workers >= 0, "data.workers must be >= 0")
+
+
+@dataclass
+class LossSection:
+    ohem_thresh: float = _key(float, 0.9, "OHEM probability threshold")
+    min_kept: int = _key(int, 131072, "OHEM minimum number of kept pixels per batch")
+    class_weights: list = _key(("optional_list", float, None), [], "per-class loss weights ([] = none)")
+    aux_weight: float = _key(float, 0.4, "weight of the auxiliary head loss")
+
+    def check(self) -> None:
+        _need(0 <= self.ohem_thresh <= 1, "loss.ohem_thresh must be in [0, 1]")
+        _need(self.min_kept >= 0, "loss.min_kept must be >= 0")
+        _need(self.aux_weight >= 0, "loss.aux_weight must be >= 0")
+
+
+@dataclass
+class OptimSection:
+    lr: float = _key(float, 0.01, "initial learning rate (SGD)")
+    momentum: float = _key(float, 0.9, "SGD momentum")
+    weight_decay: float = _key(float, 5e-4, "SGD weight decay")
+    power: float = _key(float, 0.9, "poly decay power")
+    min_lr: float = _key(float, 0.0, "learning rate at the end of the poly schedule (eta_min)")
+
+    def check(self) -> None:
+        _need(self.lr > 0, "optim.lr must be > 0")
+        _need(0 <= self.min_lr <= self.lr, "optim.min_lr must be in [0, optim.lr]")
+        _need(0 <= self.momentum < 1, "optim.momentum must be in [0, 1)")
+        _need(self.weight_decay >= 0, "optim.weight_decay must be >= 0")
+        _need(self.power >= 0, "optim.power must be >= 0")
+
+
+@dataclass
+class ScheduleSection:
+    iters: int = _key(int, 120000, "total training iterations")
+    val_interval: int = _key(int, 4000, "validate every N iterations (0 = only at the end)")
+    ckpt_interval: int = _key(int, 4000, "write iter_N.pth every N iterations (latest.pth too)")
+    log_interval: int = _key(int, 50, "log metrics every N iterations")
+    keep_ckpts: int = _key(int, 3, "keep only the newest N iter_*.pth files (0 = keep all)")
+    time_budget_min: float = _key(float, 0.0, (
+        "train for this many minutes instead of a fixed iteration count (0 = off): the poly decay follows "
+        "elapsed training time and iters is only a cap. For fixed-time CPU runs; the number of iterations then "
+        "depends on the machine"))
+
+    def check(self) -> None:
+        _need(self.iters >= 1, "schedule.iters must be >= 1")
+        _need(self.time_budget_min >= 0, "schedule.time_budget_min must be >= 0")
+        for k in ("val_interval", "ckpt_interval", "keep_ckpts"):
+            _need(getattr(self, k) >= 0, f"schedule.{k} must be >= 0")
+        _need(self.log_interval >= 1, "schedule.log_interval must be >= 1")
+
+
+@dataclass
+class EvalSection:
+    mode: str = _key(("choice", ("whole", "slide")), "whole", "inference mode for validation")
+    crop_size: list = _key(("optional_list", int, 2), [], "sliding-window size [H, W] (mode=slide)")
+    stride: list = _key(("optional_list", int, 2), [], "sliding-window stride [H, W] (mode=slide)")
+    scales: list = _key(("list", float, None), [1.0], "test scales (multi-scale when several)")
+    flip: bool = _key(bool, False, "add horizontally flipped inputs")
+    batch_size: int = _key(int, 1, "validation batch size per process")
+
+    def check(self) -> None:
+        _need(len(self.scales) >= 1 and all(x > 0 for x in self.scales), "eval.scales must be positive numbers")
+        if self.mode == "slide":
+            _need(bool(self.crop_size), "eval.crop_size is required when eval.mode = 'slide'")
+        _need(self.batch_size >= 1, "eval.batch_size must be >= 1")
+
+    def evaluate_kwargs(self) -> dict[str, Any]:
+        """These settings as keyword arguments of :func:`gcnet.evaluation.inference.evaluate`."""
+        return {"mode": self.mode, "crop_size": tuple(self.crop_size) or None, "stride": tuple(self.stride) or None,
+                "scales": tuple(self.scales), "flip": self.flip, "batch_size": self.batch_size}
+
+
+@dataclass
+class InitSection:
+    load_from: str = _key(str, "", "weights to start from (our checkpoint or the authors'); '' = scratch")
+
+    def check(self) -> None:
+        pass
+
+
+@dataclass
+class RuntimeSection:
+    seed: int = _key(int, 0, "random seed (data order, augmentation, initialisation)")
+    device: str = _key(str, "auto", "auto, cpu, cuda or cuda:N")
+    amp: bool = _key(bool, False, ("mixed precision: autocast to amp_dtype (CUDA: bf16 or fp16; CPU: bf16, fast "
+                                   "on CPUs with AVX512_BF16/AMX)"))
+    amp_dtype: str = _key(("choice", ("bf16", "fp16")), "bf16",
+                          "autocast dtype for amp (fp16 adds a GradScaler; CUDA only)")
+    channels_last: bool = _key(bool, False, ("channels_last memory format for the model and its inputs (faster "
+                                             "convolutions on CPUs and on tensor cores)"))
+    threads: int = _key(int, 0, "torch CPU threads (0 = torch default)")
+    deterministic: bool = _key(bool, False, "use deterministic algorithms (slower on CUDA)")
+
+    def check(self) -> None:
+        _need(self.threads >= 0, "runtime.threads must be >= 0")
+        _need(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device) is not None,
+              f"runtime.device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelSection, "data": DataSection, "loss": LossSection, "optim": OptimSection,
+    "schedule": ScheduleSection, "eval": EvalSection, "init": InitSection, "runtime": RuntimeSection,
 }
+
+# section -> key -> (type spec, default, help): the table the CLI, the docs test and validation read.
+SCHEMA: dict[str, dict[str, tuple[Any, Any, str]]] = {
+    sec: {f.name: (f.metadata["spec"], f.default_factory(), f.metadata["help"]) for f in fields(cls)}
+    for sec, cls in SECTIONS.items()
+}
+
+
+@dataclass
+class TrainConfig:
+    """A validated config with one typed object per section (``cfg.data.batch_size``).
+
+    :func:`load_config` gives the plain nested dict (the form of TOML files, overrides and checkpoints);
+    :meth:`from_dict` / :meth:`to_dict` convert between the two."""
+
+    model: ModelSection
+    data: DataSection
+    loss: LossSection
+    optim: OptimSection
+    schedule: ScheduleSection
+    eval: EvalSection
+    init: InitSection
+    runtime: RuntimeSection
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping) -> TrainConfig:
+        """Typed view of a config dict (validated and completed by :func:`validate_config` first)."""
+        cfg = validate_config(copy.deepcopy(dict(cfg)))
+        return cls(**{sec: SECTIONS[sec](**cfg[sec]) for sec in SECTIONS})
+
+    @classmethod
+    def load(cls, source: str | Path | Mapping | None = None,
+             overrides: Iterable[str] | Mapping | None = None) -> TrainConfig:
+        """:func:`load_config`, typed."""
+        return cls.from_dict(load_config(source, overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {sec: asdict(getattr(self, sec)) for sec in SECTIONS}
 
 
 def default_config() -> dict[str, Any]:
@@ -386,55 +526,12 @@ def validate_config(cfg: dict) -> dict:
             if name not in body:
                 body[name] = copy.deepcopy(default)
             body[name] = _coerce(spec, body[name], f"{sec}.{name}")
-
-    def need(cond: bool, msg: str) -> None:
-        if not cond:
-            raise ConfigError(msg)
-
-    m, d, lo, o, s, e = (cfg[k] for k in ("model", "data", "loss", "optim", "schedule", "eval"))
-    need(m["num_classes"] >= 1, "model.num_classes must be >= 1")
-    allowed = {"channels", "ppm_channels", "num_blocks", "head_channels", "num_paths", "num_1x1_convs",
-               "align_corners"}
-    for k in m["overrides"]:
-        need(k in allowed, f"model.overrides.{k} is not a build_model option; valid: {', '.join(sorted(allowed))}")
-    need(d["kind"] in ("cityscapes", "camvid", "voc", "folder", "synthetic"),
-         f"data.kind must be cityscapes, camvid, voc, folder or synthetic, got {d['kind']!r}")
-    need(all(c >= 8 for c in d["crop_size"]), "data.crop_size values must be >= 8")
-    need(0 < d["scale_range"][0] <= d["scale_range"][1], "data.scale_range must be [min, max] with 0 < min <= max")
-    need(0 < d["cat_max_ratio"] <= 1, "data.cat_max_ratio must be in (0, 1]")
-    need(0 <= d["flip_prob"] <= 1, "data.flip_prob must be in [0, 1]")
-    need(d["batch_size"] >= 1, "data.batch_size must be >= 1")
-    need(d["workers"] >= 0, "data.workers must be >= 0")
-    need(0 <= lo["ohem_thresh"] <= 1, "loss.ohem_thresh must be in [0, 1]")
-    need(lo["min_kept"] >= 0, "loss.min_kept must be >= 0")
-    need(not lo["class_weights"] or len(lo["class_weights"]) == m["num_classes"],
-         f"loss.class_weights has {len(lo['class_weights'])} values but model.num_classes is {m['num_classes']}")
-    need(lo["aux_weight"] >= 0, "loss.aux_weight must be >= 0")
-    need(o["lr"] > 0, "optim.lr must be > 0")
-    need(0 <= o["min_lr"] <= o["lr"], "optim.min_lr must be in [0, optim.lr]")
-    need(0 <= o["momentum"] < 1, "optim.momentum must be in [0, 1)")
-    need(o["weight_decay"] >= 0, "optim.weight_decay must be >= 0")
-    need(o["power"] >= 0, "optim.power must be >= 0")
-    need(s["iters"] >= 1, "schedule.iters must be >= 1")
-    need(s["time_budget_min"] >= 0, "schedule.time_budget_min must be >= 0")
-    for k in ("val_interval", "ckpt_interval", "keep_ckpts"):
-        need(s[k] >= 0, f"schedule.{k} must be >= 0")
-    need(s["log_interval"] >= 1, "schedule.log_interval must be >= 1")
-    need(len(e["scales"]) >= 1 and all(x > 0 for x in e["scales"]), "eval.scales must be positive numbers")
-    if e["mode"] == "slide":
-        need(bool(e["crop_size"]), "eval.crop_size is required when eval.mode = 'slide'")
-    need(e["batch_size"] >= 1, "eval.batch_size must be >= 1")
-    need(cfg["runtime"]["threads"] >= 0, "runtime.threads must be >= 0")
-    dev = cfg["runtime"]["device"]
-    need(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", dev) is not None,
-         f"runtime.device must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
+    for sec, cls in SECTIONS.items():
+        cls(**cfg[sec]).check()
+    weights, classes = cfg["loss"]["class_weights"], cfg["model"]["num_classes"]
+    _need(not weights or len(weights) == classes,
+          f"loss.class_weights has {len(weights)} values but model.num_classes is {classes}")
     return cfg
-
-
-def get(cfg: Mapping, key: str) -> Any:
-    """``get(cfg, "data.root")``."""
-    sec, name = key.split(".", 1)
-    return cfg[sec][name]
 
 
 # ------------------------------------------------------------------------------------ TOML output
@@ -473,12 +570,8 @@ def dumps_toml(cfg: Mapping, header: str | None = None) -> str:
 
 
 def save_config(cfg: Mapping, path: str | Path, header: str | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dumps_toml(cfg, header), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    """Write a config as TOML (atomically)."""
+    return write_text(path, dumps_toml(cfg, header))
 
 
 def config_diff(a: Mapping, b: Mapping) -> list[str]:

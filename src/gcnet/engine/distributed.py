@@ -1,4 +1,4 @@
-"""Small helpers for multi-process training with ``torchrun`` (DistributedDataParallel).
+"""Device choice and small helpers for multi-process training with ``torchrun`` (DistributedDataParallel).
 
 ``torchrun --nproc_per_node N -m gcnet.cli train ...`` sets ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_from_env` reads them and
@@ -9,21 +9,47 @@ touch ``torch.distributed``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
+from gcnet.errors import ConfigError, GCNetError
+
+T = TypeVar("T")
+
 __all__ = [
     "DistInfo",
     "all_reduce_sum",
+    "all_true",
     "barrier",
     "broadcast_buffers",
     "cleanup",
     "env_world_size",
     "init_from_env",
     "is_main",
+    "on_main",
+    "resolve_device",
 ]
+
+
+def resolve_device(spec: str | torch.device | None = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; a bare ``cuda`` -> GPU ``local_rank``."""
+    spec = "auto" if spec is None else str(spec)
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {spec!r} (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {spec!r} requested but CUDA is not available (use --device cpu)")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+    return dev
 
 
 @dataclass(frozen=True)
@@ -91,6 +117,27 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
         else:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def all_true(flag: bool) -> bool:
+    """True when ``flag`` is true on every rank (a collective: every rank must call it)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    return int(all_reduce_sum(torch.tensor([0 if flag else 1])).item()) == 0
+
+
+def on_main(fn: Callable[[], T]) -> T | None:
+    """Run ``fn`` on rank 0 only (None elsewhere); if it raises there, every rank raises (a collective)."""
+    error: Exception | None = None
+    result = None
+    if is_main():
+        try:
+            result = fn()
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
+            error = exc
+    if not all_true(error is None):
+        raise error or GCNetError("stopped: rank 0 failed (see its message)")
+    return result
 
 
 def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:

@@ -1,0 +1,140 @@
+"""What a training config builds: datasets, augmentation, model, initial weights, loss and optimiser."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gcnet.engine import distributed as gdist
+from gcnet.engine.config import DataSection, LossSection, ModelSection, OptimSection, TrainConfig
+from gcnet.errors import CheckpointError, ConfigError, DatasetError
+
+__all__ = [
+    "build_criterion",
+    "build_datasets",
+    "build_model_from_config",
+    "build_optimizer",
+    "build_train_transform",
+    "check_datasets",
+    "load_init_weights",
+]
+
+
+def _ensure_synthetic(data: DataSection, seed: int, log: Callable[[str], None]) -> None:
+    """Generate the synthetic dataset into ``data.root`` unless its training split is there."""
+    from gcnet.data.synthetic import make_synthetic_dataset
+
+    root = Path(data.root)
+    if (root / "images" / data.train_split).is_dir() and (root / "labels" / data.train_split).is_dir():
+        return
+    h, w = data.synthetic_size
+    log(f"generating a synthetic dataset in {root} ({data.synthetic_train} train / {data.synthetic_val} val "
+        f"images of {h}x{w})")
+    make_synthetic_dataset(root, num_train=data.synthetic_train, num_val=data.synthetic_val, size=(h, w), seed=seed)
+
+
+def build_datasets(cfg: TrainConfig, log: Callable[[str], None] = print, *, train: bool = True, val: bool = True):
+    """``(train_set_without_transform or None, val_set_with_eval_transform or None, info)`` for a config.
+
+    A ``synthetic`` dataset is generated first when missing (by rank 0 under torchrun)."""
+    from gcnet.data.datasets import dataset_from_settings
+    from gcnet.data.transforms import EvalTransform
+
+    data = cfg.data
+    if data.kind == "synthetic":
+        if gdist.is_main():
+            _ensure_synthetic(data, cfg.runtime.seed, log)
+        gdist.barrier()
+    train_set = dataset_from_settings(data.kind, data.root, data.train_split, data.info) if train else None
+    val_set = None
+    if val and data.val_split:
+        val_set = dataset_from_settings(data.kind, data.root, data.val_split, data.info, EvalTransform())
+    first = train_set if train_set is not None else val_set
+    return train_set, val_set, first.info if first is not None else None
+
+
+def check_datasets(datasets, progress: bool) -> None:
+    """Scan every file of ``datasets`` (rank 0) before training or evaluating; any problem stops every rank."""
+
+    def scan() -> None:
+        for ds in datasets:
+            if ds is None:
+                continue
+            try:
+                ds.validate(check_values=True, check_images=True, progress=progress)
+            except DatasetError as exc:
+                raise DatasetError(f"{exc}\nfix these files, or pass --skip-data-check to go ahead anyway") from None
+
+    gdist.on_main(scan)
+
+
+def build_train_transform(data: DataSection, ignore_index: int):
+    """The paper's training augmentation with the config's settings."""
+    from gcnet.data.transforms import TrainTransform
+
+    return TrainTransform(tuple(data.crop_size), scale_range=tuple(data.scale_range),
+                          cat_max_ratio=data.cat_max_ratio, flip_prob=data.flip_prob,
+                          photometric=data.photometric, ignore_index=ignore_index,
+                          base_scale=tuple(data.base_scale) if data.base_scale else None)
+
+
+def build_model_from_config(model: ModelSection) -> nn.Module:
+    """The training-form GCNet of a ``[model]`` section."""
+    from gcnet.models.gcnet import build_model
+
+    try:
+        return build_model(model.name, num_classes=model.num_classes, **model.overrides)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[model]: {exc}") from None
+
+
+def load_init_weights(model: nn.Module, source: str, log: Callable[[str], None] = print) -> list[str]:
+    """Initialise ``model`` (training form) from a checkpoint: ours or the authors' (train form).
+
+    When the checkpoint was trained for a different number of classes (e.g. Cityscapes weights
+    for CamVid), the classifier layers are left at their fresh initialisation and everything else
+    is loaded. Returns the names of the tensors that were not loaded."""
+    from gcnet.checkpoint import extract_state_dict, load_weights, read_checkpoint, state_dict_form
+
+    sd = extract_state_dict(read_checkpoint(source), str(source))
+    if state_dict_form(sd) != "train":
+        raise CheckpointError(f"{source}: holds reparameterized (deploy-form) weights; training needs the "
+                              "training form (the authors' released training checkpoints or ours)")
+    own = model.state_dict()
+    mismatched = [k for k, v in sd.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if not mismatched:
+        load_weights(model, sd)  # strict: clear error if anything else differs
+        log(f"initialised from {source}")
+        return []
+    classifier = ("decode_head.conv_seg.", "decode_head.aux_cls_seg_c4.")
+    other = [k for k in mismatched if not k.startswith(classifier)]
+    if other:
+        raise CheckpointError(f"{source}: does not match the model (shape mismatch in {', '.join(other[:5])}"
+                              f"{' ...' if len(other) > 5 else ''}); check [model] name/overrides")
+    keep = {k: v for k, v in sd.items() if k not in mismatched}
+    bad = [k for k in keep if k not in own] + [k for k in own if k not in keep and not k.startswith(classifier)]
+    if bad:
+        raise CheckpointError(f"{source}: does not match the model ({len(bad)} tensors differ, e.g. {bad[0]})")
+    model.load_state_dict(keep, strict=False)
+    log(f"initialised from {source} (classifier re-initialised for {model.num_classes} classes: "
+        f"{len(mismatched)} tensors skipped)")
+    return mismatched
+
+
+def build_criterion(loss: LossSection, ignore_index: int) -> nn.Module:
+    """OHEM cross-entropy on the main head + ``aux_weight`` x the same on the auxiliary head."""
+    from gcnet.engine.losses import GCNetLoss, OhemCrossEntropy
+
+    weights = torch.tensor(loss.class_weights, dtype=torch.float32) if loss.class_weights else None
+    main = OhemCrossEntropy(thresh=loss.ohem_thresh, min_kept=loss.min_kept, class_weight=weights,
+                            ignore_index=ignore_index)
+    return GCNetLoss(main, aux_weight=loss.aux_weight)
+
+
+def build_optimizer(model: nn.Module, optim: OptimSection) -> torch.optim.Optimizer:
+    """SGD with momentum and weight decay on every parameter (the authors' mmseg config)."""
+    return torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=optim.momentum,
+                           weight_decay=optim.weight_decay)
