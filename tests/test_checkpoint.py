@@ -33,7 +33,7 @@ def test_deploy_checkpoint_rebuilds_deploy_model(tmp_path):
         expected = model(x)
         save_checkpoint(tmp_path / "deploy.pth", model.reparameterize())
         loaded = load_model(tmp_path / "deploy.pth")
-        assert loaded.is_deployed
+        assert loaded.is_deploy
         assert_close_rel(loaded(x), expected)
 
 

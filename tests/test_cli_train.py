@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -218,7 +219,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_earlier_checkpoints(tmp_path,
     def failing_save(obj, f, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:  # the checkpoint of iteration 4: half written, then the disk is full
-            f.write(b"\0" * 100)
+            Path(f).write_bytes(b"\0" * 100) if isinstance(f, (str, Path)) else f.write(b"\0" * 100)
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, f, *args, **kwargs)
 

@@ -38,7 +38,7 @@ def _x(b: int, h: int, w: int, seed: int = 0) -> np.ndarray:
 
 def test_load_for_deploy_copies_training_model(tiny):
     deploy = export.load_for_deploy(tiny)
-    assert deploy.is_deployed and not tiny.is_deployed
+    assert deploy.is_deploy and not tiny.is_deploy
     assert export.load_for_deploy(deploy) is deploy
 
 

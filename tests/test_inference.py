@@ -107,7 +107,7 @@ def test_train_form_and_reparameterized_form_of_a_checkpoint_give_the_same_miou(
 
     train_form = load_model(ckpt)
     deploy_form = copy.deepcopy(train_form).reparameterize()
-    assert deploy_form.is_deployed and not train_form.is_deployed
+    assert deploy_form.is_deploy and not train_form.is_deploy
     kwargs = {"batch_size": 2, "progress": False}
     r_train = evaluate(_Float64(copy.deepcopy(train_form)), val, **kwargs)
     r_deploy = evaluate(_Float64(copy.deepcopy(deploy_form)), val, **kwargs)

@@ -141,7 +141,7 @@ def test_name_downloads_once_is_checked_and_builds_the_model(served, server, hom
     assert torch.equal(model.state_dict()["backbone.stem.0.conv.weight"], served["state"]["backbone.stem.0.conv.weight"])
     before = len(server.requests)
     loaded = gcnet.load_model("test-s")  # the registry knows the variant; cached: no request
-    assert len(server.requests) == before and not loaded.is_deployed
+    assert len(server.requests) == before and not loaded.is_deploy
     assert gcnet.checkpoint_dataset_info("test-s") is CITYSCAPES
     with pytest.raises(CheckpointError, match="19 classes"):
         gcnet.build_model("gcnet-s", 11, weights="test-s")
@@ -318,7 +318,7 @@ def test_safetensors_round_trip_never_unpickles(tmp_path, monkeypatch, deploy):
     x = torch.randn(1, 3, 40, 56)
     for source in (folder, folder / "model.safetensors"):  # the file alone carries the config in its header
         loaded = gcnet.from_pretrained(source)
-        assert loaded.is_deployed is deploy
+        assert loaded.is_deploy is deploy
         with torch.no_grad():
             torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     assert gcnet.checkpoint_dataset_info(folder) == DatasetInfo(
@@ -332,7 +332,7 @@ def test_export_safetensors_keeps_the_class_metadata(tmp_path, capsys):
     assert main(["export", str(tmp_path / "own.pth"), "--format", "safetensors", "--out", str(tmp_path / "out")]) == 0
     folder = tmp_path / "out" / "own"
     loaded = gcnet.load_model(folder)
-    assert loaded.is_deployed and gcnet.checkpoint_dataset_info(folder) == info
+    assert loaded.is_deploy and gcnet.checkpoint_dataset_info(folder) == info
     x = torch.randn(1, 3, 40, 56)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model.reparameterize()(x), rtol=1e-4, atol=1e-4)

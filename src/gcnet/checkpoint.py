@@ -260,7 +260,7 @@ def state_dict_form(state_dict: StateDict) -> str:
 
 
 def model_form(model: GCNet) -> str:
-    return "deploy" if model.is_deployed else "train"
+    return "deploy" if model.is_deploy else "train"
 
 
 def _compare(model_sd: StateDict, state_dict: StateDict, name: str, ignore_missing: tuple[str, ...] = ()) -> None:
@@ -362,7 +362,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, dataset: Datas
     """Write ``model`` (config + weights), its ``dataset`` metadata (class names, palette, ignore index)
     and ``extra`` atomically; loads with ``weights_only=True``."""
     net = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    payload = {"format": FORMAT, "config": net.config, "deployed": net.is_deployed,
+    payload = {"format": FORMAT, "config": net.config, "deployed": net.is_deploy,
                "state_dict": net.state_dict(), **extra}
     stored = _dataset_dict(dataset, net.num_classes)
     if stored is not None:
@@ -379,7 +379,7 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, dataset: 
     from safetensors.torch import save_file
 
     net = getattr(model, "module", model)
-    card = {"library": "gcnet", "format_version": 1, "model": net.config, "deployed": net.is_deployed,
+    card = {"library": "gcnet", "format_version": 1, "model": net.config, "deployed": net.is_deploy,
             "num_classes": net.num_classes, "dataset": _dataset_dict(dataset, net.num_classes),
             "normalization": {"mean": list(MEAN), "std": list(STD), "input": "RGB, 0-255"}}
     text = json.dumps(card, indent=2) + "\n"

@@ -180,13 +180,13 @@ def run(args: argparse.Namespace) -> int:
             model = model.double()
         forms: list[tuple[str, torch.nn.Module]] = []
         if args.both_forms:
-            if model.is_deployed:
+            if model.is_deploy:
                 raise ConfigError("--both-forms needs a training-form checkpoint")
             forms = [("train", model), ("deploy", copy.deepcopy(model).reparameterize())]
-        elif args.reparameterize and not model.is_deployed:
+        elif args.reparameterize and not model.is_deploy:
             forms = [("deploy", model.reparameterize())]
         else:
-            forms = [("deploy" if model.is_deployed else "train", model)]
+            forms = [("deploy" if model.is_deploy else "train", model)]
 
         e = s["eval"]
         kwargs = e.evaluate_kwargs()

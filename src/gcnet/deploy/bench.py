@@ -486,7 +486,7 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
     torch.set_num_threads(threads)
     net = bench_model(model, num_classes, checkpoint)
     model, num_classes = net.config.get("name", model), int(net.num_classes)
-    has_train = not getattr(net, "is_deployed", False)
+    has_train = not getattr(net, "is_deploy", False)
     deploy = load_for_deploy(net)
     complexity = _complexity(net, deploy, (h, w), batch, has_train)
     if not has_train:

@@ -52,7 +52,7 @@ def load_for_deploy(source: nn.Module | str | os.PathLike) -> nn.Module:
         model = load_model(source)
     else:
         model = source
-    if not getattr(model, "is_deployed", True):
+    if not getattr(model, "is_deploy", True):
         model = copy.deepcopy(model)
         model.reparameterize()
     return model.eval()

@@ -74,9 +74,9 @@ class Predictor:
     """RGB uint8 image -> class map at the image size.
 
     Pre-processing: normalise with the training MEAN/STD (inside the graph for OpenVINO, which takes
-    the uint8 frame as it is); optionally resize to ``input_size`` (H, W) first. Post-processing: the argmax of the 1/8 logits upsampled bilinearly
-    (align_corners=False) to the image size, computed by :func:`gcnet.deploy.postprocess.upsample_argmax`
-    without materialising the full-size logits.
+    the uint8 frame as it is); optionally resize to ``input_size`` (H, W) first. Post-processing:
+    the argmax of the 1/8 logits upsampled bilinearly (align_corners=False) to the image size,
+    computed by :func:`gcnet.deploy.postprocess.upsample_argmax` without full-size logits.
     """
 
     def __init__(self, runtime: Runtime | torch.nn.Module | Callable[[np.ndarray], np.ndarray], *,

@@ -191,11 +191,6 @@ class GCNet(nn.Module):
         self.is_deploy = True
         return self
 
-    @property
-    def is_deployed(self) -> bool:
-        """Old name of ``is_deploy``, kept only until the callers outside ``gcnet.models`` are renamed."""
-        return self.is_deploy
-
     def fuse_gcblocks(self) -> GCNet:
         """Collapse only the GCBlocks (the authors' ``switch_to_deploy`` form)."""
         for module in self.modules():
