@@ -265,3 +265,14 @@ def test_negative_threads_is_a_short_error(tmp_path, capsys, command):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) <= 2 and "threads" in err[0] and ">= " in err[0]
     assert not (tmp_path / "w").exists() and not (tmp_path / "d").exists()
+
+
+def test_checkpoints_carry_the_dataset_metadata_for_predict(tmp_path):
+    """Class names and palette travel in latest/best.pth, so predict colours them without flags."""
+    from gcnet.checkpoint import checkpoint_dataset_info
+
+    work = tmp_path / "run"
+    assert _train(tmp_path, work) == 0
+    for name in ("latest.pth", "best.pth"):
+        info = checkpoint_dataset_info(work / name)
+        assert info is not None and info.num_classes == 5 and len(info.palette) == 5

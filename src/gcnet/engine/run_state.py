@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gcnet.data.metadata import DatasetInfo
 from gcnet.engine.config import save_config
 from gcnet.errors import CheckpointError, ConfigError
 from gcnet.fileio import atomic_path, remove_stale_temps
@@ -210,9 +211,11 @@ class RunDir:
                 "(delete that folder when you no longer need them)")
         save_config(cfg, self.path / "config.toml", header="resolved training config (gcnet train)")
 
-    def save(self, model: nn.Module, state: dict[str, Any], iter_file: bool, keep: int) -> None:
+    def save(self, model: nn.Module, state: dict[str, Any], iter_file: bool, keep: int,
+             dataset: DatasetInfo | None = None) -> None:
         """Write ``latest.pth`` (and ``iter_N.pth``), then prune: ``state["iter_ckpts"]`` (the run's iter files,
-        oldest first) is updated in place to the newest ``keep``, the older ones are deleted once written."""
+        oldest first) is updated in place to the newest ``keep``, the older ones are deleted once written.
+        ``dataset`` (class names, palette) travels in the file for ``gcnet predict``."""
         from gcnet.checkpoint import save_checkpoint
 
         history: list[str] = state["iter_ckpts"]
@@ -224,7 +227,7 @@ class RunDir:
                 dropped = history[:-keep]
                 del history[:-keep]
         with _writing_checkpoint(self.latest):
-            save_checkpoint(self.latest, model, **state)
+            save_checkpoint(self.latest, model, dataset=dataset, **state)
         if not iter_file:
             return
         with _writing_checkpoint(self.path / name), atomic_path(self.path / name) as tmp:
@@ -236,8 +239,8 @@ class RunDir:
             with contextlib.suppress(OSError):
                 (self.path / old).unlink()
 
-    def save_best(self, model: nn.Module, **extra: Any) -> None:
+    def save_best(self, model: nn.Module, dataset: DatasetInfo | None = None, **extra: Any) -> None:
         from gcnet.checkpoint import save_checkpoint
 
         with _writing_checkpoint(self.best):
-            save_checkpoint(self.best, model, **extra)
+            save_checkpoint(self.best, model, dataset=dataset, **extra)

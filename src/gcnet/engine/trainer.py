@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gcnet.data.metadata import DatasetInfo
 from gcnet.engine import distributed as gdist
 from gcnet.engine.builders import (
     build_criterion,
@@ -75,6 +76,7 @@ class _Session:
     sampler: InfiniteBatchSampler
     loader: torch.utils.data.DataLoader
     val_set: Any
+    info: DatasetInfo  # class names and palette, stored in every checkpoint
     logger: MetricsLog
     eval_kwargs: dict[str, Any]
     device: torch.device
@@ -284,7 +286,7 @@ class Trainer:
                        "amp_dtype": amp_dtype if amp and device.type == "cuda" else None}
         train_time = float(resume.ckpt.get("train_time_s", 0.0)) if resume is not None else 0.0
         return _Session(model=model, net=net, optimizer=optimizer, scaler=scaler, criterion=criterion,
-                        sampler=sampler, loader=loader, val_set=val_set,
+                        sampler=sampler, loader=loader, val_set=val_set, info=info,
                         logger=MetricsLog(self.work_dir, start_iter, self.dist.is_main, self.log),
                         eval_kwargs=eval_kwargs, device=device,
                         amp=amp, amp_dtype=amp_dtype, memory_format=memory_format, start_iter=start_iter,
@@ -430,7 +432,8 @@ class Trainer:
         if s.scaler.is_enabled():
             state["scaler"] = s.scaler.state_dict()
         with sigint_deferred():
-            gdist.on_main(lambda: self.run_dir.save(s.model, state, iter_file, self.cfg.schedule.keep_ckpts))
+            gdist.on_main(lambda: self.run_dir.save(s.model, state, iter_file, self.cfg.schedule.keep_ckpts,
+                                                     dataset=s.info))
             s.last_ckpt, s.last_ckpt_it = self.run_dir.latest, s.it
 
     def _validate(self, s: _Session) -> None:
@@ -456,7 +459,7 @@ class Trainer:
         if res["mIoU"] > state["best"]["mIoU"]:
             state["best"] = {"mIoU": float(res["mIoU"]), "iteration": it}
             with sigint_deferred():
-                gdist.on_main(lambda: self.run_dir.save_best(s.model, iteration=it, best=state["best"],
+                gdist.on_main(lambda: self.run_dir.save_best(s.model, dataset=s.info, iteration=it, best=state["best"],
                                                             results=json_safe(res), train_config=self.cfg.to_dict(),
                                                             run_id=state["run_id"]))
         state["pending_val"] = False
