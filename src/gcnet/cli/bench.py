@@ -87,6 +87,9 @@ examples:
     p.add_argument("--eval-limit", type=int, metavar="N", help="evaluate on the first N images only")
     p.add_argument("--keep-artifacts", metavar="DIR", help="keep the exported/quantized models in DIR")
     p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per form (default: %(default)s)")
+    p.add_argument("--end-to-end", nargs="?", type=int, const=30, default=0, metavar="FRAMES",
+                   help="also time a video frame in -> labels (+ annotated frame) out per CPU form: decode, "
+                        "pre, model, post, overlay, encode, and the FPS of both pipelines (default: 30 frames)")
     p.add_argument("--json", metavar="FILE", help="write the full report as JSON")
     p.set_defaults(func=run)
 
@@ -157,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--warmup, --iters and --batch must be >= 1")
     if min_time < 0:
         raise ConfigError("--min-time must be >= 0")
+    if args.end_to_end < 0:
+        raise ConfigError("--end-to-end FRAMES must be >= 1")
     forms = _forms(args)
     calib, ev = _datasets(args)
     with tempfile.TemporaryDirectory(prefix="gcnet-bench-w-") as scratch:
@@ -165,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
                                threads=args.threads, isolate=not args.in_process, calib=calib,
                                calib_num=args.num_calib or 2, full_bias_correction=args.full_bias_correction,
                                eval=ev, artifacts_dir=args.keep_artifacts, timeout=args.timeout,
-                               command=command_line())
+                               end_to_end=args.end_to_end, command=command_line())
     print(format_report(report))
     if args.json:
         save_report(report, args.json)

@@ -250,6 +250,8 @@ def run_form(job: dict) -> dict:
         result["peak_mem_mb"] = peak - baseline if baseline is not None else None
         result["mem_note"] = "peak RSS of the worker minus its RSS after importing the runtime"
     np.save(job["output"], np.asarray(out, dtype=np.float32))
+    if job.get("end_to_end") and not cuda:
+        result["end_to_end"] = _end_to_end(runtime, job["end_to_end"])
     if job.get("eval"):
         from gcnet.data.datasets import build_dataset
         from gcnet.data.transforms import EvalTransform
@@ -262,6 +264,14 @@ def run_form(job: dict) -> dict:
         result["aAcc"] = r["aAcc"]
         result["eval_images"] = r["num_images"]
     return result
+
+
+def _end_to_end(runtime: Runtime, spec: dict) -> dict:
+    """Per-stage times and pipeline FPS on the driver's video (see :mod:`gcnet.deploy.e2e`)."""
+    from gcnet.deploy.e2e import measure_end_to_end
+    from gcnet.deploy.predict import default_info
+
+    return measure_end_to_end(runtime, spec["video"], default_info(spec["num_classes"]), frames=spec["frames"])
 
 
 def _worker_main(job_path: str) -> int:
@@ -354,6 +364,26 @@ def _bench_input(data: dict | None, batch: int, h: int, w: int) -> tuple[np.ndar
         x = img.repeat(batch, 1, 1, 1).numpy().astype(np.float32)
         return x, f"{data['kind']}:{data['split']}[0] resized to {h}x{w}"
     return np.random.default_rng(0).standard_normal((batch, 3, h, w)).astype(np.float32), "standard normal"
+
+
+def _e2e_video(work: Path, data: dict | None, h: int, w: int, frames: int) -> tuple[str, str]:
+    """The end-to-end test video at the bench size: the dataset's first image (resized) or a
+    synthetic street scene, panned frame by frame; returns (path, description)."""
+    import cv2
+
+    from gcnet.data.synthetic import render_scene
+
+    if data:
+        from gcnet.data.datasets import build_dataset
+
+        frame = cv2.resize(build_dataset(data["kind"], data["root"], data["split"])[0][0], (w, h),
+                           interpolation=cv2.INTER_LINEAR)
+        desc = f"{data['kind']}:{data['split']}[0] resized to {h}x{w}"
+    else:
+        frame, desc = render_scene(np.random.default_rng(0), (h, w))[0], f"synthetic scene {h}x{w}"
+    from gcnet.deploy.e2e import make_video
+
+    return str(make_video(work / "e2e.mp4", frame, frames + 2)), f"{desc}, {frames} frames, mp4v"
 
 
 def _write_artifacts(work: Path, net: torch.nn.Module, deploy: torch.nn.Module, kinds: set[tuple[str, str]],
@@ -474,7 +504,7 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
                   calib: dict | None = None, calib_num: int = 2, full_bias_correction: bool = False,
                   eval: dict | None = None,
                   artifacts_dir: str | None = None, timeout: float = 1800, progress: bool = True,
-                  command: str | None = None) -> dict:
+                  end_to_end: int = 0, command: str | None = None) -> dict:
     """Benchmark ``forms`` (default: :func:`default_forms`) and return the report dict (the JSON)."""
     threads = threads or default_threads()
     forms = list(forms) if forms else default_forms()
@@ -507,6 +537,11 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
         artifacts, export_report = _write_artifacts(work, net, deploy, kinds, (min(h, 256), min(w, 512)),
                                                     calibration, full_bias_correction, log)
         del net, deploy
+        e2e = None
+        if end_to_end:
+            log(f"writing a {h}x{w} test video for the end-to-end measurement ...")
+            video, video_desc = _e2e_video(work, calib or eval, h, w, end_to_end)
+            e2e = {"video": video, "frames": end_to_end, "num_classes": num_classes, "description": video_desc}
 
         results = []
         for name in forms:
@@ -514,7 +549,7 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
             job = {"form": asdict(FORMS[name]), "artifacts": artifacts, "input": str(work / "input.npy"),
                    "output": str(work / f"out_{name}.npy"), "result": str(work / f"result_{name}.json"),
                    "warmup": warmup, "iters": iters, "min_time_s": min_time, "threads": threads,
-                   "isolated": isolate, "eval": eval}
+                   "isolated": isolate, "eval": eval, "end_to_end": e2e}
             res = _run_job(job, work, isolate, threads, timeout)
             results.append(_result_entry(name, res, complexity, batch, job["output"], ref, log))
         ref_eval = _relative_columns(results)
@@ -534,7 +569,8 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
                        "full_bias_correction": full_bias_correction,
                        "input": input_desc,
                        "reference": "torch-train-fp32" if has_train else "torch-fp32",
-                       "eval": eval, "mIoU_reference": ref_eval["form"] if ref_eval else None},
+                       "eval": eval, "mIoU_reference": ref_eval["form"] if ref_eval else None,
+                       "end_to_end": e2e and {"frames": e2e["frames"], "video": e2e["description"]}},
             "complexity": complexity,
             "export": export_report,
             "results": results,
@@ -589,6 +625,7 @@ def format_report(report: dict) -> str:
             continue
         widths = (10, 8, 8, 8, 8, 9, 8, 10, 8, 8, 7, 7)
         lines.append(f"{r['form']:<22}" + "".join(f"{c:>{w}}" for c, w in zip(result_cells(r, has_eval), widths)))
+    lines += _end_to_end_lines(report["results"])
     c = report["complexity"]
     lines.append(f"params/MACs: deploy {c['deploy']['params'] / 1e6:.2f} M / {c['deploy']['macs'] / 1e9:.1f} G"
                  + (f", train {c['train']['params'] / 1e6:.2f} M / {c['train']['macs'] / 1e9:.1f} G"
@@ -596,6 +633,27 @@ def format_report(report: dict) -> str:
     if report.get("fastest"):
         lines.append(f"fastest: {report['fastest']}")
     return "\n".join(lines)
+
+
+def end_to_end_cells(r: dict) -> list[str]:
+    """Per-stage median ms (decode, pre, model, post, overlay, encode), their sum, and the FPS of the
+    labels-only and the annotated-video pipelines."""
+    e = r["end_to_end"]
+    stages = [_fmt(e["stage_ms"][s], ".1f") for s in ("decode", "pre", "model", "post", "overlay", "encode")]
+    return stages + [f"{e['sequential_ms']:.1f}", f"{e['labels_fps']:.1f}", f"{e['overlay_video_fps']:.1f}"]
+
+
+def _end_to_end_lines(results: list[dict]) -> list[str]:
+    rows = [r for r in results if "end_to_end" in r]
+    if not rows:
+        return []
+    head = (f"{'end to end (ms/frame)':<22}{'decode':>8}{'pre':>8}{'model':>8}{'post':>8}{'overlay':>8}"
+            f"{'encode':>8}{'sum':>8}{'labels FPS':>11}{'video FPS':>10}")
+    lines = ["", head, "-" * len(head)]
+    widths = (8, 8, 8, 8, 8, 8, 8, 11, 10)
+    for r in rows:
+        lines.append(f"{r['form']:<22}" + "".join(f"{c:>{w}}" for c, w in zip(end_to_end_cells(r), widths)))
+    return lines
 
 
 def save_report(report: dict, path: str | os.PathLike) -> Path:
