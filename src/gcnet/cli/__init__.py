@@ -23,6 +23,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_message(exc: GCNetError) -> str:
+    """The message of a user-facing error, without the worker traceback torch adds when it crossed a DataLoader.
+
+    A DataLoader re-raises a worker's exception in the main process as the same type whose message is
+    "Caught X in DataLoader worker process N. Original Traceback ...": keep only the original message.
+    """
+    text = str(exc)
+    if "Original Traceback (most recent call last):" not in text:
+        return text
+    marker = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    at = text.rfind(marker)
+    return text[at + len(marker):].strip() if at >= 0 else text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -35,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             args.set = parse_override_args(extra) + list(args.set)
         return int(args.func(args) or 0)
     except GCNetError as exc:
-        print(f"gcnet {args.command}: error: {exc}", file=sys.stderr)
+        print(f"gcnet {args.command}: error: {user_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gcnet {args.command}: interrupted", file=sys.stderr)
