@@ -12,8 +12,15 @@ from gcnet.errors import GCNetError
 SUBCOMMANDS = ("info", "train", "eval", "demo", "predict", "export", "bench")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in two lines (the full usage of a subcommand is long): the error, then where help is."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n(run '{self.prog} --help' for the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gcnet",
         description="GCNet real-time semantic segmentation: train, evaluate, reparameterize, export, benchmark.",
     )
@@ -41,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "train":
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        _Parser(prog=f"gcnet {args.command}").error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if extra:  # train: nested keys (--model.overrides.channels 8) and a clear message for unknown keys
             from gcnet.engine.config import parse_override_args
