@@ -80,7 +80,7 @@ def test_output_paths_checked_without_creating_anything(tmp_path, capsys):
     for argv, message in [(["--out", str(a_file)], "exists and is not a folder"),
                           (["--out", str(a_file / "sub")], "is a file"),
                           (["--json", str(tmp_path)], "is a folder; give a file name"),
-                          (["--json", str(a_file / "r.json")], "is a file")]:
+                          (["--json", str(a_file / "r.json")], "taken.txt exists and is not a folder")]:
         with pytest.raises(SystemExit):
             _parser().parse_args(argv)
         assert message in capsys.readouterr().err

@@ -84,11 +84,13 @@ def writable_file(text: str) -> Path | str:
     if text == "-":
         return text
     path = Path(text).expanduser()
-    problem = f"{path} is a folder; give a file name" if path.is_dir() else _dir_problem(path.parent)
-    if problem is None and path.exists() and not os.access(path, os.W_OK):
-        problem = f"{path} is not writable"
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name")
+    problem = _dir_problem(path.parent)
     if problem:
-        raise argparse.ArgumentTypeError(problem)
+        raise argparse.ArgumentTypeError(f"cannot write {path}: {problem}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{path} is not writable")
     return path
 
 
