@@ -25,9 +25,13 @@ shown at the top):
     comes from the ``info`` argument, else ``root/dataset.json`` (``{"name", "classes", "palette"?,
     "ignore_index"?}``), else ``root/classes.txt`` (one class name per line, ignore index 255).
 
-Construction checks cheaply that the folders exist and that every image has a label. :meth:`validate` reads
-every label once and reports size mismatches and out-of-range values. Every problem raises
-:class:`gcnet.errors.DatasetError` whose message names the offending file.
+Construction checks cheaply that the folders exist and that every image has a label.
+:meth:`SegmentationDataset.validate` (run by ``gcnet train`` / ``gcnet eval`` before they start) checks every
+file and raises one error listing all bad files; its results are cached per data set (:mod:`gcnet.data.check`).
+Every problem raises :class:`gcnet.errors.DatasetError` whose message names the offending file.
+
+Images of any mode are read as 8-bit RGB (:func:`read_image`: 16-bit at full range, greyscale expanded, alpha
+dropped); label files keep their stored values (:func:`read_label_file`: 8- or 16-bit indices, or colours).
 
 Without a transform, item ``i`` is ``(uint8 HxWx3 RGB ndarray, int64 HxW ndarray)``; with one it is whatever
 the transform returns (``TrainTransform`` / ``EvalTransform``: ``(float32 [3,H,W], int64 [H,W])`` tensors).
@@ -40,8 +44,8 @@ import hashlib
 import json
 import os
 import pickle
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Union
 
@@ -49,6 +53,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from gcnet.data.check import CheckCache, file_stamp, write_report
 from gcnet.data.metadata import (
     CAMVID_COLOR_ALIASES,
     CAMVID_SEGNET_VOID,
@@ -58,7 +63,6 @@ from gcnet.data.metadata import (
     default_palette,
     get_dataset_info,
 )
-from gcnet.data.check import CheckCache, file_stamp, write_report
 from gcnet.errors import DatasetError
 
 __all__ = [
