@@ -35,12 +35,13 @@ def test_info_table_and_errors():
 def _parser():
     import argparse
 
-    from gcnet.cli.args import non_negative_int, positive_float, positive_int, writable_dir, writable_file
+    from gcnet.cli.args import fraction, non_negative_int, positive_float, positive_int, writable_dir, writable_file
 
     p = argparse.ArgumentParser(prog="gcnet x")
     p.add_argument("--limit", type=positive_int)
     p.add_argument("--workers", type=non_negative_int)
     p.add_argument("--minutes", type=positive_float)
+    p.add_argument("--alpha", type=fraction)
     p.add_argument("--out", type=writable_dir)
     p.add_argument("--json", type=writable_file)
     return p
@@ -53,6 +54,7 @@ def _parser():
     ("--workers", "-3", "must be 0 or a positive integer"),
     ("--minutes", "nan", "must be a positive number"),
     ("--minutes", "-2", "must be a positive number"),
+    ("--alpha", "1.5", "must be a number from 0 to 1"),
 ])
 def test_number_types_refuse_bad_values(flag, value, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -62,8 +64,8 @@ def test_number_types_refuse_bad_values(flag, value, message, capsys):
 
 
 def test_number_types_accept_good_values():
-    args = _parser().parse_args(["--limit", "3", "--workers", "0", "--minutes", "0.5"])
-    assert (args.limit, args.workers, args.minutes) == (3, 0, 0.5)
+    args = _parser().parse_args(["--limit", "3", "--workers", "0", "--minutes", "0.5", "--alpha", "0"])
+    assert (args.limit, args.workers, args.minutes, args.alpha) == (3, 0, 0.5, 0.0)
 
 
 def test_output_paths_checked_without_creating_anything(tmp_path, capsys):

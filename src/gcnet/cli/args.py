@@ -46,15 +46,24 @@ def non_negative_int(text: str) -> int:
     return _int(text, 0, "0 or a positive integer")
 
 
-def positive_float(text: str) -> float:
-    """A finite number > 0 (durations, tolerances)."""
+def _float(text: str, ok, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number; got {text!r}")
+    if not ok(value):  # NaN fails every comparison
+        raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}")
     return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (durations, tolerances)."""
+    return _float(text, lambda v: 0 < v < float("inf"), "a positive number")
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1] (opacities, ratios)."""
+    return _float(text, lambda v: 0 <= v <= 1, "a number from 0 to 1")
 
 
 def _dir_problem(path: Path) -> str | None:
