@@ -119,6 +119,13 @@ def test_second_run_reads_only_changed_files(tmp_path, gcnet_home, monkeypatch):
     other.validate(progress=False)
     assert len(reads) == 6
 
+    data = json.loads(cache_file.read_text())  # damaged entries are checked again
+    for entry in data["entries"].values():
+        entry["counts"] = entry["counts"][:2]
+    cache_file.write_text(json.dumps(data))
+    reads.clear()
+    assert ds.validate(check_images=True, progress=False) == again and len(reads) == 12
+
     cache_file.write_text("{ not json")  # a corrupt cache is ignored and rewritten
     reads.clear()
     assert ds.validate(check_images=True, progress=False) == again and len(reads) == 12

@@ -78,8 +78,10 @@ class CheckCache:
             return None
         if (check_values and not entry.get("values")) or (check_images and not entry.get("images")):
             return None
-        if check_values and not isinstance(entry.get("counts"), list):
-            return None
+        counts = entry.get("counts")
+        if check_values and not (isinstance(counts, list) and len(counts) == self.key.get("num_classes")
+                                 and all(type(c) is int for c in counts) and type(entry.get("ignore")) is int):
+            return None  # an entry edited or damaged by hand
         return entry
 
     def store(self, name: str, entry: dict[str, Any]) -> None:
