@@ -7,9 +7,8 @@ import json
 import pytest
 from helpers import run_gcnet as run_cli
 
-pytestmark = pytest.mark.slow  # every test starts gcnet processes
 
-
+@pytest.mark.slow  # starts a gcnet process
 def test_info_json_reports_reference_numbers():
     result = run_cli("info", "gcnet-s", "--size", "1024x2048", "--json")
     assert result.returncode == 0, result.stderr
@@ -19,6 +18,7 @@ def test_info_json_reports_reference_numbers():
     assert row["deploy"]["params"] < row["train"]["params"]
 
 
+@pytest.mark.slow  # starts gcnet processes
 def test_info_table_and_errors():
     result = run_cli("info", "--size", "512")
     assert result.returncode == 0 and "gcnet-l" in result.stdout and "512x512" in result.stdout
@@ -26,3 +26,84 @@ def test_info_table_and_errors():
     assert bad.returncode == 2 and "unknown model" in bad.stderr
     bad_size = run_cli("info", "--size", "abc")
     assert bad_size.returncode == 2 and "size must be HxW" in bad_size.stderr
+
+
+# ------------------------------------------------------------------------- shared argument types (cli/args.py)
+def _parser():
+    import argparse
+
+    from gcnet.cli.args import fraction, non_negative_int, positive_float, positive_int, writable_dir, writable_file
+
+    p = argparse.ArgumentParser(prog="gcnet x")
+    p.add_argument("--limit", type=positive_int)
+    p.add_argument("--workers", type=non_negative_int)
+    p.add_argument("--minutes", type=positive_float)
+    p.add_argument("--alpha", type=fraction)
+    p.add_argument("--out", type=writable_dir)
+    p.add_argument("--json", type=writable_file)
+    return p
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--limit", "-1", "must be a positive integer (1, 2, ...)"),
+    ("--limit", "0", "must be a positive integer (1, 2, ...)"),
+    ("--limit", "two", "must be a positive integer (1, 2, ...)"),
+    ("--workers", "-3", "must be 0 or a positive integer"),
+    ("--minutes", "nan", "must be a positive number"),
+    ("--minutes", "-2", "must be a positive number"),
+    ("--alpha", "1.5", "must be a number from 0 to 1"),
+])
+def test_number_types_refuse_bad_values(flag, value, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _parser().parse_args([flag, value])
+    assert exc.value.code == 2
+    assert f"argument {flag}: {message}; got '{value}'" in capsys.readouterr().err
+
+
+def test_number_types_accept_good_values():
+    args = _parser().parse_args(["--limit", "3", "--workers", "0", "--minutes", "0.5", "--alpha", "0"])
+    assert (args.limit, args.workers, args.minutes, args.alpha) == (3, 0, 0.5, 0.0)
+
+
+def test_output_paths_checked_without_creating_anything(tmp_path, capsys):
+    import os
+
+    from gcnet.cli.args import check_writable_dir
+    from gcnet.errors import ConfigError
+
+    a_file = tmp_path / "taken.txt"
+    a_file.write_text("mine")
+    args = _parser().parse_args(["--out", str(tmp_path / "new" / "deeper"), "--json", str(tmp_path / "r.json")])
+    assert args.out == tmp_path / "new" / "deeper" and not (tmp_path / "new").exists()
+    assert _parser().parse_args(["--json", "-"]).json == "-"
+    for argv, message in [(["--out", str(a_file)], "exists and is not a folder"),
+                          (["--out", str(a_file / "sub")], "is a file"),
+                          (["--json", str(tmp_path)], "is a folder; give a file name"),
+                          (["--json", str(a_file / "r.json")], "taken.txt exists and is not a folder")]:
+        with pytest.raises(SystemExit):
+            _parser().parse_args(argv)
+        assert message in capsys.readouterr().err
+    assert a_file.read_text() == "mine"
+    with pytest.raises(ConfigError, match="work dir: .*taken.txt exists and is not a folder"):
+        check_writable_dir(a_file, "work dir")
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["--out", str(locked / "out")])
+        assert "is not writable" in capsys.readouterr().err
+
+
+def test_usage_errors_are_two_lines(capsys):
+    from gcnet.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["info", "--size", "0x5"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["gcnet info: error: argument --size: size must be HxW or N (positive integers), e.g. 1024x2048 "
+                   "or 512; got '0x5'", "(run 'gcnet info --help' for the options)"]
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "x.pth", "--no-such-flag"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.startswith("gcnet eval: error: unrecognized arguments: --no-such-flag\n")

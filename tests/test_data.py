@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gcnet.data.datasets import SegmentationDataset, build_dataset, read_image
+from gcnet.data.datasets import SegmentationDataset, build_dataset, read_image, read_label_file
 from gcnet.data.metadata import (
     CITYSCAPES_CLASS_WEIGHTS,
     DatasetInfo,
@@ -25,6 +25,12 @@ from gcnet.errors import DatasetError
 
 # ------------------------------------------------------------------------------------------------ helpers
 H, W = 6, 8
+
+
+@pytest.fixture(autouse=True)
+def _check_cache_in_tmp(tmp_path, monkeypatch):
+    """validate() remembers results under $GCNET_HOME: keep them out of the user's cache."""
+    monkeypatch.setenv("GCNET_HOME", str(tmp_path / "gcnet_home"))
 
 
 def _rgb(h=H, w=W, seed=0) -> np.ndarray:
@@ -314,6 +320,103 @@ def test_rgb_label_in_folder_layout_rejected(tmp_path):
     _save_rgb(root / "labels/train/img0.png")
     with pytest.raises(DatasetError, match="img0.png.*single-channel"):
         build_dataset("folder", root, "train")[0]
+    with pytest.raises(DatasetError, match="img0.png.*single-channel"):  # header-only check sees the mode too
+        build_dataset("folder", root, "train").validate(check_values=False, progress=False)
+    grey_as_rgb = np.repeat(_label_grid([0, 1, 2])[..., None].astype(np.uint8), 3, axis=2)
+    _save_rgb(root / "labels/train/img0.png", grey_as_rgb)
+    with pytest.raises(DatasetError, match="channels are equal.*greyscale"):
+        build_dataset("folder", root, "train")[0]
+
+
+# ------------------------------------------------------------------------------------ image and label modes
+def png16(path: Path, arr: np.ndarray) -> Path:
+    """Write a 16-bit PNG (grey, grey + alpha, RGB or RGBA by channel count): Pillow cannot write all of them."""
+    import struct
+    import zlib
+
+    arr = np.asarray(arr, dtype=">u2")
+    h, w = arr.shape[:2]
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[arr.shape[2] if arr.ndim == 3 else 1]
+    raw = b"".join(b"\x00" + arr[y].tobytes() for y in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_16bit_images_read_at_full_range(tmp_path, channels):
+    rng = np.random.default_rng(channels)
+    shape = (H, W) if channels == 1 else (H, W, channels)
+    eight = rng.integers(0, 256, shape).astype(np.uint8)
+    # the exact 16-bit equivalent of an 8-bit image reads back equal to it (within 1)
+    got = read_image(png16(tmp_path / "exact.png", eight.astype(np.uint16) * 257))
+    want = np.repeat(eight[..., None], 3, 2) if channels == 1 else eight[..., :3]
+    assert got.dtype == np.uint8 and got.shape == (H, W, 3)
+    assert np.abs(got.astype(int) - want).max() <= 1
+    # arbitrary 16-bit values: 0-65535 scaled to 0-255, not clipped to 255
+    sixteen = rng.integers(0, 65536, shape)
+    got = read_image(png16(tmp_path / "any.png", sixteen)).astype(int)
+    want = np.rint(sixteen / 257.0)
+    want = np.repeat(want[..., None], 3, 2) if channels == 1 else want[..., :3]
+    assert np.abs(got - want).max() <= 1 and got.mean() < 200
+
+
+def test_greyscale_palette_and_alpha_images_become_rgb(tmp_path):
+    grey = _rgb()[..., 0]
+    Image.fromarray(grey, mode="L").save(tmp_path / "l.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "l.png"), np.repeat(grey[..., None], 3, 2))
+    Image.fromarray(grey, mode="L").convert("LA").save(tmp_path / "la.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "la.png"), np.repeat(grey[..., None], 3, 2))
+    rgba = np.dstack([_rgb(), np.full((H, W), 7, np.uint8)])
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "rgba.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "rgba.png"), rgba[..., :3])  # alpha dropped, not blended
+    pal = Image.fromarray(_rgb()).quantize(8)
+    pal.save(tmp_path / "p.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "p.png"), np.array(pal.convert("RGB")))
+    Image.fromarray(_rgb()).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    assert read_image(tmp_path / "cmyk.jpg").shape == (H, W, 3)
+    Image.fromarray(grey.astype(np.int32) * 257, mode="I").save(tmp_path / "i32.tif")
+    np.testing.assert_array_equal(read_image(tmp_path / "i32.tif")[..., 1], grey)
+
+
+def test_unrepresentable_images_refused_with_reason(tmp_path):
+    unit = np.linspace(0, 1, H * W, dtype=np.float32).reshape(H, W)
+    Image.fromarray(unit, mode="F").save(tmp_path / "unit.tif")
+    np.testing.assert_array_equal(read_image(tmp_path / "unit.tif")[..., 0], np.rint(unit * 255).astype(np.uint8))
+    Image.fromarray(unit * 1000, mode="F").save(tmp_path / "hdr.tif")
+    with pytest.raises(DatasetError, match=r"hdr.tif has floating-point values in \[0, 1000\]"):
+        read_image(tmp_path / "hdr.tif")
+    Image.fromarray(np.full((H, W), 70000, np.int32), mode="I").save(tmp_path / "big.tif")
+    with pytest.raises(DatasetError, match=r"big.tif .*\[70000, 70000\].*65535"):
+        read_image(tmp_path / "big.tif")
+    pages = [Image.fromarray(_rgb(seed=s)) for s in range(3)]
+    pages[0].save(tmp_path / "pages.tif", save_all=True, append_images=pages[1:])
+    with pytest.raises(DatasetError, match="pages.tif has 3 pages"):
+        read_image(tmp_path / "pages.tif")
+
+
+def test_16bit_labels_keep_values_and_out_of_range_is_refused(tmp_path):
+    root = _folder_tree(tmp_path / "f")
+    png16(root / "labels/train/img0.png", _label_grid([0, 1, 2, 255]))
+    ds = build_dataset("folder", root, "train")
+    assert read_label_file(root / "labels/train/img0.png").dtype == np.uint16
+    np.testing.assert_array_equal(ds[0][1], ds[1][1])  # 16-bit indices read as is, never rescaled
+    png16(root / "labels/train/img0.png", _label_grid([0, 1, 300]))
+    with pytest.raises(DatasetError, match=r"img0.png has values outside \[0, 3\).*: 300"):
+        ds[0]
+    with pytest.raises(DatasetError, match=r"img0.png has values outside \[0, 3\).*: 300"):
+        ds.validate(progress=False)
+    png16(root / "labels/train/img0.png", np.dstack([_label_grid([0, 1, 2]), np.full((H, W), 65535)]))
+    with pytest.raises(DatasetError, match="img0.png is a 16-bit grey \\+ alpha PNG"):
+        ds[0]
+    Image.fromarray(np.full((H, W), 1.5, np.float32), mode="F").save(root / "labels/train/img1.png", "TIFF")
+    with pytest.raises(DatasetError, match="img1.png is a floating-point image with non-integer values"):
+        ds[1]
 
 
 # --------------------------------------------------------------------------------------- with transforms

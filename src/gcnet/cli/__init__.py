@@ -12,8 +12,15 @@ from gcnet.errors import GCNetError
 SUBCOMMANDS = ("info", "train", "eval", "demo", "predict", "export", "bench", "weights")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in two lines (the full usage of a subcommand is long): the error, then where help is."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n(run '{self.prog} --help' for the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gcnet",
         description="GCNet real-time semantic segmentation: train, evaluate, reparameterize, export, benchmark.",
     )
@@ -23,11 +30,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_message(exc: GCNetError) -> str:
+    """The message of a user-facing error, without the worker traceback torch adds when it crossed a DataLoader.
+
+    A DataLoader re-raises a worker's exception in the main process as the same type whose message is
+    "Caught X in DataLoader worker process N. Original Traceback ...": keep only the original message.
+    """
+    text = str(exc)
+    if "Original Traceback (most recent call last):" not in text:
+        return text
+    marker = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    at = text.rfind(marker)
+    return text[at + len(marker):].strip() if at >= 0 else text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "train":
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        _Parser(prog=f"gcnet {args.command}").error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if extra:  # train: nested keys (--model.overrides.channels 8) and a clear message for unknown keys
             from gcnet.engine.config import parse_override_args
@@ -35,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             args.set = parse_override_args(extra) + list(args.set)
         return int(args.func(args) or 0)
     except GCNetError as exc:
-        print(f"gcnet {args.command}: error: {exc}", file=sys.stderr)
+        print(f"gcnet {args.command}: error: {user_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gcnet {args.command}: interrupted", file=sys.stderr)

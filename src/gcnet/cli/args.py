@@ -1,8 +1,16 @@
-"""Argument types shared by the subcommands."""
+"""Argument types shared by the subcommands.
+
+Each type turns a bad value into a two-line usage error (exit 2) that names the flag, e.g.
+``gcnet eval: error: argument --limit: must be a positive integer (1, 2, ...); got '-1'``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
+
+from gcnet.errors import ConfigError
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -16,3 +24,91 @@ def parse_size(text: str) -> tuple[int, int]:
     if len(parts) != 2 or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"size must be HxW or N (positive integers), e.g. 1024x2048 or 512; got {text!r}")
     return parts[0], parts[1]
+
+
+def _int(text: str, minimum: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (counts, sizes, thread numbers, limits)."""
+    return _int(text, 1, "a positive integer (1, 2, ...)")
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (e.g. DataLoader workers, where 0 means 'in this process')."""
+    return _int(text, 0, "0 or a positive integer")
+
+
+def _float(text: str, ok, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not ok(value):  # NaN fails every comparison
+        raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (durations, tolerances)."""
+    return _float(text, lambda v: 0 < v < float("inf"), "a positive number")
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1] (opacities, ratios)."""
+    return _float(text, lambda v: 0 <= v <= 1, "a number from 0 to 1")
+
+
+def _dir_problem(path: Path) -> str | None:
+    """Why files cannot be written into folder ``path`` (created if missing), or None if they can."""
+    if path.exists() and not path.is_dir():
+        return f"{path} exists and is not a folder"
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot create folder {path}: {existing} is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable" if existing == path else f"cannot create {path}: {existing} is not writable"
+    return None
+
+
+def writable_dir(text: str) -> Path:
+    """argparse type for an output folder: it exists and is writable, or can be created. Nothing is created here."""
+    problem = _dir_problem(Path(text).expanduser())
+    if problem:
+        raise argparse.ArgumentTypeError(f"{problem} (choose another output folder)")
+    return Path(text).expanduser()
+
+
+def writable_file(text: str) -> Path | str:
+    """argparse type for an output file (``-`` = stdout is returned as is): not a folder, its folder writable."""
+    if text == "-":
+        return text
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name")
+    problem = _dir_problem(path.parent)
+    if problem:
+        raise argparse.ArgumentTypeError(f"cannot write {path}: {problem}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{path} is not writable")
+    return path
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """The same check as :func:`writable_dir` for folders that do not come from a flag (e.g. a config value).
+
+    Raises ConfigError naming ``what`` and the folder.
+    """
+    problem = _dir_problem(Path(path).expanduser())
+    if problem:
+        raise ConfigError(f"{what}: {problem}")
+    return Path(path).expanduser()

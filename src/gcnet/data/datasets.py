@@ -25,9 +25,13 @@ shown at the top):
     comes from the ``info`` argument, else ``root/dataset.json`` (``{"name", "classes", "palette"?,
     "ignore_index"?}``), else ``root/classes.txt`` (one class name per line, ignore index 255).
 
-Construction checks cheaply that the folders exist and that every image has a label. :meth:`validate` reads
-every label once and reports size mismatches and out-of-range values. Every problem raises
-:class:`gcnet.errors.DatasetError` whose message names the offending file.
+Construction checks cheaply that the folders exist and that every image has a label.
+:meth:`SegmentationDataset.validate` (run by ``gcnet train`` / ``gcnet eval`` before they start) checks every
+file and raises one error listing all bad files; its results are cached per data set (:mod:`gcnet.data.check`).
+Every problem raises :class:`gcnet.errors.DatasetError` whose message names the offending file.
+
+Images of any mode are read as 8-bit RGB (:func:`read_image`: 16-bit at full range, greyscale expanded, alpha
+dropped); label files keep their stored values (:func:`read_label_file`: 8- or 16-bit indices, or colours).
 
 Without a transform, item ``i`` is ``(uint8 HxWx3 RGB ndarray, int64 HxW ndarray)``; with one it is whatever
 the transform returns (``TrainTransform`` / ``EvalTransform``: ``(float32 [3,H,W], int64 [H,W])`` tensors).
@@ -35,9 +39,13 @@ the transform returns (``TrainTransform`` / ``EvalTransform``: ``(float32 [3,H,W
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+import pickle
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Union
 
@@ -45,6 +53,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from gcnet.data.check import CheckCache, file_stamp, write_report
 from gcnet.data.metadata import (
     CAMVID_COLOR_ALIASES,
     CAMVID_SEGNET_VOID,
@@ -80,66 +89,131 @@ _READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionB
 
 
 # ---------------------------------------------------------------------------------------------- file I/O
-def read_image(path: PathLike) -> np.ndarray:
-    """Read an image file as an RGB uint8 ``HxWx3`` array; a missing or corrupt file raises DatasetError."""
+_COLOUR_MODES = ("RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV")
+
+
+@contextlib.contextmanager
+def _open(path: PathLike, what: str) -> Iterator[Image.Image]:
+    """Open an image file; a missing, corrupt, truncated or multi-page file raises DatasetError naming it."""
     path = Path(path)
     try:
         with Image.open(path) as im:
-            return np.array(im.convert("RGB"), dtype=np.uint8)
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1 and im.format != "MPO":  # MPO: camera JPEG with a preview, the first frame is the photo
+                raise DatasetError(f"{what} {path} has {frames} pages/frames; gcnet reads single images "
+                                   "(save each page as its own file)")
+            yield im
     except FileNotFoundError:
-        raise DatasetError(f"image file not found: {path}") from None
+        raise DatasetError(f"{what} file not found: {path}") from None
     except _READ_ERRORS as e:
-        raise DatasetError(f"cannot read image {path}: {e}") from e
+        raise DatasetError(f"cannot read {what} {path}: {e}") from e
+
+
+def _to_uint8(values: np.ndarray, path: Path, mode: str) -> np.ndarray:
+    """Scale integer 0-65535 or float 0-1 samples to 0-255; refuse what does not fit these ranges."""
+    lo, hi = (values.min(), values.max()) if values.size else (0, 0)
+    if mode == "F":
+        if not np.isfinite(values).all() or lo < 0 or hi > 1:
+            lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+            raise DatasetError(f"image {path} has floating-point values in [{lo:g}, {hi:g}]; gcnet reads float "
+                               "images only with values in [0, 1] (convert it to an 8- or 16-bit image)")
+        return np.rint(values * 255.0).astype(np.uint8)
+    if lo < 0 or hi > 65535:
+        raise DatasetError(f"image {path} ({mode}) has values in [{lo}, {hi}]; gcnet reads integer images with "
+                           "values in [0, 65535] (8 or 16 bits per sample)")
+    return ((values.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """Read an image file as an RGB uint8 ``HxWx3`` array, whatever its mode.
+
+    8-bit images of any mode are converted to RGB (alpha dropped, CMYK converted); 16-bit images keep their
+    full range (0-65535 scaled to 0-255); float images must hold values in [0, 1]. A missing, corrupt,
+    multi-page or unrepresentable file raises DatasetError naming it.
+    """
+    path = Path(path)
+    with _open(path, "image") as im:
+        im.load()
+        mode = im.mode
+        if mode == "F" or mode == "I" or mode.startswith("I;"):
+            grey = _to_uint8(np.array(im), path, mode)  # 16/32-bit integer or float greyscale
+            return np.repeat(grey[..., None], 3, axis=2)
+        return np.array(im.convert("RGB"), dtype=np.uint8)  # 16-bit RGB(A): Pillow keeps the high byte
 
 
 def read_label_file(path: PathLike) -> np.ndarray:
     """Read a label file as stored: ``HxW`` integers (index / palette PNG) or ``HxWx3`` uint8 (colour PNG).
 
-    Palette (``P``) PNGs give their indices, not their colours. No dataset-specific mapping is applied.
+    Palette (``P``) PNGs give their indices, not their colours; 16-bit index PNGs keep their values (the range
+    check happens later). No dataset-specific mapping is applied. Files whose values cannot be read exactly
+    (16-bit grey + alpha, non-integer floats) raise DatasetError naming the file.
     """
     path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            if mode in ("RGB", "RGBA", "CMYK", "YCbCr"):
-                return np.array(im.convert("RGB"), dtype=np.uint8)
-            if mode in ("LA", "PA"):  # drop the alpha channel, keep grey values / palette indices
-                return np.array(im.getchannel(0))
-            return np.array(im)
-    except FileNotFoundError:
-        raise DatasetError(f"label file not found: {path}") from None
-    except _READ_ERRORS as e:
-        raise DatasetError(f"cannot read label {path}: {e}") from e
+    with _open(path, "label") as im:
+        rawmodes = " ".join(str(t[3]) for t in im.tile)  # the file's sample layout (gone after load())
+        im.load()
+        mode = im.mode
+        if mode in _COLOUR_MODES:
+            if "LA;16" in rawmodes:  # Pillow presents 16-bit grey + alpha as 8-bit RGBA
+                raise DatasetError(f"label {path} is a 16-bit grey + alpha PNG, which can be read only to 8 bits; "
+                                   "save it as a single-channel 8- or 16-bit PNG without alpha")
+            return np.array(im.convert("RGB"), dtype=np.uint8)
+        if mode in ("LA", "PA"):  # drop the alpha channel, keep grey values / palette indices
+            return np.array(im.getchannel(0))
+        raw = np.array(im)
+    if mode == "F":
+        if not np.isfinite(raw).all() or not np.array_equal(raw, np.rint(raw)):
+            raise DatasetError(f"label {path} is a floating-point image with non-integer values; expected class "
+                               "indices (save it as an 8- or 16-bit single-channel PNG)")
+        return raw.astype(np.int64)
+    return raw
 
 
 def _image_size(path: Path, full_decode: bool = False) -> tuple[int, int]:
-    """(width, height) from the file header (or a full decode); raises DatasetError naming the file."""
-    try:
-        with Image.open(path) as im:
-            if full_decode:
-                im.load()
-            return im.size
-    except FileNotFoundError:
-        raise DatasetError(f"file not found: {path}") from None
-    except _READ_ERRORS as e:
-        raise DatasetError(f"cannot read {path}: {e}") from e
+    """(width, height) from the file header, or with ``full_decode`` from :func:`read_image`.
+
+    Raises DatasetError naming the file (missing, corrupt, multi-page, or with ``full_decode`` undecodable).
+    """
+    if full_decode:
+        h, w = read_image(path).shape[:2]
+        return w, h
+    with _open(path, "image") as im:
+        return im.size
+
+
+def _label_header(path: Path) -> tuple[tuple[int, int], str]:
+    """(width, height) and Pillow mode of a label file from its header."""
+    with _open(path, "label") as im:
+        return im.size, im.mode
 
 
 # ------------------------------------------------------------------------------------------ label decoders
 # Module-level callables (picklable, so DataLoader workers can use them with any start method).
+def _colour_label_message(path: Path, raw: np.ndarray | None, expected: str = "") -> str:
+    """Message for a colour label where the layout expects class indices (``raw``: the pixels, if read)."""
+    hint = ""
+    if raw is not None and raw.ndim == 3 and (raw == raw[..., :1]).all():
+        hint = "; its three channels are equal, so convert it to a greyscale (L) PNG"
+    return (f"label {path} is a colour (RGB) image but this layout expects single-channel class indices "
+            f"({expected or 'an L or P PNG, one class index per pixel'}){hint}")
+
+
+def _size_message(lbl_path: Path, lbl_size: Sequence[int], img_path: Path, img_size: Sequence[int]) -> str:
+    return (f"label {lbl_path} is {lbl_size[0]}x{lbl_size[1]} but image {img_path} is {img_size[0]}x{img_size[1]} "
+            "(width x height)")
+
+
 class _IndexDecoder:
     """Single-channel index labels; optional value remapping ``{src: dst}``."""
+
+    colour_labels = False  # whether colour (RGB) label files are valid for this decoder
 
     def __init__(self, remap: dict[int, int] | None = None) -> None:
         self.remap = dict(remap or {})
 
     def __call__(self, raw: np.ndarray, path: Path) -> np.ndarray:
         if raw.ndim != 2:
-            raise DatasetError(
-                f"label {path} has {raw.shape[2]} channels; expected a single-channel index PNG "
-                "(one class index per pixel)"
-            )
+            raise DatasetError(_colour_label_message(path, raw))
         label = raw.astype(np.int64)
         if self.remap:
             out = label.copy()
@@ -154,6 +228,8 @@ class _ColorDecoder:
 
     Single-channel labels are passed through as indices (some CamVid copies ship index PNGs).
     """
+
+    colour_labels = True
 
     def __init__(self, colors: dict[tuple[int, int, int], int], ignore_index: int) -> None:
         packed = np.array([(r << 16) | (g << 8) | b for (r, g, b) in colors], dtype=np.int64)
@@ -177,13 +253,15 @@ class _ColorDecoder:
 class _CityscapesDecoder:
     """``*_labelTrainIds.png`` as is; ``*_labelIds.png`` through the official labelId -> trainId table."""
 
+    colour_labels = False
+
     def __init__(self, ignore_index: int) -> None:
         self.lut = cityscapes_label_lut(ignore_index)
         self.ignore_index = ignore_index
 
     def __call__(self, raw: np.ndarray, path: Path) -> np.ndarray:
         if raw.ndim != 2:
-            raise DatasetError(f"label {path} is a colour image; expected *_labelTrainIds.png or *_labelIds.png")
+            raise DatasetError(_colour_label_message(path, raw, "*_labelTrainIds.png or *_labelIds.png"))
         if path.name.endswith("_labelIds.png"):
             raw = raw.astype(np.int64)
             out = np.full(raw.shape, self.ignore_index, dtype=np.int64)
@@ -195,6 +273,8 @@ class _CityscapesDecoder:
 
 class _VOCDecoder:
     """VOC palette PNG indices as is; RGB colour PNGs decoded with the VOC palette (boundary -> ignore)."""
+
+    colour_labels = True
 
     def __init__(self, info: DatasetInfo) -> None:
         colors = {c: i for i, c in enumerate(info.palette)}
@@ -279,10 +359,7 @@ class SegmentationDataset(Dataset):
         image = read_image(img_path)
         label = self._decode_label(lbl_path)
         if label.shape != image.shape[:2]:
-            raise DatasetError(
-                f"label {lbl_path} is {label.shape[1]}x{label.shape[0]} but image {img_path} is "
-                f"{image.shape[1]}x{image.shape[0]} (width x height)"
-            )
+            raise DatasetError(_size_message(lbl_path, label.shape[::-1], img_path, image.shape[1::-1]))
         if self.check_labels:
             bad = self._out_of_range(label)
             if bad.size:
@@ -292,64 +369,114 @@ class SegmentationDataset(Dataset):
         return self.transform(image, label)
 
     def validate(self, check_values: bool = True, check_images: bool = False, progress: bool = True) -> dict:
-        """Check every sample once and raise DatasetError listing all problems found (each naming its file).
+        """Check every sample and raise one DatasetError listing every bad file found (each by name).
 
-        Checks: image and label files readable, label size equals image size, and (``check_values``) label
-        values in ``[0, num_classes)`` or the ignore index. ``check_images`` fully decodes every image
-        (slower) instead of reading only its header.
+        Checks: image and label files readable and single-page, labels of the kind the layout expects
+        (single-channel indices, or colours for colour-coded layouts), label size equals image size, and
+        (``check_values``) label values in ``[0, num_classes)`` or the ignore index. ``check_images`` fully
+        decodes every image with :func:`read_image` (slower) instead of reading only its header. Files are
+        read in a few threads; ``progress`` shows a tqdm bar.
+
+        Samples that passed are remembered in a small cache (:mod:`gcnet.data.check`) keyed by the data set
+        and each file's size and modification time, so a later call re-reads only new or changed files. An
+        error message lists the first problems; when there are more, all are written to a report file
+        named in the message.
 
         Returns ``{"num_samples", "class_pixels": [per-class pixel counts], "ignore_pixels"}`` (the pixel
         counts are zeros when ``check_values`` is False).
         """
         from tqdm.auto import tqdm
 
-        problems: list[str] = []
-        num_classes = self.info.num_classes
-        counts = np.zeros(num_classes, dtype=np.int64)
-        ignore_pixels = 0
         if not self.samples:
-            problems.append(f"no samples in {self.root} (split {self.split!r})")
-        desc = f"validating {self.kind}/{self.split}" if self.split else f"validating {self.kind}"
-        for img_path, lbl_path in tqdm(self.samples, desc=desc, disable=not progress, unit="img"):
-            try:
-                img_size = _image_size(img_path, full_decode=check_images)
-                if check_images:
-                    read_image(img_path)
-            except DatasetError as e:
-                problems.append(f"image {img_path}: {e}")
-                continue
-            try:
-                if check_values:
-                    label = self._decode_label(lbl_path)
-                    lbl_size = (label.shape[1], label.shape[0])
-                else:
-                    label = None
-                    lbl_size = _image_size(lbl_path)
-            except DatasetError as e:
-                problems.append(f"label {lbl_path}: {e}")
-                continue
-            if lbl_size != img_size:
-                problems.append(
-                    f"label {lbl_path} is {lbl_size[0]}x{lbl_size[1]} but image {img_path} is "
-                    f"{img_size[0]}x{img_size[1]} (width x height)"
-                )
-                continue
-            if label is not None:
-                bad = self._out_of_range(label)
-                if bad.size:
-                    problems.append(self._range_message(lbl_path, bad))
-                    continue
-                valid = label != self.info.ignore_index
-                ignore_pixels += int(label.size - valid.sum())
-                counts += np.bincount(label[valid].ravel(), minlength=num_classes)[:num_classes]
+            raise DatasetError(f"no samples in {self.root} (split {self.split!r})")
+        cache = self._check_cache()
+        names = [f"{os.path.abspath(i)}\t{os.path.abspath(l)}" for i, l in self.samples]
+        entries: list[dict | None] = [None] * len(self.samples)
+        todo: list[tuple[int, list]] = []
+        for n, (name, (img_path, lbl_path)) in enumerate(zip(names, self.samples)):
+            stamps = [file_stamp(img_path), file_stamp(lbl_path)]
+            entries[n] = cache.lookup(name, stamps, check_values, check_images)
+            if entries[n] is None:
+                todo.append((n, stamps))
+        problems: list[str] = []
+        desc = f"checking {self.kind}/{self.split}" if self.split else f"checking {self.kind}"
+        workers = max(1, min(8, os.cpu_count() or 1, len(todo)))
+        with ThreadPoolExecutor(workers) as pool:
+            results = pool.map(lambda n: self._check_sample(*self.samples[n], check_values, check_images),
+                               [n for n, _ in todo])
+            bar = tqdm(zip(todo, results), total=len(todo), desc=desc, disable=not progress or not todo, unit="img")
+            for (n, stamps), (found, entry) in bar:
+                problems.extend(found)
+                if entry is not None:
+                    entries[n] = {"stamps": stamps, **entry}
+                    cache.store(names[n], entries[n])
+        cache.keep_only(set(names))
+        cache.save()
         if problems:
-            listed = "\n  ".join(problems[:_MAX_LISTED])
-            more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
-            raise DatasetError(
-                f"{len(problems)} problem(s) in {self.kind} dataset {self.root} (split {self.split!r}):\n"
-                f"  {listed}{more}"
-            )
+            raise self._problems_error(problems, cache.report_path)
+        counts = np.zeros(self.info.num_classes, dtype=np.int64)
+        ignore_pixels = 0
+        if check_values:
+            for entry in entries:
+                counts += np.asarray(entry["counts"], dtype=np.int64)
+                ignore_pixels += int(entry["ignore"])
         return {"num_samples": len(self.samples), "class_pixels": counts.tolist(), "ignore_pixels": ignore_pixels}
+
+    def _check_cache(self) -> CheckCache:
+        """The check cache of this data set (disabled when the label decoder cannot be fingerprinted)."""
+        try:
+            decoder = hashlib.sha256(pickle.dumps(self.label_decoder)).hexdigest()
+        except (pickle.PicklingError, TypeError, AttributeError):
+            decoder = None
+        root = os.path.abspath(self.root) if self.root is not None else None
+        key = {"kind": self.kind, "root": root, "split": self.split, "num_classes": self.info.num_classes,
+               "ignore_index": self.info.ignore_index, "decoder": decoder}
+        return CheckCache(key, enabled=decoder is not None)
+
+    def _check_sample(self, img_path: Path, lbl_path: Path, check_values: bool,
+                      check_images: bool) -> tuple[list[str], dict | None]:
+        """(problems, cache entry) of one sample; the entry is None when there are problems."""
+        problems: list[str] = []
+        img_size = lbl_size = label = None
+        try:
+            img_size = _image_size(img_path, full_decode=check_images)
+        except DatasetError as e:
+            problems.append(str(e))
+        try:
+            if check_values:
+                label = self._decode_label(lbl_path)
+                lbl_size = (label.shape[1], label.shape[0])
+            else:
+                lbl_size, mode = _label_header(lbl_path)
+                if mode in _COLOUR_MODES and not getattr(self.label_decoder, "colour_labels", True):
+                    problems.append(_colour_label_message(lbl_path, None))
+        except DatasetError as e:
+            problems.append(str(e))
+        if img_size is not None and lbl_size is not None and lbl_size != img_size:
+            problems.append(_size_message(lbl_path, lbl_size, img_path, img_size))
+        elif label is not None:
+            bad = self._out_of_range(label)
+            if bad.size:
+                problems.append(self._range_message(lbl_path, bad))
+        if problems:
+            return problems, None
+        entry = {"values": check_values, "images": check_images, "ignore": 0, "counts": None}
+        if label is not None:
+            valid = label != self.info.ignore_index
+            entry["ignore"] = int(label.size - valid.sum())
+            entry["counts"] = np.bincount(label[valid].ravel(), minlength=self.info.num_classes).tolist()
+        return [], entry
+
+    def _problems_error(self, problems: list[str], report: Path) -> DatasetError:
+        """One DatasetError listing the first problems; all of them go to ``report`` when there are more."""
+        head = f"{len(problems)} problem(s) in {self.kind} dataset {self.root} (split {self.split!r}):"
+        listed = "\n  ".join(problems[:_MAX_LISTED])
+        more = ""
+        if len(problems) > _MAX_LISTED:
+            written = write_report(report, [head, *problems])
+            where = f" (all {len(problems)} listed in {written})" if written else ""
+            more = f"\n  ... and {len(problems) - _MAX_LISTED} more{where}"
+        return DatasetError(f"{head}\n  {listed}{more}")
 
 
 # ------------------------------------------------------------------------------------------------ layouts
