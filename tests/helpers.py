@@ -12,6 +12,7 @@ import types
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -138,3 +139,22 @@ def save_mmengine(target, state_dict: dict, dataset_meta: dict | None = None) ->
             meta["dataset_meta"] = dataset_meta
         torch.save({"meta": meta, "state_dict": OrderedDict(state_dict),
                     "message_hub": {"log_scalars": {"loss": HistoryBuffer()}}}, target)
+
+
+def png16(path: Path, arr: np.ndarray) -> Path:
+    """Write a 16-bit PNG (grey, grey + alpha, RGB or RGBA by channel count): Pillow cannot write all of them."""
+    import struct
+    import zlib
+
+    arr = np.asarray(arr, dtype=">u2")
+    h, w = arr.shape[:2]
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[arr.shape[2] if arr.ndim == 3 else 1]
+    raw = b"".join(b"\x00" + arr[y].tobytes() for y in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import png16
 from PIL import Image
 
 from gcnet.data.datasets import SegmentationDataset, build_dataset, read_image, read_label_file
@@ -329,25 +330,6 @@ def test_rgb_label_in_folder_layout_rejected(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ image and label modes
-def png16(path: Path, arr: np.ndarray) -> Path:
-    """Write a 16-bit PNG (grey, grey + alpha, RGB or RGBA by channel count): Pillow cannot write all of them."""
-    import struct
-    import zlib
-
-    arr = np.asarray(arr, dtype=">u2")
-    h, w = arr.shape[:2]
-    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[arr.shape[2] if arr.ndim == 3 else 1]
-    raw = b"".join(b"\x00" + arr[y].tobytes() for y in range(h))
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
-    return path
-
-
 @pytest.mark.parametrize("channels", [1, 3, 4])
 def test_16bit_images_read_at_full_range(tmp_path, channels):
     rng = np.random.default_rng(channels)

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model_kwargs
+from helpers import png16, tiny_model_kwargs
 from PIL import Image
-from test_data import png16
 
 import gcnet
 import gcnet.data.datasets as datasets
@@ -173,16 +172,22 @@ def test_custom_decoder_without_fingerprint_still_checked(tmp_path):
 
 
 @pytest.mark.slow
-def test_worker_error_message_without_traceback(tmp_path):
-    """A DatasetError raised in a DataLoader worker comes back with the worker traceback in its message."""
-    root = make_dataset(tmp_path / "d", n=2)
-    Image.fromarray(np.full((S, S), 9, np.uint8), mode="L").save(root / "labels/val/s1.png")
-    loader = torch.utils.data.DataLoader(build_dataset("folder", root, "val"), num_workers=1)
+def test_worker_error_message_without_traceback():
+    """A DatasetError raised in a DataLoader worker comes back with the worker traceback in its message;
+    the CLI shows only the original message. The error is re-raised here by torch's own wrapper, as the
+    DataLoader does (a real worker in the test process would stay registered with torch's SIGCHLD
+    handler; the CLI test below runs one in a real `gcnet eval`)."""
+    from torch._utils import ExceptionWrapper
+
+    try:
+        raise DatasetError("label s1.png has values outside [0, 3) (found 9)")
+    except DatasetError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
     with pytest.raises(DatasetError) as e:
-        list(loader)
+        wrapped.reraise()
     assert "Traceback" in str(e.value)
     msg = user_message(e.value)
-    assert msg.startswith("label ") and "s1.png has values outside [0, 3)" in msg and len(msg.splitlines()) == 1
+    assert msg == "label s1.png has values outside [0, 3) (found 9)"
 
 
 # ------------------------------------------------------------------------------------------------- CLI
