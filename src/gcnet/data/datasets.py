@@ -64,6 +64,7 @@ from gcnet.data.metadata import (
     get_dataset_info,
 )
 from gcnet.errors import DatasetError
+from gcnet.fileio import IMAGE_EXTENSIONS
 
 __all__ = [
     "IMG_EXTENSIONS",
@@ -75,7 +76,7 @@ __all__ = [
     "load_folder_info",
 ]
 
-IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMG_EXTENSIONS = IMAGE_EXTENSIONS  # the one list, in gcnet.fileio
 DATASET_KINDS = ("cityscapes", "camvid", "voc", "folder")
 _KIND_ALIASES = {"voc2012": "voc", "pascal_voc": "voc", "synthetic": "folder"}
 _MAX_LISTED = 10  # how many offending files an error message lists
