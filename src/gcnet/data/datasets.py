@@ -64,6 +64,7 @@ from gcnet.data.metadata import (
     get_dataset_info,
 )
 from gcnet.errors import DatasetError
+from gcnet.fileio import IMAGE_EXTENSIONS
 
 __all__ = [
     "IMG_EXTENSIONS",
@@ -77,7 +78,7 @@ __all__ = [
     "load_folder_info",
 ]
 
-IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMG_EXTENSIONS = IMAGE_EXTENSIONS  # the one list, in gcnet.fileio
 DATASET_KINDS = ("cityscapes", "camvid", "voc", "folder")
 # The kinds a config or the command line names; ``synthetic`` is a generated ``folder`` dataset.
 CONFIG_KINDS = (*DATASET_KINDS, "synthetic")
