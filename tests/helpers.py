@@ -158,3 +158,20 @@ def png16(path: Path, arr: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
     return path
+
+
+def write_video(path: Path, frames: int = 12, size: tuple[int, int] = (32, 48), fourcc: str = "MJPG") -> Path:
+    """A video of random frames (MJPG AVI: its header announces the exact frame count, and a cut file
+    keeps whole frames); skips the test where this OpenCV build cannot write the codec."""
+    import cv2
+    import pytest
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10.0, (size[1], size[0]))
+    if not writer.isOpened():
+        pytest.skip(f"this OpenCV build cannot write {fourcc}")
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+    writer.release()
+    return path
+

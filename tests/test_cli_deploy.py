@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import FakeClock, tiny_model_kwargs
+from helpers import FakeClock, tiny_model_kwargs, write_video
 from PIL import Image
 
 import gcnet
@@ -267,21 +267,8 @@ def test_predict_inputs_with_the_same_name(checkpoint, tmp_path, capsys):
     assert "wrote 4 file(s) for 2 input(s)" in captured.out
 
 
-def _video(path, frames: int = 12, h: int = 32, w: int = 48):
-    """An MJPG AVI (its header announces the frame count) of random frames."""
-    cv2 = pytest.importorskip("cv2", reason="video needs opencv-python-headless")
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (w, h))
-    if not writer.isOpened():
-        pytest.skip("this OpenCV build cannot write MJPG")
-    rng = np.random.default_rng(0)
-    for _ in range(frames):
-        writer.write(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
-    writer.release()
-    return path
-
-
 def test_predict_truncated_video_fails_with_frame_counts(checkpoint, tmp_path, capsys):
-    video = _video(tmp_path / "clip.avi")
+    video = write_video(tmp_path / "clip.avi")
     out = tmp_path / "pred"
     args = ["predict", str(video), "--checkpoint", str(checkpoint), "--out", str(out), "--no-progress",
             "--device", "cpu", "--no-label", "--no-overlay"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_model_kwargs
+from helpers import tiny_model_kwargs, write_video
 from PIL import Image
 
 from gcnet import build_model
@@ -83,21 +83,9 @@ def test_collect_inputs(tmp_path):
     assert "deep/y" not in {str(i.stem) for i in flat}
 
 
-def _make_video(path, frames=5, h=48, w=64):
-    cv2 = pytest.importorskip("cv2", reason="video needs opencv-python-headless")
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (w, h))
-    if not writer.isOpened():
-        pytest.skip("this OpenCV build cannot write mp4v")
-    rng = np.random.default_rng(0)
-    for _ in range(frames):
-        writer.write(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
-    writer.release()
-    return path
-
-
 def test_video_prediction(predictor, info, tmp_path):
     cv2 = pytest.importorskip("cv2", reason="video needs opencv-python-headless")
-    video = _make_video(tmp_path / "clip.mp4")
+    video = write_video(tmp_path / "clip.mp4", frames=5, size=(48, 64), fourcc="mp4v")
     (tmp_path / "broken.avi").write_bytes(b"RIFF....not a video")
     out = tmp_path / "out"
     summary = predict_paths(predictor, [video, tmp_path / "broken.avi"], out, info, progress=False,

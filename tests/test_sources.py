@@ -4,22 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
+from helpers import tiny_model_kwargs, write_video
 from PIL import Image
 
 from gcnet.deploy.predict import stream
 from gcnet.deploy.sources import SourceError, TruncatedVideoError, open_source, prefetch
-
-
-def _write_video(path: Path, frames: int, size: tuple[int, int] = (48, 64)) -> None:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (size[1], size[0]))
-    assert writer.isOpened()
-    rng = np.random.default_rng(0)
-    for _ in range(frames):  # noise: every frame the same size in the file, so a cut keeps whole frames
-        writer.write(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
-    writer.release()
 
 
 def _labels(rgb: np.ndarray) -> np.ndarray:
@@ -37,7 +28,7 @@ def test_folder_stream_in_name_order(tmp_path: Path) -> None:
 
 def test_video_stream_and_truncation(tmp_path: Path) -> None:
     video = tmp_path / "clip.avi"
-    _write_video(video, 12)
+    write_video(video, 12, size=(48, 64))
     src = open_source(video)
     assert src.expected == 12
     assert len(list(stream(src, _labels))) == 12
@@ -80,7 +71,6 @@ def test_prefetch_reraises_and_stops_early() -> None:
 
 def test_gcnet_stream_with_a_model_matches_reference_postprocessing(tmp_path: Path) -> None:
     import torch
-    from helpers import tiny_model_kwargs
 
     import gcnet
     from gcnet.data.transforms import normalize
@@ -89,7 +79,7 @@ def test_gcnet_stream_with_a_model_matches_reference_postprocessing(tmp_path: Pa
     torch.manual_seed(0)
     model = gcnet.build_model("gcnet-s", **tiny_model_kwargs(num_classes=5)).eval()
     video = tmp_path / "clip.avi"
-    _write_video(video, 4, size=(64, 96))
+    write_video(video, 4, size=(64, 96))
     pairs = list(gcnet.stream(video, model))
     assert len(pairs) == 4
     deploy = model.reparameterize()

@@ -61,6 +61,11 @@ def positive_float(text: str) -> float:
     return _float(text, lambda v: 0 < v < float("inf"), "a positive number")
 
 
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (durations where 0 means 'no minimum')."""
+    return _float(text, lambda v: 0 <= v < float("inf"), "0 or a positive number")
+
+
 def fraction(text: str) -> float:
     """A number in [0, 1] (opacities, ratios)."""
     return _float(text, lambda v: 0 <= v <= 1, "a number from 0 to 1")

@@ -7,7 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gcnet.cli.args import parse_size
+from gcnet.cli.args import non_negative_float, parse_size, positive_float, positive_int
 from gcnet.errors import ConfigError
 
 
@@ -61,33 +61,33 @@ examples:
                    help="variant for random weights: gcnet-s (default), gcnet-m, gcnet-l")
     add_model_args(p, allow_exported=False, required=False)
     p.add_argument("--size", type=parse_size, default=None, metavar="HxW", help="input size (default: 1024x2048)")
-    p.add_argument("--batch", type=int, default=1, help="batch size (default: %(default)s)")
+    p.add_argument("--batch", type=positive_int, default=1, help="batch size (default: %(default)s)")
     p.add_argument("--forms", nargs="+", metavar="FORM", help="forms to run (see above); 'all' = every form")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="which default forms: CPU, CUDA, or both when CUDA is available (default: auto)")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up runs per form (default: 3)")
-    p.add_argument("--iters", type=int, default=None, help="timed runs per form, at least (default: 10)")
-    p.add_argument("--min-time", type=float, default=None, metavar="SEC",
+    p.add_argument("--warmup", type=positive_int, default=None, help="warm-up runs per form (default: 3)")
+    p.add_argument("--iters", type=positive_int, default=None, help="timed runs per form, at least (default: 10)")
+    p.add_argument("--min-time", type=non_negative_float, default=None, metavar="SEC",
                    help="time each form for at least SEC seconds: more runs than --iters for fast forms, "
                         "e.g. on a GPU (default: 1.0; 0 with --quick)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all usable cores)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads (default: all usable cores)")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 128x256, 1 warm-up, 3 timed runs (explicit options still win)")
     p.add_argument("--in-process", action="store_true", help="run every form in this process (no memory column)")
     p.add_argument("--calib-dataset", metavar="KIND", help="int8 calibration dataset kind")
     p.add_argument("--calib-root", metavar="DIR", help="int8 calibration dataset root")
     p.add_argument("--calib-split", default="train", help="calibration split (default: %(default)s)")
-    p.add_argument("--num-calib", type=int, default=None,
+    p.add_argument("--num-calib", type=positive_int, default=None,
                    help="calibration images (default: 32 from a dataset, 2 random inputs otherwise)")
     p.add_argument("--full-bias-correction", action="store_true",
                    help="OpenVINO int8: per-layer bias correction instead of the fast one (as gcnet export)")
     p.add_argument("--eval-dataset", metavar="KIND", help="also measure mIoU per form on this dataset kind")
     p.add_argument("--eval-root", metavar="DIR", help="evaluation dataset root")
     p.add_argument("--eval-split", default="val", help="evaluation split (default: %(default)s)")
-    p.add_argument("--eval-limit", type=int, metavar="N", help="evaluate on the first N images only")
+    p.add_argument("--eval-limit", type=positive_int, metavar="N", help="evaluate on the first N images only")
     p.add_argument("--keep-artifacts", metavar="DIR", help="keep the exported/quantized models in DIR")
-    p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per form (default: %(default)s)")
-    p.add_argument("--end-to-end", nargs="?", type=int, const=30, default=0, metavar="FRAMES",
+    p.add_argument("--timeout", type=positive_float, default=1800, help="seconds allowed per form (default: %(default)s)")
+    p.add_argument("--end-to-end", nargs="?", type=positive_int, const=30, default=0, metavar="FRAMES",
                    help="also time a video frame in -> labels (+ annotated frame) out per CPU form: decode, "
                         "pre, model, post, overlay, encode, and the FPS of both pipelines (default: 30 frames)")
     p.add_argument("--json", metavar="FILE", help="write the full report as JSON")
@@ -156,12 +156,6 @@ def run(args: argparse.Namespace) -> int:
     warmup = args.warmup if args.warmup is not None else (QUICK["warmup"] if args.quick else 3)
     iters = args.iters if args.iters is not None else (QUICK["iters"] if args.quick else 10)
     min_time = args.min_time if args.min_time is not None else (QUICK["min_time"] if args.quick else 1.0)
-    if warmup < 1 or iters < 1 or args.batch < 1:
-        raise ConfigError("--warmup, --iters and --batch must be >= 1")
-    if min_time < 0:
-        raise ConfigError("--min-time must be >= 0")
-    if args.end_to_end < 0:
-        raise ConfigError("--end-to-end FRAMES must be >= 1")
     forms = _forms(args)
     calib, ev = _datasets(args)
     with tempfile.TemporaryDirectory(prefix="gcnet-bench-w-") as scratch:

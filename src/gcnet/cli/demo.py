@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gcnet.errors import ConfigError
+from gcnet.cli.args import non_negative_int, positive_float, positive_int
 
 EPILOG = """\
 examples:
@@ -48,13 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", default="demo_out", metavar="DIR", help="output folder (default demo_out)")
-    p.add_argument("--minutes", type=float, default=2.0,
+    p.add_argument("--minutes", type=positive_float, default=2.0,
                    help="training time in minutes (the learning rate decays over this time; default 2)")
-    p.add_argument("--iters", type=int, help="train for exactly N iterations instead of --minutes (reproducible)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the data and the training run")
+    p.add_argument("--iters", type=positive_int, help="train for exactly N iterations instead of --minutes (reproducible)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed for the data and the training run")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--num-overlays", type=int, default=6, metavar="N", help="overlay panels to write (default 6)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--num-overlays", type=non_negative_int, default=6, metavar="N", help="overlay panels to write (default 6)")
     prog = p.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,
                       help="force the progress bar (default: only on a terminal)")
@@ -100,16 +100,6 @@ def _compare_logits(a, b, dataset, device) -> tuple[float, float]:
             same += int((la.argmax(1) == lb.argmax(1)).sum())
             total += la.shape[-1] * la.shape[-2]
     return max_diff, 100.0 * same / total
-
-
-def _check_args(args: argparse.Namespace) -> None:
-    if args.minutes <= 0 and not args.iters:
-        raise ConfigError("--minutes must be > 0")
-    for flag, value in (("--iters", args.iters), ("--threads", args.threads)):
-        if value is not None and value < 1:
-            raise ConfigError(f"{flag} must be >= 1, got {value}")
-    if args.num_overlays < 0:
-        raise ConfigError(f"--num-overlays must be >= 0, got {args.num_overlays}")
 
 
 def _demo_config(args: argparse.Namespace, data_dir: Path, device):
@@ -242,7 +232,6 @@ def run(args: argparse.Namespace) -> int:
     from gcnet.engine.distributed import resolve_device
     from gcnet.fileio import write_text
 
-    _check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -8,7 +8,7 @@ import json
 import textwrap
 from typing import Any
 
-from gcnet.cli.args import parse_size
+from gcnet.cli.args import non_negative_int, parse_size, positive_int
 from gcnet.data.datasets import CONFIG_KINDS
 from gcnet.errors import ConfigError
 
@@ -59,13 +59,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--split", default=None, help="split to evaluate (default: the config's val split, else 'val')")
     d.add_argument("--info", metavar="NAME", help="class metadata for --dataset folder (e.g. camvid); default: "
                    "the folder's dataset.json / classes.txt")
-    d.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images (quick checks)")
+    d.add_argument("--limit", type=positive_int, metavar="N", help="evaluate only the first N images (quick checks)")
     d.add_argument("--skip-data-check", action="store_true",
                    help="do not scan every image and label of the split before evaluating (the scan stops on "
                         "unreadable files, size mismatches and label values outside the classes)")
     m = p.add_argument_group("model (only for checkpoints without a config inside, e.g. the authors')")
     m.add_argument("--model", metavar="NAME", help="gcnet-s, gcnet-m or gcnet-l")
-    m.add_argument("--num-classes", type=int, metavar="K", help="number of classes of the checkpoint")
+    m.add_argument("--num-classes", type=positive_int, metavar="K", help="number of classes of the checkpoint")
     i = p.add_argument_group("inference")
     i.add_argument("--mode", choices=("whole", "slide"), default=None,
                    help="whole image or overlapping sliding windows (default: the config's, else whole)")
@@ -81,11 +81,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run in float64 (slow; with --both-forms it shows the two forms' results are identical, "
                         "free of float32 rounding on near-tied pixels)")
     r = p.add_argument_group("runtime")
-    r.add_argument("--batch-size", type=int, default=None, help="images per forward pass (same-size images)")
-    r.add_argument("--workers", type=int, default=2, help="data loader workers")
+    r.add_argument("--batch-size", type=positive_int, default=None, help="images per forward pass (same-size images)")
+    r.add_argument("--workers", type=non_negative_int, default=2, help="data loader workers")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     r.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA, or CPUs with AVX512_BF16/AMX)")
-    r.add_argument("--threads", type=int, help="torch CPU threads")
+    r.add_argument("--threads", type=positive_int, help="torch CPU threads")
     r.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-' for stdout)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from gcnet.cli.args import parse_size
+from gcnet.cli.args import parse_size, positive_int
 from gcnet.cli.predict import add_model_args, model_from_args, output_file, output_folder
 from gcnet.errors import ConfigError
 from gcnet.fileio import staging_folder
@@ -61,7 +61,7 @@ examples:
     p.add_argument("--name", help="base file name (default: the checkpoint's or variant's name)")
     p.add_argument("--input-size", type=parse_size, default=(512, 1024), metavar="HxW",
                    help="example/verification input size (default: 512x1024); exports stay dynamic")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default: %(default)s)")
+    p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset, >= 17 (default: %(default)s)")
     p.add_argument("--static", action="store_true", help="fixed input shape in ONNX/torch.export")
     p.add_argument("--postprocess", action="store_true",
                    help="ONNX graph also upsamples to the input size and returns int64 labels (argmax)")
@@ -75,7 +75,7 @@ examples:
     q.add_argument("--calib-root", metavar="DIR", help="calibration dataset root")
     q.add_argument("--calib-split", default="train", help="calibration split (default: %(default)s)")
     q.add_argument("--calib-images", metavar="DIR", help="or: a folder of calibration images")
-    q.add_argument("--num-calib", type=int, default=32, help="calibration images (default: %(default)s)")
+    q.add_argument("--num-calib", type=positive_int, default=32, help="calibration images (default: %(default)s)")
     q.add_argument("--quant-preset", choices=("mixed", "performance"), default="mixed",
                    help="OpenVINO int8: mixed = asymmetric u8 activations (default, more accurate), "
                         "performance = symmetric")
@@ -84,8 +84,8 @@ examples:
     q.add_argument("--eval-dataset", metavar="KIND", help="evaluate fp32 vs int8 on this dataset kind")
     q.add_argument("--eval-root", metavar="DIR", help="evaluation dataset root")
     q.add_argument("--eval-split", default="val", help="evaluation split (default: %(default)s)")
-    q.add_argument("--eval-limit", type=int, metavar="N", help="evaluate on the first N images only")
-    p.add_argument("--threads", type=int, help="CPU threads for verification/evaluation (default: all)")
+    q.add_argument("--eval-limit", type=positive_int, metavar="N", help="evaluate on the first N images only")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for verification/evaluation (default: all)")
     p.add_argument("--json", metavar="FILE", help="write the export report as JSON")
     p.set_defaults(func=run)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from gcnet.cli.args import parse_size
+from gcnet.cli.args import parse_size, positive_int
 from gcnet.errors import ConfigError
 from gcnet.models.complexity import model_info
 from gcnet.models.gcnet import list_models
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("models", nargs="*", default=list_models(), metavar="MODEL",
                    help=f"variants to report ({', '.join(list_models())})")
     p.add_argument("--size", type=parse_size, default=(1024, 2048), help="input size HxW")
-    p.add_argument("--num-classes", type=int, default=19, help="number of classes")
+    p.add_argument("--num-classes", type=positive_int, default=19, help="number of classes")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from gcnet.cli.args import parse_size
+from gcnet.cli.args import fraction, parse_size, positive_int
 from gcnet.errors import ConfigError
 
 MODEL_SOURCES_HELP = (
@@ -24,7 +24,7 @@ def add_model_args(p: argparse.ArgumentParser, *, allow_exported: bool = True, r
                    help="gcnet checkpoint" + (" or exported .onnx/.xml model" if allow_exported else ""))
     g.add_argument("--model", "-m", metavar="VARIANT", help="gcnet-s, gcnet-m or gcnet-l (with --weights)")
     g.add_argument("--weights", "-w", metavar="FILE", help="weights for --model (authors' or ours)")
-    g.add_argument("--num-classes", type=int, metavar="K", help="classes of --model (default 19)")
+    g.add_argument("--num-classes", type=positive_int, metavar="K", help="classes of --model (default 19)")
 
 
 def model_from_args(args: argparse.Namespace, *, required: bool = True, allow_exported: bool = False):
@@ -97,7 +97,7 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
                    help="fp32; bf16 (torch autocast / OpenVINO); fp16 (torch on CUDA); int8 needs an "
                         "already-quantized model from `gcnet export --precision int8`")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="torch runtime device")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads (default: all usable cores)")
+    g.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all usable cores)")
 
 
 def runtime_from_args(args: argparse.Namespace, source):
@@ -163,11 +163,11 @@ examples:
     p.add_argument("--input-size", type=parse_size, metavar="HxW",
                    help="resize inputs to HxW before the model (outputs stay at the original size); "
                         "default: native resolution")
-    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours (default: %(default)s)")
+    p.add_argument("--alpha", type=fraction, default=0.5, help="overlay opacity of the colours (default: %(default)s)")
     p.add_argument("--no-label", action="store_true", help="do not write *_label.png")
     p.add_argument("--no-overlay", action="store_true", help="do not write *_overlay.png")
     p.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
-    p.add_argument("--max-frames", type=int, metavar="N", help="process at most N frames per video")
+    p.add_argument("--max-frames", type=positive_int, metavar="N", help="process at most N frames per video")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first unreadable input (exit 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -177,8 +177,6 @@ def run(args: argparse.Namespace) -> int:
     from gcnet.deploy.predict import VIDEO_EXTENSIONS, InputError, Predictor, predict_paths
     from gcnet.errors import DatasetError
 
-    if not 0.0 <= args.alpha <= 1.0:
-        raise ConfigError("--alpha must be in [0, 1]")
     output_folder(args.out)
     if args.no_label and args.no_overlay and not any(
             Path(i).suffix.lower() in VIDEO_EXTENSIONS for i in args.inputs):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+from gcnet.cli.args import non_negative_int, positive_int
 from gcnet.engine.config import SCHEMA, TrainConfig, dumps_toml, list_presets
 from gcnet.errors import ConfigError
 
@@ -61,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set optim.lr=0.005 (repeatable; also for sub-keys such "
                         "as model.overrides.channels=16)")
-    p.add_argument("--seed", type=int, help="random seed (= --runtime.seed)")
+    p.add_argument("--seed", type=non_negative_int, help="random seed (= --runtime.seed)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N (= --runtime.device)")
     p.add_argument("--amp", action="store_true", default=None,
                    help="mixed precision (= --runtime.amp true): bf16 autocast on CUDA or CPU (fast on CPUs with "
@@ -69,11 +70,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "a CPU stays in fp32")
     p.add_argument("--sync-bn", action="store_true", default=None,
                    help="SyncBatchNorm across processes under torchrun (CUDA only; on CPU plain BatchNorm is kept)")
-    p.add_argument("--threads", type=int, help="torch CPU threads per process (= --runtime.threads)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads per process (= --runtime.threads)")
     p.add_argument("--launcher", choices=("none", "torchrun"), default="none",
                    help="'torchrun' starts --nproc-per-node processes on this machine (DistributedDataParallel). "
                         "For several machines run torchrun yourself (see docs/training.md)")
-    p.add_argument("--nproc-per-node", type=int, default=2, metavar="N",
+    p.add_argument("--nproc-per-node", type=positive_int, default=2, metavar="N",
                    help="processes for --launcher torchrun (default 2)")
     prog = p.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,
@@ -176,8 +177,6 @@ def run(args: argparse.Namespace) -> int:
         print(dumps_toml(cfg.to_dict()), end="")
         return 0
     if args.launcher == "torchrun" and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        if args.nproc_per_node < 1:
-            raise ConfigError("--nproc-per-node must be >= 1")
         return _torchrun(args, work_dir, overrides)
 
     from gcnet.engine.trainer import Trainer
