@@ -169,8 +169,9 @@ def test_bench_min_time_adds_runs(tmp_path):
 def test_bench_errors(capsys):
     assert main(["bench", "--quick", "--forms", "nope"]) == 2
     assert "unknown form" in capsys.readouterr().err
-    assert main(["bench", "--quick", "--forms", "torch-fp32", "--min-time", "-1"]) == 2
-    assert "--min-time must be >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--quick", "--forms", "torch-fp32", "--min-time", "-1"])
+    assert exit_.value.code == 2 and "--min-time: must be 0 or a positive number" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------- nothing a user made is lost
