@@ -53,3 +53,15 @@ def test_remove_stale_temps(tmp_path: Path) -> None:
 def test_image_extensions() -> None:
     assert fileio.IMAGE_EXTENSIONS[0] == ".png"
     assert all(e == e.lower() and e.startswith(".") for e in fileio.IMAGE_EXTENSIONS)
+
+
+def test_with_default_permissions(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(b"x")
+    os.chmod(f, 0o600)  # as safetensors creates its files
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(fileio.with_default_permissions(f).stat().st_mode) == 0o666 & ~mask

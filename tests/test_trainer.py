@@ -13,6 +13,7 @@ import pytest
 import torch
 from helpers import FakeClock
 
+from gcnet import fileio
 from gcnet.engine.builders import load_init_weights
 from gcnet.engine.config import load_config
 from gcnet.engine.sampler import InfiniteBatchSampler, SeededTrainSet
@@ -90,7 +91,7 @@ def test_training_writes_checkpoints_metrics_and_config(tmp_path):
     names = sorted(p.name for p in work.iterdir())
     assert {"config.toml", "latest.pth", "best.pth", "iter_6.pth", "metrics.jsonl", "summary.json"} <= set(names)
     assert "iter_3.pth" not in names  # keep_ckpts = 1
-    assert not [n for n in names if n.endswith(".tmp")]
+    assert not [n for n in names if fileio.TMP_MARKER in n or n.endswith(".tmp")]
     ckpt = torch.load(work / "latest.pth", weights_only=True)  # safe format
     assert ckpt["format"] == "gcnet" and ckpt["iteration"] == 6 and "optimizer" in ckpt
     assert ckpt["sampler"]["iteration"] == 6 and ckpt["train_config"]["schedule"]["iters"] == 6

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from gcnet.data.metadata import DatasetInfo
 from gcnet.data.transforms import MEAN, STD
 from gcnet.errors import CheckpointError
-from gcnet.fileio import IMAGE_EXTENSIONS, atomic_path, write_text
+from gcnet.fileio import IMAGE_EXTENSIONS, atomic_path, with_default_permissions, write_text
 from gcnet.models.gcnet import GCNet, build_model
 from gcnet.weights import Weights, fetch, find_weights, get_weights, list_weights, resolve, sha256sum
 
@@ -387,6 +387,7 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, dataset: 
     state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", FORMAT: text})
+        with_default_permissions(tmp)
     write_text(folder / CONFIG_NAME, text)
     return folder
 

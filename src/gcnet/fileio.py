@@ -77,6 +77,15 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
         f.flush()
 
 
+def with_default_permissions(path: str | os.PathLike) -> Path:
+    """Give a file the permissions a plain ``open()`` would (0666 less the umask): some writers
+    (safetensors) create private 0600 files, which surprises users sharing a model folder."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+    return Path(path)
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Atomically write ``text`` (UTF-8) to ``path``."""
     with atomic_write(path, "w", encoding="utf-8") as f:

@@ -60,13 +60,16 @@ def check_datasets(datasets, progress: bool) -> None:
     """Scan every file of ``datasets`` (rank 0) before training or evaluating; any problem stops every rank."""
 
     def scan() -> None:
-        for ds in datasets:
+        problems = []
+        for ds in datasets:  # every split is scanned, so one message names every bad file
             if ds is None:
                 continue
             try:
                 ds.validate(check_values=True, check_images=True, progress=progress)
             except DatasetError as exc:
-                raise DatasetError(f"{exc}\nfix these files, or pass --skip-data-check to go ahead anyway") from None
+                problems.append(str(exc))
+        if problems:
+            raise DatasetError("\n".join(problems) + "\nfix these files, or pass --skip-data-check to go ahead anyway")
 
     gdist.on_main(scan)
 
