@@ -88,3 +88,24 @@ def test_gcnet_stream_with_a_model_matches_reference_postprocessing(tmp_path: Pa
             logits = deploy(normalize(frame).unsqueeze(0))[0]
         assert labels.shape == frame.shape[:2] and labels.dtype == np.uint8
         assert (labels == reference_upsample_argmax(logits, frame.shape[:2])).mean() >= 0.999
+
+
+def test_background_consumer_keeps_order_and_reraises() -> None:
+    from gcnet.deploy.sources import BackgroundConsumer
+
+    seen: list[int] = []
+    consumer = BackgroundConsumer(seen.append)
+    for i in range(20):
+        consumer.submit(i)
+    consumer.close()
+    assert seen == list(range(20))
+
+    def fail(item: int) -> None:
+        raise OSError(f"disk full at {item}")
+
+    consumer = BackgroundConsumer(fail)
+    consumer.submit(1)
+    with pytest.raises(OSError, match="disk full at 1"):
+        for i in range(2, 10):  # the error surfaces at a later submit, or at close
+            consumer.submit(i)
+        consumer.close()

@@ -38,6 +38,7 @@ from gcnet.deploy.postprocess import upsample_argmax
 from gcnet.deploy.runtimes import Runtime, TorchRuntime
 from gcnet.deploy.sources import (
     VIDEO_EXTENSIONS,
+    BackgroundConsumer,
     FrameSource,
     SourceError,
     TruncatedVideoError,
@@ -246,13 +247,28 @@ def _draw_text(frame_bgr: np.ndarray, text: str) -> None:
 def _annotate_frames(frames: Iterable[np.ndarray], path: Path, predictor: Predictor, info: Any, *, alpha: float,
                      label_text: str, fps_in: float, bar: Any) -> tuple[int, float]:
     """Write each frame with its overlay and the model FPS to ``path``; returns (frames, seconds
-    spent in the model)."""
+    spent in the model). Overlay and encoding run on a writer thread while the next frame is inferred."""
     from gcnet.data.metadata import overlay
 
     cv2 = require("cv2")
     writer = None
+
+    def write(item: tuple[np.ndarray, np.ndarray, str]) -> None:
+        nonlocal writer
+        rgb, label, text = item
+        out = cv2.cvtColor(overlay(rgb, label, info, alpha=alpha), cv2.COLOR_RGB2BGR)
+        _draw_text(out, text)
+        if writer is None:
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps_in, (out.shape[1], out.shape[0]))
+            if not writer.isOpened():
+                raise InputError("cannot write an mp4v video (no mp4v encoder in this OpenCV build?)")
+        writer.write(out)
+        if bar is not None:
+            bar.update(1)
+
     count, model_time = 0, 0.0
     recent: deque[float] = deque(maxlen=30)
+    consumer = BackgroundConsumer(write)
     try:
         for rgb in frames:
             t = time.perf_counter()
@@ -261,19 +277,13 @@ def _annotate_frames(frames: Iterable[np.ndarray], path: Path, predictor: Predic
             model_time += dt
             recent.append(dt)
             count += 1
-            out = cv2.cvtColor(overlay(rgb, label, info, alpha=alpha), cv2.COLOR_RGB2BGR)
-            _draw_text(out, f"{label_text}  {len(recent) / sum(recent):.1f} FPS")
-            if writer is None:
-                writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps_in,
-                                         (out.shape[1], out.shape[0]))
-                if not writer.isOpened():
-                    raise InputError("cannot write an mp4v video (no mp4v encoder in this OpenCV build?)")
-            writer.write(out)
-            if bar is not None:
-                bar.update(1)
+            consumer.submit((rgb, label, f"{label_text}  {len(recent) / sum(recent):.1f} FPS"))
     finally:
-        if writer is not None:
-            writer.release()
+        try:
+            consumer.close()
+        finally:
+            if writer is not None:
+                writer.release()
     return count, model_time
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from gcnet.errors import GCNetError
 from gcnet.fileio import IMAGE_EXTENSIONS, is_image_file
 
 __all__ = ["Frame", "FrameSource", "VideoSource", "ImageFolderSource", "TruncatedVideoError", "SourceError",
-           "open_source", "prefetch", "VIDEO_EXTENSIONS"]
+           "open_source", "prefetch", "BackgroundConsumer", "VIDEO_EXTENSIONS"]
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})
 # containers whose header/index gives the exact frame count; others give an estimate from the duration
@@ -173,3 +174,38 @@ def prefetch(items: Iterable, depth: int = 2) -> Iterator:
     finally:
         stop.set()
         thread.join(timeout=5)
+
+
+class BackgroundConsumer:
+    """Run ``consume(item)`` on a background thread for each submitted item, in order, at most
+    ``depth`` items behind: the dual of :func:`prefetch`, for writing (overlay + encode) while the
+    next frame is inferred. An exception in ``consume`` is re-raised by the next ``submit``/``close``."""
+
+    def __init__(self, consume: Callable[[Any], None], depth: int = 2) -> None:
+        self._consume = consume
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="gcnet-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not _DONE:
+            if self._error is None:
+                try:
+                    self._consume(item)
+                except BaseException as exc:  # re-raised in the submitting thread
+                    self._error = exc
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, item: Any) -> None:
+        self._raise()
+        self._queue.put(item)
+
+    def close(self) -> None:
+        """Wait until every submitted item is consumed; re-raise a consumer error."""
+        self._queue.put(_DONE)
+        self._thread.join()
+        self._raise()
