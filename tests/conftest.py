@@ -3,11 +3,18 @@ Plain helper functions live in ``helpers.py``: test modules never import this fi
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # On a small shared CPU, OpenMP threads that spin while waiting slow every other process 10-20x
 # (subprocesses started by tests inherit this too). Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# gcnet's caches (data-check results, downloaded weights) go to a fresh folder per test session, never to the
+# user's ~/.cache/gcnet; subprocesses inherit it. Tests that check caching set their own GCNET_HOME.
+os.environ["GCNET_HOME"] = tempfile.mkdtemp(prefix="gcnet-test-home-")
+atexit.register(shutil.rmtree, os.environ["GCNET_HOME"], ignore_errors=True)
 
 import ast  # noqa: E402
 from pathlib import Path  # noqa: E402
