@@ -26,7 +26,7 @@ def _label_dtype(num_classes: int) -> np.dtype:
 
 def reference_upsample_argmax(logits: torch.Tensor, size: Sequence[int]) -> np.ndarray:
     """Full-size fp32 bilinear upsampling then argmax: the definition the fast path must match."""
-    logits = torch.as_tensor(logits).float().reshape(-1, *logits.shape[-2:])
+    logits = torch.as_tensor(logits).detach().float().cpu().reshape(-1, *logits.shape[-2:])
     up = F.interpolate(logits[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
     return up.argmax(0).numpy().astype(_label_dtype(logits.shape[0]))
 
@@ -75,7 +75,7 @@ def upsample_argmax(logits: torch.Tensor | np.ndarray, size: Sequence[int]) -> n
     the reference otherwise. Labels are uint8 (uint16 above 256 classes).
     """
     x = torch.as_tensor(logits)
-    x = x.reshape(-1, *x.shape[-2:]).float()
+    x = x.detach().reshape(-1, *x.shape[-2:]).float().cpu()  # low resolution: cheap to move off a GPU
     k, h, w = x.shape
     H, W = int(size[0]), int(size[1])
     s = _integer_scale((h, w), (H, W))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -209,6 +209,30 @@ def _label_info(model: Any, data: Any, num_classes: int | None, ignore_index: in
     return num_classes, ignore_index, list(class_names)
 
 
+def _accumulate(loader: Iterable, forward: Callable, cm: Any, device: torch.device, in_dtype: torch.dtype,
+                amp_dtype: torch.dtype | None, infer: dict, advance: Callable[[int], None]) -> int:
+    """Run every batch (or list of differently sized images) of ``loader`` through ``forward`` and add
+    its predictions at label size to ``cm``; returns the number of images."""
+    use_amp = amp_dtype is not None and device.type in ("cuda", "cpu")
+    n_images = 0
+    with torch.no_grad():
+        for images, labels in loader:
+            pairs = [(images, labels)] if isinstance(images, Tensor) else [
+                (i.unsqueeze(0), torch.as_tensor(l).unsqueeze(0)) for i, l in zip(images, labels)
+            ]
+            for img, lab in pairs:
+                img = img.to(device, dtype=in_dtype, non_blocking=True)
+                lab = torch.as_tensor(lab).to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    logits = infer_logits(forward, img, **infer)
+                if tuple(logits.shape[-2:]) != tuple(lab.shape[-2:]):
+                    logits = _resize(logits.float(), tuple(lab.shape[-2:]))
+                cm.update(logits.argmax(dim=1), lab)
+                n_images += img.shape[0]
+                advance(img.shape[0])
+    return n_images
+
+
 def evaluate(
     model: nn.Module | Callable,
     data: Any,
@@ -271,27 +295,11 @@ def evaluate(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
-    n_images = 0
     t0 = time.perf_counter()
-    use_amp = amp_dtype is not None and device.type in ("cuda", "cpu")
+    infer = dict(mode=mode, crop_size=crop_size, stride=stride, scales=scales, flip=flip)
     try:
-        with torch.no_grad():
-            for images, labels in loader:
-                pairs = [(images, labels)] if isinstance(images, Tensor) else [
-                    (i.unsqueeze(0), torch.as_tensor(l).unsqueeze(0)) for i, l in zip(images, labels)
-                ]
-                for img, lab in pairs:
-                    img = img.to(device, dtype=in_dtype, non_blocking=True)
-                    lab = torch.as_tensor(lab).to(device, non_blocking=True)
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                        logits = infer_logits(forward, img, mode=mode, crop_size=crop_size, stride=stride,
-                                              scales=scales, flip=flip)
-                    if tuple(logits.shape[-2:]) != tuple(lab.shape[-2:]):
-                        logits = _resize(logits.float(), tuple(lab.shape[-2:]))
-                    cm.update(logits.argmax(dim=1), lab)
-                    n_images += img.shape[0]
-                    if bar is not None:
-                        bar.update(img.shape[0] if total is not None else 1)
+        n_images = _accumulate(loader, forward, cm, device, in_dtype, amp_dtype, infer,
+                               lambda n: bar.update(n if total is not None else 1) if bar is not None else None)
     finally:
         if bar is not None:
             bar.close()
