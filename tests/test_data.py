@@ -500,3 +500,24 @@ def test_dataset_is_picklable(tmp_path):
     devkit, _ = _voc_tree(tmp_path)
     clone = pickle.loads(pickle.dumps(build_dataset("voc", devkit, "train")))
     assert clone[0][1].shape == (H, W)
+
+
+def test_split_expressions_union_and_sequences(tmp_path):
+    """``train+val``, ``train[SEQ]`` and ``train[-SEQ]``: e.g. a CamVid sequence held out of train."""
+    root = make_synthetic_dataset(tmp_path / "d", num_train=6, num_val=2, size=(32, 40))
+    for split in ("train", "val"):
+        for i, img in enumerate(sorted((root / "images" / split).iterdir())):
+            seq = f"seq{i % 3}" if split == "train" else "seqv"
+            for folder in ("images", "labels"):
+                f = root / folder / split / img.name
+                f.rename(f.with_name(f"{seq}_{img.name}"))
+    assert len(build_dataset("folder", root, "train+val")) == 8
+    held_out = build_dataset("folder", root, "train[seq1]")
+    rest = build_dataset("folder", root, "train[-seq1]")
+    assert len(held_out) == 2 and len(rest) == 4 and held_out.split == "train[seq1]"
+    assert not {p.name for p, _ in held_out.samples} & {p.name for p, _ in rest.samples}
+    assert len(build_dataset("folder", root, "train[-seq0,seq2]+val")) == 4
+    with pytest.raises(DatasetError, match=r"no frames of sequence\(s\) seq9 .* seq0, seq1, seq2"):
+        build_dataset("folder", root, "train[seq9]")
+    with pytest.raises(DatasetError, match="expected NAME"):
+        build_dataset("folder", root, "train[seq1")

@@ -656,6 +656,41 @@ def _folder_samples(root: Path, split: str) -> list[tuple[Path, Path]]:
     return samples
 
 
+def _plain_split(key: str, name: str, root: Path, split: str, info: DatasetInfo | None):
+    """(root, samples, decoder, info) of one named split of a layout."""
+    if key == "cityscapes":
+        info = info or get_dataset_info("cityscapes")
+        return root, _cityscapes_samples(root, split), _CityscapesDecoder(info.ignore_index), info
+    if key == "camvid":
+        info = info or get_dataset_info("camvid")
+        samples, decoder = _camvid_samples(root, split, info)
+        return root, samples, decoder, info
+    if key == "voc":
+        info = info or get_dataset_info("voc")
+        voc_root, samples = _voc_samples(root, split)
+        return voc_root, samples, _VOCDecoder(info), info
+    info = info or (get_dataset_info("synthetic") if name == "synthetic" else load_folder_info(root))
+    return root, _folder_samples(root, split), _IndexDecoder(), info
+
+
+def sequence_of(path: PathLike) -> str:
+    """The sequence (CamVid: ``0016E5``) or city (Cityscapes: ``aachen``) a frame belongs to: its file
+    name up to the first underscore."""
+    return Path(path).name.split("_", 1)[0]
+
+
+def _filter_sequences(samples: list, part: str, split: str, selector: str) -> list:
+    """Keep the samples of the listed sequences (``0006R0,0001TP``) or, with a leading ``-``, drop them."""
+    exclude = selector.startswith("-")
+    wanted = {s.strip() for s in selector.lstrip("-").split(",") if s.strip()}
+    present = {sequence_of(img) for img, _ in samples}
+    unknown = wanted - present
+    if unknown:
+        raise DatasetError(f"split {part!r}: no frames of sequence(s) {', '.join(sorted(unknown))} in split "
+                           f"{split!r}; its sequences are {', '.join(sorted(present))}")
+    return [s for s in samples if (sequence_of(s[0]) in wanted) != exclude]
+
+
 def build_dataset(
     kind: str,
     root: PathLike,
@@ -667,6 +702,9 @@ def build_dataset(
 ) -> SegmentationDataset:
     """Build the dataset of ``kind`` (``cityscapes``, ``camvid``, ``voc``, ``folder``) from ``root`` / ``split``.
 
+    ``split`` names a split (``train``), a union (``train+val``) and, per part, a choice of sequences by the
+    file-name prefix (see :func:`sequence_of`): ``train[0006R0]`` keeps only that sequence's frames,
+    ``train[-0006R0,0001TP]`` drops those (e.g. a sequence held out of CamVid's train for validation).
     ``info`` overrides the label space (default: the built-in one for the kind; for ``folder``,
     ``dataset.json`` / ``classes.txt`` in ``root``; for ``synthetic``, the synthetic classes). See the module
     docstring for the layouts.
@@ -679,23 +717,14 @@ def build_dataset(
     if not root.is_dir():
         raise DatasetError(f"dataset root {root} does not exist or is not a folder")
     split = str(split)
-
-    if key == "cityscapes":
-        info = info or get_dataset_info("cityscapes")
-        samples = _cityscapes_samples(root, split)
-        decoder = _CityscapesDecoder(info.ignore_index)
-    elif key == "camvid":
-        info = info or get_dataset_info("camvid")
-        samples, decoder = _camvid_samples(root, split, info)
-    elif key == "voc":
-        info = info or get_dataset_info("voc")
-        root, samples = _voc_samples(root, split)
-        decoder = _VOCDecoder(info)
-    else:
-        samples = _folder_samples(root, split)
-        info = info or (get_dataset_info("synthetic") if name == "synthetic" else load_folder_info(root))
-        decoder = _IndexDecoder()
-    return SegmentationDataset(samples, info, decoder, transform, kind=key, root=root, split=split,
+    samples: list = []
+    for part in split.split("+"):
+        plain, _, selector = part.strip().partition("[")
+        if selector and not selector.endswith("]"):
+            raise DatasetError(f"split {split!r}: expected NAME[SEQUENCES] or NAME[-SEQUENCES], got {part!r}")
+        data_root, found, decoder, info = _plain_split(key, name, root, plain, info)
+        samples += _filter_sequences(found, part, plain, selector[:-1]) if selector else found
+    return SegmentationDataset(samples, info, decoder, transform, kind=key, root=data_root, split=split,
                                check_labels=check_labels)
 
 
