@@ -93,19 +93,26 @@ def writable_dir(text: str) -> Path:
     return Path(text).expanduser()
 
 
+def _file_problem(path: Path) -> str | None:
+    """Why file ``path`` cannot be written (its folder created if missing), or None if it can."""
+    if path.is_dir():
+        return f"{path} is a folder; give a file name"
+    problem = _dir_problem(path.parent)
+    if problem:
+        return f"cannot write {path}: {problem}"
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"{path} is not writable"
+    return None
+
+
 def writable_file(text: str) -> Path | str:
     """argparse type for an output file (``-`` = stdout is returned as is): not a folder, its folder writable."""
     if text == "-":
         return text
-    path = Path(text).expanduser()
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name")
-    problem = _dir_problem(path.parent)
+    problem = _file_problem(Path(text).expanduser())
     if problem:
-        raise argparse.ArgumentTypeError(f"cannot write {path}: {problem}")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise argparse.ArgumentTypeError(f"{path} is not writable")
-    return path
+        raise argparse.ArgumentTypeError(problem)
+    return Path(text).expanduser()
 
 
 def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
@@ -114,6 +121,14 @@ def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> 
     Raises ConfigError naming ``what`` and the folder.
     """
     problem = _dir_problem(Path(path).expanduser())
+    if problem:
+        raise ConfigError(f"{what}: {problem}")
+    return Path(path).expanduser()
+
+
+def check_writable_file(path: str | os.PathLike, what: str) -> Path:
+    """The same check as :func:`writable_file`, raising ConfigError naming ``what`` (e.g. ``--json``)."""
+    problem = _file_problem(Path(path).expanduser())
     if problem:
         raise ConfigError(f"{what}: {problem}")
     return Path(path).expanduser()

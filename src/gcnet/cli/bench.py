@@ -140,13 +140,13 @@ def _datasets(args: argparse.Namespace) -> tuple[dict | None, dict | None]:
 
 def run(args: argparse.Namespace) -> int:
     import gcnet
-    from gcnet.cli.predict import output_file, output_folder
+    from gcnet.cli.args import check_writable_dir, check_writable_file
     from gcnet.deploy.bench import QUICK, command_line, format_report, run_benchmark, save_report
 
     if args.json:
-        output_file(args.json, "--json")
+        check_writable_file(args.json, "--json")
     if args.keep_artifacts:
-        output_folder(args.keep_artifacts, "--keep-artifacts")
+        check_writable_dir(args.keep_artifacts, "--keep-artifacts")
     if args.variant and (args.model or args.checkpoint):
         raise ConfigError("give the variant either positionally or with --model/--checkpoint, not both")
     variant = (args.variant or args.model or "gcnet-s").lower()

@@ -8,8 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from gcnet.cli.args import parse_size, positive_int
-from gcnet.cli.predict import add_model_args, model_from_args, output_file, output_folder
+from gcnet.cli.args import check_writable_dir, check_writable_file, parse_size, positive_int
+from gcnet.cli.predict import add_model_args, model_from_args
 from gcnet.errors import ConfigError
 from gcnet.fileio import staging_folder
 
@@ -104,9 +104,9 @@ def _check_args(args: argparse.Namespace, formats: list[str]) -> None:
 
     if args.opset < 17:
         raise ConfigError("--opset must be >= 17")
-    output_folder(args.out)
+    check_writable_dir(args.out, "--out")
     if args.json:
-        output_file(args.json, "--json")
+        check_writable_file(args.json, "--json")
     int8 = args.precision == "int8"
     if int8 and not {"onnx", "openvino"} & set(formats):
         raise ConfigError("--precision int8 needs --format onnx and/or openvino")

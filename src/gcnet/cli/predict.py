@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from gcnet.cli.args import fraction, parse_size, positive_int
+from gcnet.cli.args import check_writable_dir, fraction, parse_size, positive_int
 from gcnet.errors import ConfigError
 
 MODEL_SOURCES_HELP = (
@@ -55,37 +54,6 @@ def model_from_args(args: argparse.Namespace, *, required: bool = True, allow_ex
     if required:
         raise ConfigError("no model given: use --checkpoint FILE or --model VARIANT --weights FILE")
     return None
-
-
-def _writable_ancestor(path: Path, flag: str, value: str) -> None:
-    """The nearest existing folder above ``path`` must be a folder this process may write to."""
-    existing = next(p for p in [path, *path.parents] if p.exists())
-    if not existing.is_dir():
-        raise ConfigError(f"{flag} {value}: {existing} is a file, so the path cannot be created; "
-                          f"choose another {flag}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {value}: {existing} is not writable; choose a folder you can write to "
-                          f"with {flag}")
-
-
-def output_folder(value: str, flag: str = "--out") -> Path:
-    """Check an output folder option before anything is computed or written: it is a folder (or can
-    be created as one) that is writable. Returns it as a path; it is created when first written."""
-    path = Path(value).absolute()
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{flag} {value} is an existing file, not a folder; give a folder path "
-                          f"(it is created if missing)")
-    _writable_ancestor(path, flag, value)
-    return Path(value)
-
-
-def output_file(value: str, flag: str) -> Path:
-    """Check an output file option up front: not an existing folder, and its folder writable."""
-    path = Path(value).absolute()
-    if path.is_dir():
-        raise ConfigError(f"{flag} {value} is a folder; give a file name")
-    _writable_ancestor(path.parent, flag, value)
-    return Path(value)
 
 
 def add_runtime_args(p: argparse.ArgumentParser) -> None:
@@ -177,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     from gcnet.deploy.predict import VIDEO_EXTENSIONS, InputError, Predictor, predict_paths
     from gcnet.errors import DatasetError
 
-    output_folder(args.out)
+    check_writable_dir(args.out, "--out")
     if args.no_label and args.no_overlay and not any(
             Path(i).suffix.lower() in VIDEO_EXTENSIONS for i in args.inputs):
         raise ConfigError("--no-label and --no-overlay together leave nothing to write")

@@ -19,10 +19,9 @@ import numpy as np
 import torch
 
 from gcnet.data.metadata import DatasetInfo, overlay
-from gcnet.data.transforms import normalize
 from gcnet.deploy.postprocess import upsample_argmax
 from gcnet.deploy.predict import Predictor, predict_video, stream
-from gcnet.deploy.runtimes import Runtime, TorchRuntime
+from gcnet.deploy.runtimes import Runtime
 
 STAGES = ("decode", "pre", "model", "post", "overlay", "encode")
 
@@ -42,24 +41,13 @@ def make_video(path: str | Path, frame: np.ndarray, frames: int = 30, fps: float
     return path
 
 
-def _model_stages(runtime: Runtime, rgb: np.ndarray, clock: Callable[[], float]) -> tuple[float, float, torch.Tensor]:
-    """(pre seconds, model seconds, low-resolution logits) of one frame, as the Predictor runs it."""
-    if not isinstance(runtime, TorchRuntime):
-        t0 = clock()
-        logits = runtime.frames(rgb[None])  # OpenVINO normalises inside its graph: pre is part of the model
-        return 0.0, clock() - t0, torch.from_numpy(np.asarray(logits, dtype=np.float32))[0]
-    t0 = clock()
-    x = normalize(rgb).unsqueeze(0)
-    t1 = clock()
-    with torch.inference_mode():
-        logits = runtime.forward_tensor(x).float()[0]
-    return t1 - t0, clock() - t1, logits
-
-
 def stage_times(runtime: Runtime, video: str | Path, info: DatasetInfo, frames: int,
                 clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
-    """Seconds per stage for each of the first ``frames`` frames, one stage after the other."""
+    """Seconds per stage for each of the first ``frames`` frames, one stage after the other, through the
+    :class:`Predictor` that ``gcnet predict`` uses (a runtime that normalises inside its graph has ~0 pre)."""
     import cv2
+
+    predictor = Predictor(runtime)
 
     times: dict[str, list[float]] = {s: [] for s in STAGES}
     cap = cv2.VideoCapture(str(video))
@@ -73,9 +61,12 @@ def stage_times(runtime: Runtime, video: str | Path, info: DatasetInfo, frames: 
                     break
                 rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
                 t1 = clock()
-                pre, model, logits = _model_stages(runtime, rgb, clock)
-                t2 = clock()
-                labels = upsample_argmax(logits, rgb.shape[:2])
+                with torch.inference_mode():
+                    x = predictor.prepare(rgb)
+                    t_pre = clock()
+                    logits = predictor.infer(x)
+                    t2 = clock()
+                    labels = upsample_argmax(logits, rgb.shape[:2])
                 t3 = clock()
                 out = cv2.cvtColor(overlay(rgb, labels, info), cv2.COLOR_RGB2BGR)
                 t4 = clock()
@@ -84,7 +75,7 @@ def stage_times(runtime: Runtime, video: str | Path, info: DatasetInfo, frames: 
                                              (out.shape[1], out.shape[0]))
                 writer.write(out)
                 t5 = clock()
-                for name, dt in zip(STAGES, (t1 - t0, pre, model, t3 - t2, t4 - t3, t5 - t4)):
+                for name, dt in zip(STAGES, (t1 - t0, t_pre - t1, t2 - t_pre, t3 - t2, t4 - t3, t5 - t4)):
                     times[name].append(dt)
         finally:
             cap.release()

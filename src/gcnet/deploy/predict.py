@@ -88,19 +88,24 @@ class Predictor:
         self.input_size = tuple(int(s) for s in input_size) if input_size else None
         self.num_classes: int | None = None
 
-    def low_res_logits(self, image: np.ndarray) -> torch.Tensor:
-        """``(K, h, w)`` float logits as the model outputs them (1/8 of the network's input)."""
+    def prepare(self, image: np.ndarray) -> np.ndarray | torch.Tensor:
+        """The runtime's input for ``image``: the uint8 frame itself (batch of one) for a runtime that
+        normalises inside its graph, else normalised float NCHW, resized to ``input_size`` if set."""
         from gcnet.data.transforms import normalize
 
         resize = bool(self.input_size) and tuple(self.input_size) != tuple(image.shape[:2])
         if isinstance(self.runtime, Runtime) and not isinstance(self.runtime, TorchRuntime) and not resize:
-            out = torch.from_numpy(np.asarray(self.runtime.frames(image[None]), dtype=np.float32))
-            self.num_classes = int(out.shape[1])
-            return out[0]
+            return image[None]
         x = normalize(image).unsqueeze(0)
         if resize:
             x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False)
-        if isinstance(self.runtime, TorchRuntime):
+        return x
+
+    def infer(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``(K, h, w)`` float logits of a :meth:`prepare` result, as the model outputs them (1/8 scale)."""
+        if isinstance(x, np.ndarray):  # uint8 frames
+            out = torch.from_numpy(np.asarray(self.runtime.frames(x), dtype=np.float32))
+        elif isinstance(self.runtime, TorchRuntime):
             out = self.runtime.forward_tensor(x).float()
         else:
             out = torch.from_numpy(np.asarray(self.runtime(x.numpy()), dtype=np.float32))
@@ -109,7 +114,7 @@ class Predictor:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return upsample_argmax(self.low_res_logits(image), image.shape[:2])
+            return upsample_argmax(self.infer(self.prepare(image)), image.shape[:2])
 
 
 # -------------------------------------------------------------------------------------------- I/O

@@ -74,10 +74,9 @@ class Runtime:
 
         Runtimes that can normalise inside their graph override this to skip the float copy.
         """
-        from gcnet.data.transforms import MEAN, STD
+        from gcnet.data.transforms import normalize
 
-        x = (images.astype(np.float32) - np.float32(MEAN)) / np.float32(STD)
-        return self(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        return self(torch.stack([normalize(image) for image in images]).numpy())
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} threads={self.threads}>"
