@@ -1,4 +1,4 @@
-"""Atomic file writing and the one list of image extensions gcnet reads.
+"""Atomic file writing, the one list of image extensions gcnet reads, and where gcnet keeps its caches.
 
 Every file gcnet writes goes through :func:`atomic_path` (or :func:`atomic_write`): the content is
 written to a hidden temporary name in the destination folder, optionally checked, and only then
@@ -19,6 +19,16 @@ from typing import IO
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 TMP_MARKER = ".gcnet-tmp"
+
+
+def gcnet_home() -> Path:
+    """Where gcnet keeps its caches (downloaded weights, data-check results): ``$GCNET_HOME``, else
+    ``$XDG_CACHE_HOME/gcnet``, else ``~/.cache/gcnet``. Not created here."""
+    home = os.environ.get("GCNET_HOME")
+    if home:
+        return Path(home).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "gcnet"
 
 
 def is_image_file(path: str | os.PathLike) -> bool:

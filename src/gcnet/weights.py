@@ -5,7 +5,7 @@ or a URL (``https``, ``http``, ``file``; Google Drive links go through ``gdown``
 turns a spec into a local file, downloading a name or URL once into the cache:
 
 * ``$GCNET_HOME/weights/<name>.pth`` for named weights, ``$GCNET_HOME/weights/urls/<hash>/<file>``
-  for URLs; ``$GCNET_HOME`` defaults to ``~/.cache/gcnet``.
+  for URLs; ``$GCNET_HOME`` defaults to ``$XDG_CACHE_HOME/gcnet`` or ``~/.cache/gcnet``.
 * A download is written to a temporary name, checked (the SHA-256 where known, then the caller's
   check, e.g. keys and shapes against the named model) and only then renamed into place, so a failed
   or refused download leaves nothing in the cache.
@@ -31,10 +31,10 @@ from pathlib import Path
 from gcnet.data.metadata import DatasetInfo, get_dataset_info
 from gcnet.data.transforms import MEAN, STD
 from gcnet.errors import CheckpointError
-from gcnet.fileio import TMP_MARKER, atomic_path
+from gcnet.fileio import TMP_MARKER, atomic_path, gcnet_home
 
 __all__ = ["Weights", "REGISTRY", "register_weights", "list_weights", "get_weights", "find_weights",
-           "gcnet_home", "weights_dir", "is_offline", "is_url", "url_cache_path", "sha256sum", "resolve", "fetch"]
+           "weights_dir", "is_offline", "is_url", "url_cache_path", "sha256sum", "resolve", "fetch"]
 
 AUTHORS_REPO = "https://github.com/JunYanOOO/GCNet"
 AUTHORS_LICENSE = (f"no licence file in the authors' repository ({AUTHORS_REPO}, checked 2026-11-21): the "
@@ -138,10 +138,6 @@ def find_weights(spec: object) -> Weights | None:
     if not isinstance(spec, str) or Path(spec).expanduser().exists():
         return None
     return REGISTRY.get(spec.strip().lower())
-
-
-def gcnet_home() -> Path:
-    return Path(os.environ.get("GCNET_HOME") or "~/.cache/gcnet").expanduser()
 
 
 def weights_dir() -> Path:

@@ -1,8 +1,8 @@
 """Where dataset checks remember their results, so a second run over unchanged files costs only a ``stat``.
 
 :meth:`gcnet.data.datasets.SegmentationDataset.validate` keeps one small JSON file per data set in
-:func:`cache_dir` (``$GCNET_HOME/datacheck``, else ``$XDG_CACHE_HOME/gcnet/datacheck``, else
-``~/.cache/gcnet/datacheck``). The file name is a digest of what the check depends on (dataset kind, root,
+:func:`cache_dir` (``datacheck`` under :func:`gcnet.fileio.gcnet_home`). The file name is a digest of
+what the check depends on (dataset kind, root,
 split, label space, label decoding, check version); inside, each sample that passed is stored with the
 (size, mtime_ns) of its image and label, so changing, replacing or touching a file re-checks that sample
 only. The cache is an optimisation: an unreadable, corrupt or unwritable cache is ignored, never fatal.
@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gcnet.fileio import write_text
+from gcnet.fileio import gcnet_home, write_text
 
 CHECK_VERSION = 1  # bump when what validate() checks changes: older cache files are then ignored
 
@@ -26,12 +26,7 @@ __all__ = ["CHECK_VERSION", "cache_dir", "file_stamp", "CheckCache", "write_repo
 
 def cache_dir() -> Path:
     """Folder of the dataset-check cache files (not created here)."""
-    home = os.environ.get("GCNET_HOME")
-    if home:
-        return Path(home).expanduser() / "datacheck"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "gcnet" / "datacheck"
+    return gcnet_home() / "datacheck"
 
 
 def file_stamp(path: Path) -> list[int] | None:
