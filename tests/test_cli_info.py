@@ -32,15 +32,13 @@ def test_info_table_and_errors():
 def _parser():
     import argparse
 
-    from gcnet.cli.args import fraction, non_negative_int, positive_float, positive_int, writable_dir, writable_file
+    from gcnet.cli.args import fraction, non_negative_int, positive_float, positive_int
 
     p = argparse.ArgumentParser(prog="gcnet x")
     p.add_argument("--limit", type=positive_int)
     p.add_argument("--workers", type=non_negative_int)
     p.add_argument("--minutes", type=positive_float)
     p.add_argument("--alpha", type=fraction)
-    p.add_argument("--out", type=writable_dir)
-    p.add_argument("--json", type=writable_file)
     return p
 
 
@@ -65,33 +63,29 @@ def test_number_types_accept_good_values():
     assert (args.limit, args.workers, args.minutes, args.alpha) == (3, 0, 0.5, 0.0)
 
 
-def test_output_paths_checked_without_creating_anything(tmp_path, capsys):
+def test_output_paths_checked_without_creating_anything(tmp_path):
     import os
 
-    from gcnet.cli.args import check_writable_dir
+    from gcnet.cli.args import check_writable_dir, check_writable_file
     from gcnet.errors import ConfigError
 
     a_file = tmp_path / "taken.txt"
     a_file.write_text("mine")
-    args = _parser().parse_args(["--out", str(tmp_path / "new" / "deeper"), "--json", str(tmp_path / "r.json")])
-    assert args.out == tmp_path / "new" / "deeper" and not (tmp_path / "new").exists()
-    assert _parser().parse_args(["--json", "-"]).json == "-"
-    for argv, message in [(["--out", str(a_file)], "exists and is not a folder"),
-                          (["--out", str(a_file / "sub")], "is a file"),
-                          (["--json", str(tmp_path)], "is a folder; give a file name"),
-                          (["--json", str(a_file / "r.json")], "taken.txt exists and is not a folder")]:
-        with pytest.raises(SystemExit):
-            _parser().parse_args(argv)
-        assert message in capsys.readouterr().err
+    assert check_writable_dir(tmp_path / "new" / "deeper", "--out") == tmp_path / "new" / "deeper"
+    assert check_writable_file(tmp_path / "r.json", "--json") == tmp_path / "r.json"
+    assert not (tmp_path / "new").exists()
+    for check, path, message in [(check_writable_dir, a_file, "--out: .*taken.txt exists and is not a folder"),
+                                 (check_writable_dir, a_file / "sub", "--out: .*taken.txt is a file"),
+                                 (check_writable_file, tmp_path, "--out: .* is a folder; give a file name"),
+                                 (check_writable_file, a_file / "r.json", "taken.txt exists and is not a folder")]:
+        with pytest.raises(ConfigError, match=message):
+            check(path, "--out")
     assert a_file.read_text() == "mine"
-    with pytest.raises(ConfigError, match="work dir: .*taken.txt exists and is not a folder"):
-        check_writable_dir(a_file, "work dir")
     if os.geteuid() != 0:  # root may write anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
-        with pytest.raises(SystemExit):
-            _parser().parse_args(["--out", str(locked / "out")])
-        assert "is not writable" in capsys.readouterr().err
+        with pytest.raises(ConfigError, match="is not writable"):
+            check_writable_dir(locked / "out", "--out")
 
 
 def test_usage_errors_are_two_lines(capsys):

@@ -85,14 +85,6 @@ def _dir_problem(path: Path) -> str | None:
     return None
 
 
-def writable_dir(text: str) -> Path:
-    """argparse type for an output folder: it exists and is writable, or can be created. Nothing is created here."""
-    problem = _dir_problem(Path(text).expanduser())
-    if problem:
-        raise argparse.ArgumentTypeError(f"{problem} (choose another output folder)")
-    return Path(text).expanduser()
-
-
 def _file_problem(path: Path) -> str | None:
     """Why file ``path`` cannot be written (its folder created if missing), or None if it can."""
     if path.is_dir():
@@ -105,21 +97,9 @@ def _file_problem(path: Path) -> str | None:
     return None
 
 
-def writable_file(text: str) -> Path | str:
-    """argparse type for an output file (``-`` = stdout is returned as is): not a folder, its folder writable."""
-    if text == "-":
-        return text
-    problem = _file_problem(Path(text).expanduser())
-    if problem:
-        raise argparse.ArgumentTypeError(problem)
-    return Path(text).expanduser()
-
-
 def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
-    """The same check as :func:`writable_dir` for folders that do not come from a flag (e.g. a config value).
-
-    Raises ConfigError naming ``what`` and the folder.
-    """
+    """Check before any work that files can be written into folder ``path`` (created later if missing);
+    raises ConfigError naming ``what`` (e.g. ``--out``). Nothing is created here."""
     problem = _dir_problem(Path(path).expanduser())
     if problem:
         raise ConfigError(f"{what}: {problem}")
@@ -127,7 +107,8 @@ def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> 
 
 
 def check_writable_file(path: str | os.PathLike, what: str) -> Path:
-    """The same check as :func:`writable_file`, raising ConfigError naming ``what`` (e.g. ``--json``)."""
+    """Check before any work that file ``path`` can be written (not a folder, its folder writable);
+    raises ConfigError naming ``what`` (e.g. ``--json``)."""
     problem = _file_problem(Path(path).expanduser())
     if problem:
         raise ConfigError(f"{what}: {problem}")

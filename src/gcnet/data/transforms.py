@@ -256,8 +256,6 @@ def pad_to_size(
 
 # ---------------------------------------------------------------------------------------- rng handling
 class _RngMixin:
-    accepts_rng = True  # callers may pass per-sample generators (rng=) to transforms that set this
-
     def _init_rng(self, seed: int | None) -> None:
         self.seed = seed
         self.rng = np.random.default_rng(seed)
