@@ -278,3 +278,15 @@ def test_checkpoints_carry_the_dataset_metadata_for_predict(tmp_path):
     for name in ("latest.pth", "best.pth"):
         info = checkpoint_dataset_info(work / name)
         assert info is not None and info.num_classes == 5 and len(info.palette) == 5
+
+
+def test_demo_never_touches_a_folder_it_did_not_write(tmp_path, capsys):
+    """The demo replaces an earlier demo's files in --out, so it refuses a folder holding anything else."""
+    out = tmp_path / "project"
+    (out / "train").mkdir(parents=True)
+    (out / "train" / "latest.pth").write_bytes(b"a demo checkpoint")  # an earlier demo's: may be replaced
+    (out / "notes.txt").write_text("mine")
+    assert main(["demo", "--out", str(out), "--iters", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "holds files the demo did not write (notes.txt)" in err and len(err.strip().splitlines()) <= 2
+    assert (out / "notes.txt").read_text() == "mine" and (out / "train" / "latest.pth").read_bytes() == b"a demo checkpoint"

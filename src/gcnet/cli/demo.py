@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gcnet.cli.args import non_negative_int, positive_float, positive_int
+from gcnet.cli.args import check_writable_dir, non_negative_int, positive_float, positive_int
+from gcnet.errors import ConfigError
 
 EPILOG = """\
 examples:
@@ -223,6 +224,22 @@ def _write_overlays(deployed, val_set, count: int, ov_dir: Path, device, info) -
     return written
 
 
+DEMO_ENTRIES = frozenset({"data", "train", "overlays", "summary.json"})
+
+
+def _demo_folder(out: Path) -> Path:
+    """The --out folder, created if missing. The demo replaces an earlier demo's files there, so it
+    refuses a folder holding anything else: it never deletes files it did not write."""
+    check_writable_dir(out, "--out")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in DEMO_ENTRIES) if out.is_dir() else []
+    if foreign:
+        raise ConfigError(f"--out {out} holds files the demo did not write ({', '.join(foreign[:3])}"
+                          f"{', ...' if len(foreign) > 3 else ''}); the demo replaces its folder's contents: "
+                          "choose an empty or new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -235,8 +252,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _demo_folder(Path(args.out))
     t_all = time.perf_counter()
     cfg = _demo_config(args, out / "data", device)
     info = get_dataset_info("synthetic")
