@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -151,6 +152,26 @@ def test_bench_quick_runtimes_in_process(tmp_path):
     assert report["export"]["onnx"]["max_abs_diff"] < 1e-2
     for r in report["results"]:
         assert r["label_agreement"] > 0.99 and r["max_abs_diff"] < 1e-2
+
+
+@pytest.mark.slow
+@pytest.mark.deploy
+def test_bench_user_baseline_form(tmp_path, capsys):
+    """The baseline is a real NNCF int8 model compiled with OpenVINO's defaults, and every CPU row is
+    compared with it."""
+    ov = pytest.importorskip("openvino", reason="needs openvino")
+    pytest.importorskip("nncf", reason="needs nncf")
+    path, kept = tmp_path / "bench.json", tmp_path / "artifacts"
+    assert main(["bench", "--quick", "--in-process", "--threads", "1", "--size", "64x128", "--forms",
+                 "openvino-int8", "openvino-int8-baseline", "--keep-artifacts", str(kept),
+                 "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    ours, baseline = report["results"]
+    assert baseline["form"] == "openvino-int8-baseline" and baseline["speedup_vs_baseline"] == 1.0
+    assert ours["speedup_vs_baseline"] > 0 and math.isfinite(baseline["max_abs_diff"])
+    model = ov.Core().read_model(str(kept / "model_ov_int8_baseline.xml"))
+    assert any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+    assert "openvino-int8-baseline)" in capsys.readouterr().out
 
 
 @pytest.mark.slow

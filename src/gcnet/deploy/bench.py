@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,8 +45,8 @@ from gcnet.deploy.export import calibration_from_dataset, load_for_deploy
 from gcnet.deploy.pipeline import ExportSettings, build
 from gcnet.deploy.runtimes import Runtime, default_threads
 from gcnet.errors import GCNetError
-from gcnet.fileio import write_text
-from gcnet.optional import is_available
+from gcnet.fileio import atomic_path, write_text
+from gcnet.optional import is_available, require
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,15 @@ class Form:
     options: dict = field(default_factory=dict)
     default: bool = True
     description: str = ""
+    artifact: str = ""  # the file it runs (a key of the driver's artefacts); "" = derived from kind/precision
+
+    @property
+    def artifact_key(self) -> str:
+        if self.artifact:
+            return self.artifact
+        if self.kind == "torch":
+            return "checkpoint" if self.model_form == "train" else "checkpoint_deploy"
+        return {"onnxruntime": "onnx", "openvino": "openvino"}[self.kind] + ("_int8" if self.precision == "int8" else "")
 
 
 FORMS: dict[str, Form] = {f.name: f for f in [
@@ -79,6 +89,8 @@ FORMS: dict[str, Form] = {f.name: f for f in [
     Form("openvino-fp32", "openvino", "fp32", description="OpenVINO CPU, f32 inference precision"),
     Form("openvino-bf16", "openvino", "bf16", description="OpenVINO CPU, bf16 inference precision"),
     Form("openvino-int8", "openvino", "int8", description="OpenVINO CPU, NNCF post-training int8"),
+    Form("openvino-int8-baseline", "openvino", "int8", artifact="openvino_int8_baseline", options={"plain": True},
+         description="what a user assembles: ov.convert_model + nncf.quantize + compile_model, all defaults"),
     # CUDA (used when torch.cuda.is_available())
     Form("cuda-train-fp32", "torch", "fp32", device="cuda", model_form="train",
          description="training form, CUDA eager fp32"),
@@ -96,6 +108,7 @@ FORMS: dict[str, Form] = {f.name: f for f in [
          description="fp16, channels_last, torch.compile(mode='max-autotune') (uses CUDA graphs)"),
 ]}
 
+BASELINE_FORM = "openvino-int8-baseline"  # what a user assembles; "speedup_vs_baseline" is against it
 MAX_ITERS = 100_000
 QUICK = {"input_size": (128, 256), "warmup": 1, "iters": 3, "min_time": 0.0}
 
@@ -184,10 +197,7 @@ def bench_model(name: str = "gcnet-s", num_classes: int = 19, checkpoint: str | 
 def _build_runtime(job: dict) -> Runtime:
     """The form's runtime, opened from the artefact the driver wrote for it."""
     form = Form(**job["form"])
-    key = {"torch": "checkpoint" if form.model_form == "train" else "checkpoint_deploy",
-           "onnxruntime": "onnx_int8" if form.precision == "int8" else "onnx",
-           "openvino": "openvino_int8" if form.precision == "int8" else "openvino"}[form.kind]
-    return build(job["artifacts"][key], form.kind, form.precision, device=form.device, threads=job["threads"],
+    return build(job["artifacts"][form.artifact_key], form.kind, form.precision, device=form.device, threads=job["threads"],
                  reparameterize=form.model_form != "train", **form.options).runtime
 
 
@@ -386,36 +396,56 @@ def _e2e_video(work: Path, data: dict | None, h: int, w: int, frames: int) -> tu
     return str(make_video(work / "e2e.mp4", frame, frames + 2)), f"{desc}, {frames} frames, mp4v"
 
 
-def _write_artifacts(work: Path, net: torch.nn.Module, deploy: torch.nn.Module, kinds: set[tuple[str, str]],
+def _write_artifacts(work: Path, net: torch.nn.Module, deploy: torch.nn.Module, keys: set[str],
                      vsize: tuple[int, int], calibration: list[np.ndarray], full_bias_correction: bool,
                      log: Any) -> tuple[dict[str, str], dict]:
-    """Write every file the forms run (checkpoints, ONNX, IR, int8 models) into ``work`` through the
+    """Write the files the forms run (``keys``: see :attr:`Form.artifact_key`) into ``work`` through the
     deploy pipeline; returns (artefact paths by key, export report)."""
     import gcnet
 
     artifacts = {"checkpoint": str(gcnet.save_checkpoint(work / "model.pt", net)),
                  "checkpoint_deploy": str(gcnet.save_checkpoint(work / "model_deploy.pt", deploy))}
     export_report: dict[str, Any] = {}
-    if any(k in ("onnxruntime", "openvino") for k, _ in kinds):
+    if any(k.startswith(("onnx", "openvino")) for k in keys):
         log("exporting ONNX ...")
         built = build(deploy, "onnxruntime", out=work / "model.onnx", open_runtime=False,
                       settings=ExportSettings(input_size=vsize, verify=is_available("onnxruntime")))
         export_report["onnx"], artifacts["onnx"] = built.report, str(built.path)
-    if ("onnxruntime", "int8") in kinds:
+    if "onnx_int8" in keys:
         log("quantizing for ONNX Runtime int8 ...")
         built = build(work / "model.onnx", "onnxruntime", "int8", calibration=calibration,
                       out=work / "model_int8.onnx", open_runtime=False)
         artifacts["onnx_int8"] = str(built.path)
     settings = ExportSettings(input_size=vsize, verify=False, fast_bias_correction=not full_bias_correction)
-    if any(k == "openvino" for k, _ in kinds):
+    if "openvino" in keys:
         built = build(deploy, "openvino", out=work / "model_ov.xml", open_runtime=False, settings=settings)
         artifacts["openvino"] = str(built.path)
-    if ("openvino", "int8") in kinds:
+    if "openvino_int8" in keys:
         log("quantizing for OpenVINO int8 (NNCF) ...")
         built = build(deploy, "openvino", "int8", calibration=calibration, out=work / "model_ov_int8.xml",
                       open_runtime=False, settings=settings)
         artifacts["openvino_int8"] = str(built.path)
+    if "openvino_int8_baseline" in keys:
+        log("quantizing the user baseline (OpenVINO and NNCF defaults) ...")
+        path = user_baseline_openvino(deploy, calibration, vsize, work / "model_ov_int8_baseline.xml")
+        artifacts["openvino_int8_baseline"] = str(path)
     return artifacts, export_report
+
+
+def user_baseline_openvino(deploy: torch.nn.Module, calibration: list[np.ndarray], input_size: tuple[int, int],
+                           out: Path) -> Path:
+    """The int8 model a user assembles from OpenVINO's and NNCF's documentation in a few lines, every
+    setting at its default: ``ov.convert_model(model, example_input=x)``, ``nncf.quantize(model,
+    nncf.Dataset(images))``, ``ov.save_model``. Its form opens it with ``compile_model(model, "CPU")``
+    and no configuration (``OpenVINORuntime(plain=True)``)."""
+    ov, nncf = require("openvino"), require("nncf")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = ov.convert_model(deploy, example_input=torch.zeros(1, 3, *input_size))
+    quantized = nncf.quantize(model, nncf.Dataset(list(calibration)))
+    with atomic_path(out, companions=(".bin",)) as tmp:
+        ov.save_model(quantized, str(tmp))
+    return out
 
 
 def _run_job(job: dict, work: Path, isolate: bool, threads: int, timeout: float) -> dict:
@@ -461,14 +491,18 @@ def _result_entry(name: str, res: dict, complexity: dict, batch: int, out_path: 
 
 def _relative_columns(results: list[dict]) -> dict | None:
     """Add speed-up against the authors' path on the same device (reparameterized, eager fp32) and
-    the mIoU change against the first fp32 form with mIoU; returns that reference result."""
+    against what a user assembles (``openvino-int8-baseline``, CPU forms), and the mIoU change against
+    the first fp32 form with mIoU; returns that reference result."""
     base = {dev: next((r for r in results if r["form"] == name and "latency_ms" in r), None)
             for dev, name in (("cpu", "torch-fp32"), ("cuda", "cuda-fp32"))}
+    user = next((r for r in results if r["form"] == BASELINE_FORM and "latency_ms" in r), None)
     ref_eval = next((r for r in results if "mIoU" in r and r["precision"] == "fp32"), None)
     for r in results:
         b = base.get(r["device"])
         if b and "latency_ms" in r:
             r["speedup_vs_torch_fp32"] = b["latency_ms"]["median"] / r["latency_ms"]["median"]
+        if user and r["device"] == "cpu" and "latency_ms" in r:
+            r["speedup_vs_baseline"] = user["latency_ms"]["median"] / r["latency_ms"]["median"]
         if ref_eval and "mIoU" in r:
             r["delta_mIoU"] = r["mIoU"] - ref_eval["mIoU"]
     return ref_eval
@@ -530,11 +564,11 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
         np.save(work / "input.npy", x)
         with torch.no_grad():
             ref = (net if has_train else deploy)(torch.from_numpy(x)).numpy()
-        kinds = {(FORMS[f].kind, FORMS[f].precision) for f in forms}
+        keys = {FORMS[f].artifact_key for f in forms}
         calib_source, calibration = None, []
-        if ("onnxruntime", "int8") in kinds or ("openvino", "int8") in kinds:
+        if any(FORMS[f].precision == "int8" for f in forms):
             calibration, calib_source = _calibration({"calib": calib, "calib_num": calib_num}, x)
-        artifacts, export_report = _write_artifacts(work, net, deploy, kinds, (min(h, 256), min(w, 512)),
+        artifacts, export_report = _write_artifacts(work, net, deploy, keys, (min(h, 256), min(w, 512)),
                                                     calibration, full_bias_correction, log)
         del net, deploy
         e2e = None
@@ -630,8 +664,10 @@ def format_report(report: dict) -> str:
     lines.append(f"params/MACs: deploy {c['deploy']['params'] / 1e6:.2f} M / {c['deploy']['macs'] / 1e9:.1f} G"
                  + (f", train {c['train']['params'] / 1e6:.2f} M / {c['train']['macs'] / 1e9:.1f} G"
                     if "train" in c else ""))
-    if report.get("fastest"):
-        lines.append(f"fastest: {report['fastest']}")
+    fastest = next((r for r in report["results"] if r["form"] == report.get("fastest")), None)
+    if fastest:
+        vs = fastest.get("speedup_vs_baseline")
+        lines.append(f"fastest: {fastest['form']}" + (f" ({vs:.2f}x {BASELINE_FORM})" if vs else ""))
     return "\n".join(lines)
 
 

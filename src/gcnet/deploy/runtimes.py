@@ -213,13 +213,17 @@ class OpenVINORuntime(Runtime):
     With ``static_shapes`` (default) the model is compiled once per input shape (kept for the last
     ``max_shapes`` shapes), which is faster than a dynamic-shape compile; otherwise one dynamic
     compile serves every shape.
+
+    ``plain`` compiles the model as it comes with OpenVINO's default configuration (no hints, no
+    reshape; only the thread count is kept, so every form gets the same cores): what
+    ``core.compile_model(model, "CPU")`` gives, the baseline `gcnet bench` compares with.
     """
 
     kind = "openvino"
 
     def __init__(self, model: Any, precision: str = "fp32", *, threads: int | None = None,
                  static_shapes: bool = True, max_shapes: int = 4, int8_rest: str = "f32",
-                 config: dict | None = None) -> None:
+                 config: dict | None = None, plain: bool = False) -> None:
         super().__init__(precision, "cpu", threads)
         ov = require("openvino")
         if precision not in PRECISIONS["openvino"]:
@@ -240,6 +244,8 @@ class OpenVINORuntime(Runtime):
             "INFERENCE_PRECISION_HINT": hint,
         }
         self.config.update(config or {})
+        if plain:
+            self.config, static_shapes = {"INFERENCE_NUM_THREADS": str(threads), **(config or {})}, False
         self.static_shapes = static_shapes
         self.max_shapes = max_shapes
         self._compiled: dict[tuple, Any] = {}
