@@ -43,3 +43,12 @@ def test_many_classes_use_uint16() -> None:
     out = upsample_argmax(x, (20, 24))
     assert out.dtype == np.uint16
     assert np.array_equal(out, reference_upsample_argmax(x, (20, 24)))
+
+
+def test_tied_logits_pick_the_first_class_like_argmax() -> None:
+    """Exact ties (e.g. int8 logits) resolve to the lowest class index, as the reference's argmax does."""
+    x = torch.randint(0, 3, (6, 16, 24), generator=torch.Generator().manual_seed(2)).float()
+    x[4] = x[1]  # classes 1 and 4 tie everywhere: 4 must never win
+    fast = upsample_argmax(x, (128, 192))
+    assert np.array_equal(fast, reference_upsample_argmax(x, (128, 192)))
+    assert not (fast == 4).any()

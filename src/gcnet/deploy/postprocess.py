@@ -64,7 +64,7 @@ def _boundary_labels(channels_last: torch.Tensor, cy: torch.Tensor, cx: torch.Te
         rows.append(torch.addcmul(wx0 * left[:, None, :], wx1, right[:, None, :]))  # (C, s, K)
     wy1, wy0 = lam[None, :, None, None], 1 - lam[None, :, None, None]  # (1, s, 1, 1)
     values = torch.addcmul(wy0 * rows[0][:, None], wy1, rows[1][:, None])  # (C, s, s, K)
-    return values.argmax(-1)
+    return values.max(-1).indices  # the first maximal class, as argmax; faster on CPUs
 
 
 def upsample_argmax(logits: torch.Tensor | np.ndarray, size: Sequence[int]) -> np.ndarray:
@@ -82,7 +82,7 @@ def upsample_argmax(logits: torch.Tensor | np.ndarray, size: Sequence[int]) -> n
     if s is None:
         return reference_upsample_argmax(x, (H, W))
     padded = F.pad(x[None], (1, 1, 1, 1), mode="replicate")[0]  # edge clamping = replicated border
-    low = padded.argmax(0)
+    low = padded.max(0).indices  # == argmax(0) (first maximal class), ~3x faster over a leading dim
     corners = (low[:-1, :-1], low[:-1, 1:], low[1:, :-1], low[1:, 1:])
     uniform = (corners[0] == corners[1]) & (corners[0] == corners[2]) & (corners[0] == corners[3])
     canvas = np.empty(((h + 1) * s, (w + 1) * s), dtype=_label_dtype(k))
