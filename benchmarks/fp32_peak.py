@@ -6,6 +6,8 @@
    ISA's FMA width it gives the derived peak = cores x FMA pipes x lanes x 2 x clock.
 3. ``sgemm``: a 4096^3 fp32 matrix product in OpenVINO (oneDNN) and in PyTorch (MKL), the best a
    real library reaches on a compute-bound kernel.
+4. ``vnni`` (CPUs with AVX512_VNNI): 12 independent ``vpdpbusd`` chains per thread, the int8
+   multiply-accumulate peak the int8 forms run against (64 u8 x s8 MACs per instruction).
 
     python benchmarks/fp32_peak.py [--json benchmarks/results/peak.json] [--threads N]
 """
@@ -89,6 +91,51 @@ def fma_and_clock(threads: int) -> dict:
             "fma_pipes_implied": float(gflops) / (threads * lanes * 2 * clock)}
 
 
+VNNI_C = r"""
+#include <immintrin.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <omp.h>
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
+static long run(long iters) {
+  long total = 0;
+  #pragma omp parallel reduction(+:total)
+  {
+    __m512i acc[12]; __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(2);
+    for (int i = 0; i < 12; i++) acc[i] = _mm512_set1_epi32(i);
+    for (long k = 0; k < iters; k++) {
+      #pragma GCC unroll 12
+      for (int i = 0; i < 12; i++) acc[i] = _mm512_dpbusd_epi32(acc[i], a, b);
+    }
+    int t[16]; for (int i = 0; i < 12; i++) { _mm512_storeu_si512(t, acc[i]); total += t[0]; }
+  }
+  return total;
+}
+int main(int argc, char **argv) {
+  int threads = atoi(argv[1]); long iters = 200000000L;
+  omp_set_num_threads(threads);
+  run(iters / 20);
+  double t0 = now(); long s = run(iters); double dt = now() - t0;
+  printf("%.3f %ld\n", (double)threads * iters * 12 * 64 / dt / 1e9, s);
+  return 0;
+}
+"""
+
+
+def vnni_peak(threads: int) -> dict:
+    """int8 multiply-accumulates per second (GMAC/s) of AVX512_VNNI ``vpdpbusd`` on every thread."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if not cc or "avx512_vnni" not in Path("/proc/cpuinfo").read_text():
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        src, exe = Path(tmp) / "vnni.c", Path(tmp) / "vnni"
+        src.write_text(VNNI_C)
+        subprocess.run([cc, "-O2", "-mavx512f", "-mavx512vnni", "-fopenmp", str(src), "-o", str(exe)], check=True)
+        out = subprocess.run([str(exe), str(threads)], check=True, capture_output=True, text=True).stdout.split()
+    return {"vnni_int8_gmacs": float(out[0])}
+
+
 def sgemm(threads: int, n: int = 4096) -> dict:
     import numpy as np
 
@@ -147,6 +194,7 @@ def main() -> None:
         res["derived_formula"] = (f"{args.threads} cores x {pipes} FMA pipes x {res['vector_lanes_fp32']} fp32 lanes "
                                   f"x 2 flop/FMA x {res['clock_ghz']:.2f} GHz")
     res.update(sgemm(args.threads))
+    res.update(vnni_peak(args.threads))
     res["loadavg_end"] = os.getloadavg()
     print(json.dumps(res, indent=2))
     if args.json:
