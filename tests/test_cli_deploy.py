@@ -64,6 +64,7 @@ def test_predict_folder_with_corrupt_file(checkpoint, tmp_path, capsys):
     code = main(["predict", str(src / "one.png"), "--checkpoint", str(checkpoint), "--out", str(out),
                  "--no-progress", "--no-overlay", "--device", "cpu"])
     assert code == 0
+    assert "1 image(s) at" in capsys.readouterr().out
 
 
 def test_predict_usage_errors(checkpoint, tmp_path, capsys):

@@ -59,6 +59,7 @@ def test_folder_with_corrupt_files(predictor, info, tmp_path):
     assert failed == sorted([str(src / "sub" / "corrupt.png"), str(truncated)])
     assert any("corrupt.png" in m for m in messages) and any("truncated.png" in m for m in messages)
     assert summary.processed == 3 and not summary.ok
+    assert summary.images == 3 and summary.images_per_s > 0
     for stem in ["a", "sub/b", "good"]:
         label = Image.open(out / f"{stem}_label.png")
         assert label.mode == "P"

@@ -166,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"gcnet predict: stopped (--fail-fast): {exc}", file=sys.stderr)
         return 1
     print(f"wrote {len(summary.written)} file(s) for {summary.processed} input(s) to {args.out}")
+    if summary.images_per_s:
+        print(f"{summary.images} image(s) at {summary.images_per_s:.2f} images/s (read, predict and write overlapped)")
     if summary.failed:
         print(f"gcnet predict: {len(summary.failed)} input(s) failed and were skipped:", file=sys.stderr)
         for path, reason in summary.failed:
