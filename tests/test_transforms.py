@@ -232,6 +232,24 @@ def test_photometric_distortion_steps():
     np.testing.assert_array_equal(a, photometric_distortion(img, np.random.default_rng(1)))
 
 
+def test_photometric_strength_scales_the_distortion():
+    """Strength 1 is MMSeg's distortion draw for draw; a weaker one changes the image less."""
+    img, lbl = _img(48, 64), _lbl(48, 64)
+    args = dict(scale_range=(1.0, 1.0), cat_max_ratio=1.0, flip_prob=0.0)
+
+    def change(strength: float) -> float:
+        t = TrainTransform((48, 64), photometric_strength=strength, **args)
+        outs = [t(img, lbl, np.random.default_rng(i))[0] for i in range(8)]
+        return float(sum((o - normalize(img)).abs().mean() for o in outs))
+
+    plain = TrainTransform((48, 64), **args)(img, lbl, np.random.default_rng(3))[0]
+    one = TrainTransform((48, 64), photometric_strength=1.0, **args)(img, lbl, np.random.default_rng(3))[0]
+    assert torch.equal(plain, one)
+    assert change(0.0) < change(0.5) < change(1.0) < change(2.0)
+    with pytest.raises(ValueError, match="photometric_strength"):
+        TrainTransform((48, 64), photometric_strength=3.0)
+
+
 def test_eval_transform():
     img, lbl = _img(30, 40), _lbl(30, 40)
     x, y = EvalTransform()(img, lbl)

@@ -205,7 +205,7 @@ def _convert(img: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarr
 def photometric_distortion(
     image: np.ndarray,
     rng: np.random.Generator,
-    brightness_delta: int = 32,
+    brightness_delta: float = 32,
     contrast_range: tuple[float, float] = (0.5, 1.5),
     saturation_range: tuple[float, float] = (0.5, 1.5),
     hue_delta: int = 18,
@@ -285,6 +285,8 @@ class TrainTransform(_RngMixin):
         cat_max_ratio: crop retry criterion (see :func:`random_crop`); ``>= 1`` disables it.
         flip_prob: probability of a horizontal flip.
         photometric: apply :func:`photometric_distortion`.
+        photometric_strength: scales its ranges (brightness delta 32, contrast and saturation 1 +- 0.5,
+            hue delta 18; 1 = MMSeg's, 0..2).
         ignore_index: label value for padding / ignored pixels.
         base_scale: MMSeg ``scale`` of ``RandomResize``, e.g. ``(2048, 1024)`` for Cityscapes or ``(960, 720)``
             for CamVid (order irrelevant, aspect ratio is kept); None = each image's own size.
@@ -301,6 +303,7 @@ class TrainTransform(_RngMixin):
         photometric: bool = True,
         ignore_index: int = 255,
         base_scale: Sequence[int] | None = None,
+        photometric_strength: float = 1.0,
         seed: int | None = None,
         pad_val: float = 0.0,
     ) -> None:
@@ -312,6 +315,11 @@ class TrainTransform(_RngMixin):
         self.cat_max_ratio = float(cat_max_ratio)
         self.flip_prob = float(flip_prob)
         self.photometric = bool(photometric)
+        if not 0 <= photometric_strength <= 2:
+            raise ValueError(f"photometric_strength must be within 0..2, got {photometric_strength}")
+        k = float(photometric_strength)
+        self._photometric_args = dict(brightness_delta=32 * k, contrast_range=(1 - k / 2, 1 + k / 2),
+                                      saturation_range=(1 - k / 2, 1 + k / 2), hue_delta=max(1, round(18 * k)))
         self.ignore_index = int(ignore_index)
         self.base_scale = None if base_scale is None else _pair(base_scale, "base_scale")
         self.pad_val = float(pad_val)
@@ -321,7 +329,8 @@ class TrainTransform(_RngMixin):
         return (
             f"TrainTransform(crop_size={self.crop_size}, scale_range={self.scale_range}, "
             f"base_scale={self.base_scale}, cat_max_ratio={self.cat_max_ratio}, flip_prob={self.flip_prob}, "
-            f"photometric={self.photometric}, ignore_index={self.ignore_index})"
+            f"photometric={self.photometric}, photometric_args={self._photometric_args}, "
+            f"ignore_index={self.ignore_index})"
         )
 
     def __call__(
@@ -339,7 +348,7 @@ class TrainTransform(_RngMixin):
         image, label = random_crop(image, label, rng, self.crop_size, self.cat_max_ratio, self.ignore_index)
         image, label = random_flip(image, label, rng, self.flip_prob)
         if self.photometric:
-            image = photometric_distortion(image, rng)
+            image = photometric_distortion(image, rng, **self._photometric_args)
         img_t = normalize(image)
         lbl_t = torch.from_numpy(np.ascontiguousarray(label).astype(np.int64, copy=False))
         return pad_to_size(img_t, lbl_t, self.crop_size, self.pad_val, self.ignore_index)

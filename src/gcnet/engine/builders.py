@@ -80,7 +80,8 @@ def build_train_transform(data: DataSection, ignore_index: int):
 
     return TrainTransform(tuple(data.crop_size), scale_range=tuple(data.scale_range),
                           cat_max_ratio=data.cat_max_ratio, flip_prob=data.flip_prob,
-                          photometric=data.photometric, ignore_index=ignore_index,
+                          photometric=data.photometric, photometric_strength=data.photometric_strength,
+                          ignore_index=ignore_index,
                           base_scale=tuple(data.base_scale) if data.base_scale else None)
 
 

@@ -114,6 +114,8 @@ class DataSection:
     cat_max_ratio: float = _key(float, 0.75, "max fraction of a crop one class may cover (1.0 disables)")
     flip_prob: float = _key(float, 0.5, "horizontal flip probability")
     photometric: bool = _key(bool, True, "photometric distortion (brightness/contrast/saturation/hue)")
+    photometric_strength: float = _key(float, 1.0, ("scale of the photometric ranges, 0..2 (1 = MMSeg's: brightness "
+                                                     "+-32, contrast/saturation x0.5-1.5, hue +-18)"))
     batch_size: int = _key(int, 12, "total batch size over all processes")
     workers: int = _key(int, 4, "data loader worker processes per training process")
     synthetic_size: list = _key(("list", int, 2), [128, 160], "image size [H, W] for kind=synthetic")
@@ -126,6 +128,7 @@ class DataSection:
               "data.scale_range must be [min, max] with 0 < min <= max")
         _need(0 < self.cat_max_ratio <= 1, "data.cat_max_ratio must be in (0, 1]")
         _need(0 <= self.flip_prob <= 1, "data.flip_prob must be in [0, 1]")
+        _need(0 <= self.photometric_strength <= 2, "data.photometric_strength must be in [0, 2]")
         _need(self.batch_size >= 1, "data.batch_size must be >= 1")
         _need(self.workers >= 0, "data.workers must be >= 0")
 
