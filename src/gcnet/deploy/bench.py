@@ -262,7 +262,7 @@ def run_form(job: dict) -> dict:
         result["peak_mem_mb"] = peak - baseline if baseline is not None else None
         result["mem_note"] = "peak RSS of the worker minus its RSS after importing the runtime"
     np.save(job["output"], np.asarray(out, dtype=np.float32))
-    if job.get("end_to_end") and not cuda:
+    if job.get("end_to_end") and not cuda and form.name != BASELINE_FORM:  # the baseline is the model only
         result["end_to_end"] = _end_to_end(runtime, job["end_to_end"])
     if job.get("eval"):
         from gcnet.data.datasets import build_dataset
