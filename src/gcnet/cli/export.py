@@ -76,9 +76,10 @@ examples:
     q.add_argument("--calib-split", default="train", help="calibration split (default: %(default)s)")
     q.add_argument("--calib-images", metavar="DIR", help="or: a folder of calibration images")
     q.add_argument("--num-calib", type=positive_int, default=32, help="calibration images (default: %(default)s)")
-    q.add_argument("--quant-preset", choices=("mixed", "performance"), default="mixed",
-                   help="OpenVINO int8: mixed = asymmetric u8 activations (default, more accurate), "
-                        "performance = symmetric")
+    q.add_argument("--quant-preset", choices=("auto", "mixed", "performance"), default="auto",
+                   help="OpenVINO int8: mixed = asymmetric u8 activations, performance = symmetric; auto "
+                        "(default) quantizes with both on 3/4 of the calibration images and keeps the one "
+                        "whose labels match fp32 best on the other 1/4 (the better one differs per model)")
     q.add_argument("--full-bias-correction", action="store_true",
                    help="OpenVINO int8: per-layer bias correction instead of the fast one (slower to quantize)")
     q.add_argument("--eval-dataset", metavar="KIND", help="evaluate fp32 vs int8 on this dataset kind")
@@ -176,7 +177,12 @@ def _quantize(deploy, out: Path, name: str, formats: list[str], args: argparse.N
         log(f"quantizing OpenVINO int8 (NNCF, {len(calibration)} images) -> {Path(args.out) / path.name}")
         built = build(deploy, "openvino", "int8", calibration=calibration, out=path, settings=settings,
                       threads=args.threads)
-        report["exports"]["openvino-int8"] = {"format": "openvino", "precision": "int8", "path": str(path)}
+        report["exports"]["openvino-int8"] = {"format": "openvino", "precision": "int8", "path": str(path),
+                                              "preset": built.report.get("quant_preset"),
+                                              "preset_scores": built.report.get("quant_scores")}
+        if built.report.get("quant_scores"):
+            scores = ", ".join(f"{k} {v:.1f}" for k, v in built.report["quant_scores"].items())
+            log(f"  preset {built.report['quant_preset']} (mIoU against fp32 labels on held-out images: {scores})")
         runtimes["openvino-int8"] = built.runtime
     if "onnx" in formats:
         path = out / f"{name}_int8.onnx"

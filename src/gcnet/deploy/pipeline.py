@@ -29,6 +29,7 @@ from gcnet.deploy.export import (
     export_openvino,
     is_quantized_onnx,
     load_for_deploy,
+    quant_preset_of,
     quantize_onnx,
     quantize_openvino,
     to_openvino,
@@ -69,7 +70,7 @@ class ExportSettings:
     postprocess: bool = False
     verify: bool = True
     tolerance: float = 1e-3
-    preset: str = "mixed"
+    preset: str = "auto"
     fast_bias_correction: bool = True
 
 
@@ -135,6 +136,9 @@ def _openvino_model(source: Source, suffix: str, precision: str, calibration: An
     reference = source if suffix not in (".onnx", ".xml") and not is_quantized_openvino(model) else None
     report = export_openvino(model, out, reference=reference, input_size=settings.input_size,
                              verify=settings.verify, tolerance=settings.tolerance, threads=threads)
+    preset, scores = quant_preset_of(model)
+    if preset:
+        report.update(quant_preset=preset, quant_scores=scores)
     return model, report
 
 
