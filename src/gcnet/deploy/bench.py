@@ -88,9 +88,8 @@ FORMS: dict[str, Form] = {f.name: f for f in [
     Form("onnxruntime-int8", "onnxruntime", "int8", description="ONNX Runtime, static int8 QDQ (u8/s8)"),
     Form("openvino-fp32", "openvino", "fp32", description="OpenVINO CPU, f32 inference precision"),
     Form("openvino-bf16", "openvino", "bf16", description="OpenVINO CPU, bf16 inference precision"),
-    Form("openvino-int8", "openvino", "int8", description="OpenVINO CPU, NNCF post-training int8"),
-    Form("openvino-int8-bf16", "openvino", "int8", options={"int8_rest": "bf16"}, default=False,
-         description="NNCF int8 convolutions, the ops left in float run in bf16 (CPUs with AVX512_BF16/AMX)"),
+    Form("openvino-int8", "openvino", "int8",
+         description="OpenVINO CPU, NNCF post-training int8 (preset chosen per model), other ops bf16 where native"),
     Form("openvino-int8-baseline", "openvino", "int8", artifact="openvino_int8_baseline", options={"plain": True},
          description="what a user assembles: ov.convert_model + nncf.quantize + compile_model, all defaults"),
     # CUDA (used when torch.cuda.is_available())

@@ -208,7 +208,8 @@ class OpenVINORuntime(Runtime):
     ``precision`` "fp32" pins f32 execution (OpenVINO would otherwise pick bf16 on CPUs with
     AVX512_BF16/AMX), "bf16" asks for bf16 execution, "int8" expects a quantized model (FakeQuantize
     nodes, see :func:`gcnet.deploy.export.quantize_openvino`); its non-quantized ops run in
-    ``int8_rest`` precision ("f32" by default).
+    ``int8_rest`` precision, by default OpenVINO's choice: bf16 on CPUs with AVX512_BF16 or AMX (4%
+    faster than f32 for GCNet-S on a Zen 5, mIoU unchanged), else f32.
 
     With ``static_shapes`` (default) the model is compiled once per input shape (kept for the last
     ``max_shapes`` shapes), which is faster than a dynamic-shape compile; otherwise one dynamic
@@ -222,7 +223,7 @@ class OpenVINORuntime(Runtime):
     kind = "openvino"
 
     def __init__(self, model: Any, precision: str = "fp32", *, threads: int | None = None,
-                 static_shapes: bool = True, max_shapes: int = 4, int8_rest: str = "f32",
+                 static_shapes: bool = True, max_shapes: int = 4, int8_rest: str | None = None,
                  config: dict | None = None, plain: bool = False) -> None:
         super().__init__(precision, "cpu", threads)
         ov = require("openvino")
@@ -237,12 +238,9 @@ class OpenVINORuntime(Runtime):
         threads = threads or default_threads()
         self.threads = threads
         hint = {"fp32": "f32", "bf16": "bf16", "int8": int8_rest}[precision]
-        self.config = {
-            "PERFORMANCE_HINT": "LATENCY",
-            "NUM_STREAMS": "1",
-            "INFERENCE_NUM_THREADS": str(threads),
-            "INFERENCE_PRECISION_HINT": hint,
-        }
+        self.config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads)}
+        if hint:
+            self.config["INFERENCE_PRECISION_HINT"] = hint
         self.config.update(config or {})
         if plain:
             self.config, static_shapes = {"INFERENCE_NUM_THREADS": str(threads), **(config or {})}, False
