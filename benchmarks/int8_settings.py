@@ -43,7 +43,7 @@ def main() -> None:
     ref = miou(ov_model, "fp32")
     print(f"fp32: {ref:.2f} mIoU")
     for name, fast, num in SETTINGS:
-        q = quantize_openvino(ov_model, calibration_from_dataset(train, num), fast_bias_correction=fast)
+        q = quantize_openvino(ov_model, calibration_from_dataset(train, num), preset="mixed", fast_bias_correction=fast)
         m = miou(q, "int8")
         print(f"{name} frames: {m:.2f} mIoU ({m - ref:+.2f})", flush=True)
 

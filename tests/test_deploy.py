@@ -227,21 +227,24 @@ def test_build_writes_verified_ir_pair_and_int8(tiny, synthetic, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml", "q.bin", "q.xml"]
 
 
-def test_int8_preset_is_chosen_per_model_on_held_out_images(tiny, synthetic, tmp_path):
-    """`auto` quantizes with both presets on 3/4 of the images, scores them on the other 1/4 against the
-    fp32 labels, keeps the better one, and the saved IR says which and why."""
+def test_int8_settings_are_chosen_per_model_on_held_out_images(tiny, synthetic, tmp_path):
+    """By default every (preset, bias correction) candidate is quantized on 3/4 of the images and scored on
+    the other 1/4 against the fp32 labels; the best is kept, and the saved IR says which and why."""
     ov = pytest.importorskip("openvino", reason="needs openvino")
     pytest.importorskip("nncf", reason="needs nncf")
     calib = export.calibration_from_dataset(synthetic[0], num=8)
     built = build(tiny, "openvino", "int8", calibration=calib, out=tmp_path / "q.xml",
                   settings=ExportSettings(input_size=(64, 96)), threads=1)
-    preset, scores = export.quant_preset_of(ov.Core().read_model(str(tmp_path / "q.xml")))
-    assert set(scores) == set(export.QUANT_PRESETS) and all(0 <= v <= 100 for v in scores.values())
-    assert preset == max(scores, key=scores.get)
-    assert built.report["quant_preset"] == preset and built.report["quant_scores"] == scores
-    # an explicit preset is used as given; too few images to hold any out: mixed, no scores
-    fixed = export.quantize_openvino(export.to_openvino(tiny, input_size=(64, 96)), calib, preset="performance")
-    assert export.quant_preset_of(fixed) == ("performance", {})
-    assert export.select_quant_preset(None, calib[:3]) == ("mixed", {})
+    quant = export.quant_settings_of(ov.Core().read_model(str(tmp_path / "q.xml")))
+    assert set(quant["scores"]) == {f"{p}/{bc}-bc" for p in export.QUANT_PRESETS for bc in ("fast", "full")}
+    assert all(0 <= v <= 100 for v in quant["scores"].values())
+    assert f"{quant['preset']}/{quant['bias_correction']}-bc" == max(quant["scores"], key=quant["scores"].get)
+    assert built.report["quantization"] == quant
+    # what is given is used as given; too few images to hold any out: mixed + fast, no scores
+    ov_model = export.to_openvino(tiny, input_size=(64, 96))
+    fixed = export.quantize_openvino(ov_model, calib, preset="performance", fast_bias_correction=True)
+    assert export.quant_settings_of(fixed) == {"preset": "performance", "bias_correction": "fast", "scores": {}}
+    few = export.quantize_openvino(ov_model, calib[:3])
+    assert export.quant_settings_of(few) == {"preset": "mixed", "bias_correction": "fast", "scores": {}}
     with pytest.raises(GCNetError, match="unknown quantization preset"):
         export.quantize_openvino(None, calib, preset="fastest")

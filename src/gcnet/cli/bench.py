@@ -79,8 +79,12 @@ examples:
     p.add_argument("--calib-split", default="train", help="calibration split (default: %(default)s)")
     p.add_argument("--num-calib", type=positive_int, default=None,
                    help="calibration images (default: 32 from a dataset, 2 random inputs otherwise)")
-    p.add_argument("--full-bias-correction", action="store_true",
-                   help="OpenVINO int8: per-layer bias correction instead of the fast one (as gcnet export)")
+    p.add_argument("--quant-preset", choices=("auto", "mixed", "performance"), default="auto",
+                   help="OpenVINO int8 activations (as gcnet export; default: chosen per model)")
+    p.add_argument("--bias-correction", choices=("auto", "fast", "full"), default="auto",
+                   help="OpenVINO int8 bias correction (as gcnet export; default: chosen per model)")
+    p.add_argument("--full-bias-correction", dest="bias_correction", action="store_const", const="full",
+                   help="= --bias-correction full")
     p.add_argument("--eval-dataset", metavar="KIND", help="also measure mIoU per form on this dataset kind")
     p.add_argument("--eval-root", metavar="DIR", help="evaluation dataset root")
     p.add_argument("--eval-split", default="val", help="evaluation split (default: %(default)s)")
@@ -162,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         report = run_benchmark(variant, args.num_classes or 19, checkpoint=_checkpoint(args, scratch), input_size=size,
                                batch=args.batch, forms=forms, warmup=warmup, iters=iters, min_time=min_time,
                                threads=args.threads, isolate=not args.in_process, calib=calib,
-                               calib_num=args.num_calib or 2, full_bias_correction=args.full_bias_correction,
+                               calib_num=args.num_calib or 2, quant=(args.quant_preset, args.bias_correction),
                                eval=ev, artifacts_dir=args.keep_artifacts, timeout=args.timeout,
                                end_to_end=args.end_to_end, command=command_line())
     print(format_report(report))

@@ -78,10 +78,14 @@ examples:
     q.add_argument("--num-calib", type=positive_int, default=32, help="calibration images (default: %(default)s)")
     q.add_argument("--quant-preset", choices=("auto", "mixed", "performance"), default="auto",
                    help="OpenVINO int8: mixed = asymmetric u8 activations, performance = symmetric; auto "
-                        "(default) quantizes with both on 3/4 of the calibration images and keeps the one "
-                        "whose labels match fp32 best on the other 1/4 (the better one differs per model)")
-    q.add_argument("--full-bias-correction", action="store_true",
-                   help="OpenVINO int8: per-layer bias correction instead of the fast one (slower to quantize)")
+                        "(default): the one that matches fp32 best on held-out calibration images (see "
+                        "--bias-correction)")
+    q.add_argument("--bias-correction", choices=("auto", "fast", "full"), default="auto",
+                   help="OpenVINO int8: NNCF's fast or full per-layer bias correction; auto (default) quantizes "
+                        "each candidate on 3/4 of the calibration images and keeps the one whose labels "
+                        "match fp32 best on the other 1/4 (the best settings differ per model)")
+    q.add_argument("--full-bias-correction", dest="bias_correction", action="store_const", const="full",
+                   help="= --bias-correction full")
     q.add_argument("--eval-dataset", metavar="KIND", help="evaluate fp32 vs int8 on this dataset kind")
     q.add_argument("--eval-root", metavar="DIR", help="evaluation dataset root")
     q.add_argument("--eval-split", default="val", help="evaluation split (default: %(default)s)")
@@ -177,12 +181,13 @@ def _quantize(deploy, out: Path, name: str, formats: list[str], args: argparse.N
         log(f"quantizing OpenVINO int8 (NNCF, {len(calibration)} images) -> {Path(args.out) / path.name}")
         built = build(deploy, "openvino", "int8", calibration=calibration, out=path, settings=settings,
                       threads=args.threads)
+        quant = built.report.get("quantization", {})
         report["exports"]["openvino-int8"] = {"format": "openvino", "precision": "int8", "path": str(path),
-                                              "preset": built.report.get("quant_preset"),
-                                              "preset_scores": built.report.get("quant_scores")}
-        if built.report.get("quant_scores"):
-            scores = ", ".join(f"{k} {v:.1f}" for k, v in built.report["quant_scores"].items())
-            log(f"  preset {built.report['quant_preset']} (mIoU against fp32 labels on held-out images: {scores})")
+                                              "quantization": quant}
+        if quant.get("scores"):
+            scores = ", ".join(f"{k} {v:.1f}" for k, v in quant["scores"].items())
+            log(f"  chose {quant['preset']}, {quant['bias_correction']} bias correction (mIoU against the fp32 "
+                f"labels on held-out calibration images: {scores})")
         runtimes["openvino-int8"] = built.runtime
     if "onnx" in formats:
         path = out / f"{name}_int8.onnx"
@@ -233,7 +238,8 @@ def run(args: argparse.Namespace) -> int:
     report: dict = {"model": deploy.config, "input_size": list(args.input_size), "exports": {}}
     settings = ExportSettings(input_size=args.input_size, opset=args.opset, dynamic=not args.static,
                               postprocess=args.postprocess, verify=not args.no_verify, tolerance=args.tolerance,
-                              preset=args.quant_preset, fast_bias_correction=not args.full_bias_correction)
+                              preset=args.quant_preset,
+                              fast_bias_correction={"auto": None, "fast": True, "full": False}[args.bias_correction])
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

@@ -398,7 +398,7 @@ def _e2e_video(work: Path, data: dict | None, h: int, w: int, frames: int) -> tu
 
 
 def _write_artifacts(work: Path, net: torch.nn.Module, deploy: torch.nn.Module, keys: set[str],
-                     vsize: tuple[int, int], calibration: list[np.ndarray], full_bias_correction: bool,
+                     vsize: tuple[int, int], calibration: list[np.ndarray], quant: tuple[str, str],
                      log: Any) -> tuple[dict[str, str], dict]:
     """Write the files the forms run (``keys``: see :attr:`Form.artifact_key`) into ``work`` through the
     deploy pipeline; returns (artefact paths by key, export report)."""
@@ -417,7 +417,8 @@ def _write_artifacts(work: Path, net: torch.nn.Module, deploy: torch.nn.Module, 
         built = build(work / "model.onnx", "onnxruntime", "int8", calibration=calibration,
                       out=work / "model_int8.onnx", open_runtime=False)
         artifacts["onnx_int8"] = str(built.path)
-    settings = ExportSettings(input_size=vsize, verify=False, fast_bias_correction=not full_bias_correction)
+    settings = ExportSettings(input_size=vsize, verify=False, preset=quant[0],
+                              fast_bias_correction={"auto": None, "fast": True, "full": False}[quant[1]])
     if "openvino" in keys:
         built = build(deploy, "openvino", out=work / "model_ov.xml", open_runtime=False, settings=settings)
         artifacts["openvino"] = str(built.path)
@@ -426,6 +427,9 @@ def _write_artifacts(work: Path, net: torch.nn.Module, deploy: torch.nn.Module, 
         built = build(deploy, "openvino", "int8", calibration=calibration, out=work / "model_ov_int8.xml",
                       open_runtime=False, settings=settings)
         artifacts["openvino_int8"] = str(built.path)
+        export_report["openvino_int8"] = quant = built.report.get("quantization", {})
+        log(f"  {quant.get('preset')}, {quant.get('bias_correction')} bias correction"
+            + (f" (held-out mIoU against fp32: {quant['scores']})" if quant.get("scores") else ""))
     if "openvino_int8_baseline" in keys:
         log("quantizing the user baseline (OpenVINO and NNCF defaults) ...")
         path = user_baseline_openvino(deploy, calibration, vsize, work / "model_ov_int8_baseline.xml")
@@ -536,7 +540,7 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
                   input_size: tuple[int, int] = (1024, 2048), batch: int = 1, forms: list[str] | None = None,
                   warmup: int = 3, iters: int = 10, min_time: float = 1.0, threads: int | None = None,
                   isolate: bool = True,
-                  calib: dict | None = None, calib_num: int = 2, full_bias_correction: bool = False,
+                  calib: dict | None = None, calib_num: int = 2, quant: tuple[str, str] = ("auto", "auto"),
                   eval: dict | None = None,
                   artifacts_dir: str | None = None, timeout: float = 1800, progress: bool = True,
                   end_to_end: int = 0, command: str | None = None) -> dict:
@@ -570,7 +574,7 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
         if any(FORMS[f].precision == "int8" for f in forms):
             calibration, calib_source = _calibration({"calib": calib, "calib_num": calib_num}, x)
         artifacts, export_report = _write_artifacts(work, net, deploy, keys, (min(h, 256), min(w, 512)),
-                                                    calibration, full_bias_correction, log)
+                                                    calibration, quant, log)
         del net, deploy
         e2e = None
         if end_to_end:
@@ -601,7 +605,7 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
                        "min_time_s": min_time,
                        "threads": threads, "isolated": isolate, "calibration": calib_source,
                        "calibration_images": len(calibration) if calib_source else None,
-                       "full_bias_correction": full_bias_correction,
+                       "quant_preset": quant[0], "bias_correction": quant[1],
                        "input": input_desc,
                        "reference": "torch-train-fp32" if has_train else "torch-fp32",
                        "eval": eval, "mIoU_reference": ref_eval["form"] if ref_eval else None,

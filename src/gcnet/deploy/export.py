@@ -370,41 +370,47 @@ QUANT_PRESETS = ("performance", "mixed")  # NNCF's: symmetric / asymmetric u8 ac
 
 
 def quantize_openvino(ov_model: Any, calibration: Iterable[np.ndarray], *, preset: str = "auto",
-                      fast_bias_correction: bool = True) -> Any:
+                      fast_bias_correction: bool | None = None) -> Any:
     """NNCF post-training int8 quantization of an OpenVINO model: per-channel symmetric s8 weights,
     activations symmetric (``preset="performance"``) or asymmetric u8 (``"mixed"``); ranges estimated
     on ``calibration`` (float32 NCHW arrays), then bias correction (fast, or the full per-layer one with
     ``fast_bias_correction=False``).
 
-    Which preset keeps a model closer to fp32 differs from model to model (on one CamVid GCNet-S
-    checkpoint symmetric activations lost ~0.8 mIoU more than asymmetric ones; on another asymmetric
-    ones lost 0.7 where NNCF's symmetric default lost none), so ``"auto"`` (the default)
-    chooses per model: see :func:`select_quant_preset`. The preset used, and the scores behind an
-    automatic choice, are kept in the model's ``rt_info`` (``gcnet/quant_preset``, ``gcnet/quant_scores``;
-    they travel into a saved IR)."""
+    Which settings keep a model closest to fp32 differ from model to model (on one CamVid GCNet-S
+    checkpoint asymmetric activations lost 0.7 mIoU where symmetric ones lost none; on another the
+    fast bias correction lost 1.3 and the full one 0.4), so what is left open (``preset="auto"``,
+    ``fast_bias_correction=None``: the defaults) is chosen per model: see :func:`select_quant_settings`.
+    The settings used, and the scores behind a choice, are kept in the model's ``rt_info`` (read them
+    with :func:`quant_settings_of`; they travel into a saved IR)."""
     samples = [np.ascontiguousarray(c, dtype=np.float32) for c in calibration]
     if not samples:
         raise GCNetError("int8 quantization needs at least one calibration image")
     if preset != "auto" and preset not in QUANT_PRESETS:
         raise GCNetError(f"unknown quantization preset {preset!r} (auto, {', '.join(QUANT_PRESETS)})")
-    scores: dict[str, float] = {}
-    if preset == "auto":
-        preset, scores = select_quant_preset(ov_model, samples, fast_bias_correction)
-    quantized = _nncf_quantize(ov_model, samples, preset, fast_bias_correction)
+    candidates = [(p, fast) for p in (QUANT_PRESETS if preset == "auto" else (preset,))
+                  for fast in ((True, False) if fast_bias_correction is None else (fast_bias_correction,))]
+    (preset, fast), scores = select_quant_settings(ov_model, samples, candidates)
+    quantized = _nncf_quantize(ov_model, samples, preset, fast)
     quantized.set_rt_info(preset, ["gcnet", "quant_preset"])
+    quantized.set_rt_info("fast" if fast else "full", ["gcnet", "quant_bias_correction"])
     if scores:
         quantized.set_rt_info(json.dumps(scores), ["gcnet", "quant_scores"])
     return quantized
 
 
-def select_quant_preset(ov_model: Any, samples: list[np.ndarray],
-                        fast_bias_correction: bool = True) -> tuple[str, dict[str, float]]:
-    """The preset whose int8 model agrees best with the fp32 model on frames held out from its
-    calibration: each preset is calibrated on the first three quarters of ``samples`` and scored on
-    the last quarter by the mIoU of its labels against the fp32 model's (%, 1/8 resolution). Returns
-    the preset and the scores; with fewer than 4 samples there is nothing to hold out: ``"mixed"``."""
-    if len(samples) < 4:
-        return "mixed", {}
+def _setting_name(preset: str, fast: bool) -> str:
+    return f"{preset}/{'fast' if fast else 'full'}-bc"
+
+
+def select_quant_settings(ov_model: Any, samples: list[np.ndarray],
+                          candidates: list[tuple[str, bool]]) -> tuple[tuple[str, bool], dict[str, float]]:
+    """The ``(preset, fast_bias_correction)`` candidate whose int8 model agrees best with the fp32
+    model on frames held out from its calibration: each is calibrated on the first three quarters of
+    ``samples`` and scored on the last quarter by the mIoU of its labels against the fp32 model's (%,
+    at the logits' 1/8 resolution). Returns the choice and the scores (empty when there was nothing to
+    choose, or fewer than 4 samples to hold any out: then the first of "mixed" and fast correction)."""
+    if len(candidates) == 1 or len(samples) < 4:
+        return min(candidates, key=lambda c: (c[0] != "mixed", not c[1])), {}
     from gcnet.evaluation.metrics import ConfusionMatrix
 
     held = len(samples) // 4
@@ -412,22 +418,27 @@ def select_quant_preset(ov_model: Any, samples: list[np.ndarray],
     fp32 = OpenVINORuntime(ov_model, "fp32")
     reference = [fp32(x).argmax(1) for x in check]
     scores = {}
-    for preset in QUANT_PRESETS:
-        int8 = OpenVINORuntime(_nncf_quantize(ov_model, calib, preset, fast_bias_correction), "int8")
+    for preset, fast in candidates:
+        int8 = OpenVINORuntime(_nncf_quantize(ov_model, calib, preset, fast), "int8")
         matrix = ConfusionMatrix(fp32(check[0]).shape[1])
         for x, ref in zip(check, reference):
             matrix.update(torch.from_numpy(int8(x).argmax(1)), torch.from_numpy(ref))
-        scores[preset] = round(matrix.compute()["mIoU"], 3)
-    return max(scores, key=scores.get), scores
+        scores[_setting_name(preset, fast)] = round(matrix.compute()["mIoU"], 3)
+    best = max(scores, key=scores.get)
+    return next(c for c in candidates if _setting_name(*c) == best), scores
 
 
-def quant_preset_of(ov_model: Any) -> tuple[str | None, dict[str, float]]:
-    """The preset :func:`quantize_openvino` stored in ``ov_model`` and its selection scores (if any)."""
+def quant_settings_of(ov_model: Any) -> dict[str, Any]:
+    """What :func:`quantize_openvino` stored in ``ov_model``: ``preset``, ``bias_correction`` ("fast" or
+    "full") and ``scores`` (of an automatic choice); empty for other models."""
     def read(key: str) -> str | None:
         return ov_model.get_rt_info(["gcnet", key]).astype(str) if ov_model.has_rt_info(["gcnet", key]) else None
 
+    if read("quant_preset") is None:
+        return {}
     scores = read("quant_scores")
-    return read("quant_preset"), json.loads(scores) if scores else {}
+    return {"preset": read("quant_preset"), "bias_correction": read("quant_bias_correction"),
+            "scores": json.loads(scores) if scores else {}}
 
 
 def _nncf_quantize(ov_model: Any, samples: list[np.ndarray], preset: str, fast_bias_correction: bool) -> Any:

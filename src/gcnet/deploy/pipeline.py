@@ -29,7 +29,7 @@ from gcnet.deploy.export import (
     export_openvino,
     is_quantized_onnx,
     load_for_deploy,
-    quant_preset_of,
+    quant_settings_of,
     quantize_onnx,
     quantize_openvino,
     to_openvino,
@@ -71,7 +71,7 @@ class ExportSettings:
     verify: bool = True
     tolerance: float = 1e-3
     preset: str = "auto"
-    fast_bias_correction: bool = True
+    fast_bias_correction: bool | None = None  # None: chosen per model, as preset="auto"
 
 
 def _check_request(runtime: str, precision: str, device: str, source: Source) -> str:
@@ -136,9 +136,8 @@ def _openvino_model(source: Source, suffix: str, precision: str, calibration: An
     reference = source if suffix not in (".onnx", ".xml") and not is_quantized_openvino(model) else None
     report = export_openvino(model, out, reference=reference, input_size=settings.input_size,
                              verify=settings.verify, tolerance=settings.tolerance, threads=threads)
-    preset, scores = quant_preset_of(model)
-    if preset:
-        report.update(quant_preset=preset, quant_scores=scores)
+    if quant := quant_settings_of(model):
+        report["quantization"] = quant
     return model, report
 
 
