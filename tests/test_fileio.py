@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,15 @@ def test_remove_stale_temps(tmp_path: Path) -> None:
     keep.write_bytes(b"x")
     assert fileio.remove_stale_temps(tmp_path) == [stale]
     assert [p.name for p in tmp_path.iterdir()] == ["latest.pth"]
+    # a temp of a process that still runs is in use; one of a process that is gone is stale, also below
+    live = tmp_path / f".a.{os.getppid()}-0123abcd{fileio.TMP_MARKER}.png"
+    dead = tmp_path / "sub" / f".b.{2**22 + 12345}-0123abcd{fileio.TMP_MARKER}.png"
+    dead.parent.mkdir()
+    live.write_bytes(b"")
+    dead.write_bytes(b"")
+    assert fileio.remove_stale_temps(tmp_path) == []
+    assert fileio.remove_stale_temps(tmp_path, recursive=True) == [dead]
+    assert live.exists()
 
 
 def test_image_extensions() -> None:

@@ -11,6 +11,7 @@ from PIL import Image
 from gcnet import build_model
 from gcnet.data.metadata import get_dataset_info
 from gcnet.deploy.predict import Predictor, collect_inputs, predict_paths
+from gcnet.fileio import TMP_MARKER
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,8 @@ def test_folder_with_corrupt_files(predictor, info, tmp_path):
     (out).mkdir()
     old = out / "truncated_label.png"
     old.write_bytes(b"earlier result")
+    (out / "sub").mkdir()  # a temporary file of a killed earlier run goes
+    (out / "sub" / f".b_label.{2**22 + 1}-0123abcd{TMP_MARKER}.png").write_bytes(b"partial")
     messages: list[str] = []
     summary = predict_paths(predictor, [src], out, info, progress=False, log=messages.append)
     failed = sorted(p for p, _ in summary.failed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -137,11 +138,29 @@ def _move_into_place(src: Path, dst: Path) -> None:
         os.replace(src, dst)
 
 
-def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
-    """Delete temporary files and staging folders left in ``folder`` by a killed writer."""
+def remove_stale_temps(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Delete temporary files and staging folders left in ``folder`` (and below, ``recursive``) by a killed
+    writer. Those of another process that still runs are in use and stay; call this before writing."""
     removed = []
-    for p in Path(folder).glob(f".*{TMP_MARKER}*"):
+    pattern = f"**/.*{TMP_MARKER}*" if recursive else f".*{TMP_MARKER}*"
+    for p in sorted(Path(folder).glob(pattern)):
+        if _writer_alive(p):
+            continue
         with contextlib.suppress(OSError):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
             removed.append(p)
     return removed
+
+
+def _writer_alive(temp: Path) -> bool:
+    """Whether the process named in a :func:`temp_name` (other than this one) still runs."""
+    m = re.search(rf"\.(\d+)-[0-9a-f]{{8}}{re.escape(TMP_MARKER)}", temp.name)
+    if not m or int(m.group(1)) == os.getpid():
+        return False
+    try:
+        os.kill(int(m.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True

@@ -47,7 +47,7 @@ from gcnet.deploy.sources import (
     prefetch,
 )
 from gcnet.errors import DatasetError, GCNetError
-from gcnet.fileio import IMAGE_EXTENSIONS, atomic_path
+from gcnet.fileio import IMAGE_EXTENSIONS, atomic_path, remove_stale_temps
 from gcnet.optional import require
 
 
@@ -380,6 +380,8 @@ def predict_paths(predictor: Predictor, inputs: Iterable[str | os.PathLike], out
     reader thread and their PNGs written on a writer thread, both overlapping the next inference."""
     out_dir = Path(out_dir)
     items, missing = collect_inputs(inputs, recursive=recursive, exclude=[out_dir])
+    if out_dir.is_dir():
+        remove_stale_temps(out_dir, recursive=True)  # left by a killed earlier run
     summary = PredictSummary(failed=list(missing))
     bar = None
     if progress:
