@@ -81,8 +81,8 @@ examples:
                    help="calibration images (default: 32 from a dataset, 2 random inputs otherwise)")
     p.add_argument("--quant-preset", choices=("auto", "mixed", "performance"), default="auto",
                    help="OpenVINO int8 activations (as gcnet export; default: chosen per model)")
-    p.add_argument("--bias-correction", choices=("auto", "fast", "full"), default="auto",
-                   help="OpenVINO int8 bias correction (as gcnet export; default: chosen per model)")
+    p.add_argument("--bias-correction", choices=("auto", "fast", "full"), default="fast",
+                   help="OpenVINO int8 bias correction (as gcnet export; default: fast)")
     p.add_argument("--full-bias-correction", dest="bias_correction", action="store_const", const="full",
                    help="= --bias-correction full")
     p.add_argument("--eval-dataset", metavar="KIND", help="also measure mIoU per form on this dataset kind")

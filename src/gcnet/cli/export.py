@@ -77,13 +77,13 @@ examples:
     q.add_argument("--calib-images", metavar="DIR", help="or: a folder of calibration images")
     q.add_argument("--num-calib", type=positive_int, default=32, help="calibration images (default: %(default)s)")
     q.add_argument("--quant-preset", choices=("auto", "mixed", "performance"), default="auto",
-                   help="OpenVINO int8: mixed = asymmetric u8 activations, performance = symmetric; auto "
-                        "(default): the one that matches fp32 best on held-out calibration images (see "
-                        "--bias-correction)")
-    q.add_argument("--bias-correction", choices=("auto", "fast", "full"), default="auto",
-                   help="OpenVINO int8: NNCF's fast or full per-layer bias correction; auto (default) quantizes "
-                        "each candidate on 3/4 of the calibration images and keeps the one whose labels "
-                        "match fp32 best on the other 1/4 (the best settings differ per model)")
+                   help="OpenVINO int8: performance = symmetric activations (NNCF's default), mixed = "
+                        "asymmetric u8; auto (default): mixed only where it matches fp32 clearly better "
+                        "on calibration images held out from calibration (the better one differs per model)")
+    q.add_argument("--bias-correction", choices=("auto", "fast", "full"), default="fast",
+                   help="OpenVINO int8: NNCF's fast (default) or full per-layer bias correction, or auto: "
+                        "like --quant-preset auto, each candidate is quantized on 3/4 of the calibration "
+                        "images and the one whose labels match fp32 best on the other 1/4 is kept")
     q.add_argument("--full-bias-correction", dest="bias_correction", action="store_const", const="full",
                    help="= --bias-correction full")
     q.add_argument("--eval-dataset", metavar="KIND", help="evaluate fp32 vs int8 on this dataset kind")

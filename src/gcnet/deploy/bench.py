@@ -540,7 +540,7 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
                   input_size: tuple[int, int] = (1024, 2048), batch: int = 1, forms: list[str] | None = None,
                   warmup: int = 3, iters: int = 10, min_time: float = 1.0, threads: int | None = None,
                   isolate: bool = True,
-                  calib: dict | None = None, calib_num: int = 2, quant: tuple[str, str] = ("auto", "auto"),
+                  calib: dict | None = None, calib_num: int = 2, quant: tuple[str, str] = ("auto", "fast"),
                   eval: dict | None = None,
                   artifacts_dir: str | None = None, timeout: float = 1800, progress: bool = True,
                   end_to_end: int = 0, command: str | None = None) -> dict:

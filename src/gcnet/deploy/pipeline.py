@@ -71,7 +71,7 @@ class ExportSettings:
     verify: bool = True
     tolerance: float = 1e-3
     preset: str = "auto"
-    fast_bias_correction: bool | None = None  # None: chosen per model, as preset="auto"
+    fast_bias_correction: bool | None = True  # None: chosen per model, as preset="auto"
 
 
 def _check_request(runtime: str, precision: str, device: str, source: Source) -> str:
