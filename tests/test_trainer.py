@@ -138,9 +138,10 @@ def test_resume_after_sigkill_gives_the_uninterrupted_run(tmp_path):
     ck = torch.load(tmp_path / "killed" / "latest.pth", weights_only=True)
     assert ck["iteration"] == 5  # the hook checkpoints, then dies
 
-    from gcnet.fileio import temp_name
+    from gcnet.fileio import TMP_MARKER
 
-    stale = temp_name(tmp_path / "killed" / "latest.pth")  # what a writer killed mid-write leaves
+    # what a writer killed mid-write leaves (its process id is gone; 2**22 is above any Linux pid_max)
+    stale = tmp_path / "killed" / f".latest.{2**22 + 7}-0123abcd{TMP_MARKER}.pth"
     stale.write_bytes(b"")
     resumed = _run_cli(common + ["--work-dir", str(tmp_path / "killed"), "--resume"])
     assert resumed.returncode == 0, resumed.stderr
