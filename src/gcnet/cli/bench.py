@@ -14,7 +14,7 @@ from gcnet.errors import ConfigError
 def _forms_help() -> str:
     from gcnet.deploy.bench import FORMS
 
-    return "\n".join(f"  {f.name:<22}{f.description}{'' if f.default else ' [not in the default set]'}"
+    return "\n".join(f"  {f.name:<24}{f.description}{'' if f.default else ' [not in the default set]'}"
                      for f in FORMS.values())
 
 
