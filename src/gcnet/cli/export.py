@@ -224,7 +224,7 @@ def _accuracy(deploy, out: Path, name: str, formats: list[str], args: argparse.N
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from gcnet.deploy.export import ExportError, load_for_deploy
+    from gcnet.deploy.export import FAST_BIAS_CORRECTION, ExportError, load_for_deploy
     from gcnet.deploy.pipeline import ExportSettings
     from gcnet.fileio import write_text
 
@@ -239,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
     settings = ExportSettings(input_size=args.input_size, opset=args.opset, dynamic=not args.static,
                               postprocess=args.postprocess, verify=not args.no_verify, tolerance=args.tolerance,
                               preset=args.quant_preset,
-                              fast_bias_correction={"auto": None, "fast": True, "full": False}[args.bias_correction])
+                              fast_bias_correction=FAST_BIAS_CORRECTION[args.bias_correction])
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

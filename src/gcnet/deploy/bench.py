@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gcnet.deploy.export import calibration_from_dataset, load_for_deploy
+from gcnet.deploy.export import FAST_BIAS_CORRECTION, calibration_from_dataset, load_for_deploy
 from gcnet.deploy.pipeline import ExportSettings, build
 from gcnet.deploy.runtimes import Runtime, default_threads
 from gcnet.errors import GCNetError
@@ -418,7 +418,7 @@ def _write_artifacts(work: Path, net: torch.nn.Module, deploy: torch.nn.Module, 
                       out=work / "model_int8.onnx", open_runtime=False)
         artifacts["onnx_int8"] = str(built.path)
     settings = ExportSettings(input_size=vsize, verify=False, preset=quant[0],
-                              fast_bias_correction={"auto": None, "fast": True, "full": False}[quant[1]])
+                              fast_bias_correction=FAST_BIAS_CORRECTION[quant[1]])
     if "openvino" in keys:
         built = build(deploy, "openvino", out=work / "model_ov.xml", open_runtime=False, settings=settings)
         artifacts["openvino"] = str(built.path)

@@ -367,6 +367,8 @@ def export_openvino(ov_model: Any, path: str | os.PathLike, *, reference: nn.Mod
 
 
 QUANT_PRESETS = ("performance", "mixed")  # NNCF's: symmetric / asymmetric u8 activations
+# --bias-correction choices -> quantize_openvino's fast_bias_correction (None: chosen per model)
+FAST_BIAS_CORRECTION = {"auto": None, "fast": True, "full": False}
 
 
 def quantize_openvino(ov_model: Any, calibration: Iterable[np.ndarray], *, preset: str = "auto",
