@@ -113,3 +113,30 @@ def check_writable_file(path: str | os.PathLike, what: str) -> Path:
     if problem:
         raise ConfigError(f"{what}: {problem}")
     return Path(path).expanduser()
+
+
+def add_quant_args(group, num_calib_default: int | None, num_calib_help: str) -> None:
+    """The int8 calibration and quantization flags, shared by ``gcnet export`` and ``gcnet bench``."""
+    group.add_argument("--calib-dataset", metavar="KIND", help="calibration dataset kind: cityscapes, camvid, voc, folder")
+    group.add_argument("--calib-root", metavar="DIR", help="calibration dataset root")
+    group.add_argument("--calib-split", default="train", metavar="SPLIT", help="calibration split (default: %(default)s)")
+    group.add_argument("--num-calib", type=positive_int, default=num_calib_default, metavar="N",
+                       help=num_calib_help)
+    group.add_argument("--quant-preset", choices=("auto", "mixed", "performance"), default="auto",
+                       help="OpenVINO int8: performance = symmetric activations (NNCF's default), mixed = "
+                            "asymmetric u8; auto (default): mixed only where it matches fp32 clearly better "
+                            "on calibration images held out from calibration (the better one differs per model)")
+    group.add_argument("--bias-correction", choices=("auto", "fast", "full"), default="fast",
+                       help="OpenVINO int8: NNCF's fast (default) or full per-layer bias correction, or auto: "
+                            "like --quant-preset auto, each candidate is quantized on 3/4 of the calibration "
+                            "images and the one whose labels match fp32 best on the other 1/4 is kept")
+    group.add_argument("--full-bias-correction", dest="bias_correction", action="store_const", const="full",
+                       help="= --bias-correction full")
+
+
+def add_eval_args(group, what: str) -> None:
+    """The ``--eval-*`` flags (an mIoU measurement per model form), shared by ``gcnet export`` and ``gcnet bench``."""
+    group.add_argument("--eval-dataset", metavar="KIND", help=what)
+    group.add_argument("--eval-root", metavar="DIR", help="evaluation dataset root")
+    group.add_argument("--eval-split", default="val", metavar="SPLIT", help="evaluation split (default: %(default)s)")
+    group.add_argument("--eval-limit", type=positive_int, metavar="N", help="evaluate on the first N images only")

@@ -7,7 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gcnet.cli.args import non_negative_float, parse_size, positive_float, positive_int
+from gcnet.cli.args import add_eval_args, add_quant_args, non_negative_float, parse_size, positive_float, positive_int
 from gcnet.errors import ConfigError
 
 
@@ -74,21 +74,8 @@ examples:
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 128x256, 1 warm-up, 3 timed runs (explicit options still win)")
     p.add_argument("--in-process", action="store_true", help="run every form in this process (no memory column)")
-    p.add_argument("--calib-dataset", metavar="KIND", help="int8 calibration dataset kind")
-    p.add_argument("--calib-root", metavar="DIR", help="int8 calibration dataset root")
-    p.add_argument("--calib-split", default="train", help="calibration split (default: %(default)s)")
-    p.add_argument("--num-calib", type=positive_int, default=None,
-                   help="calibration images (default: 32 from a dataset, 2 random inputs otherwise)")
-    p.add_argument("--quant-preset", choices=("auto", "mixed", "performance"), default="auto",
-                   help="OpenVINO int8 activations (as gcnet export; default: chosen per model)")
-    p.add_argument("--bias-correction", choices=("auto", "fast", "full"), default="fast",
-                   help="OpenVINO int8 bias correction (as gcnet export; default: fast)")
-    p.add_argument("--full-bias-correction", dest="bias_correction", action="store_const", const="full",
-                   help="= --bias-correction full")
-    p.add_argument("--eval-dataset", metavar="KIND", help="also measure mIoU per form on this dataset kind")
-    p.add_argument("--eval-root", metavar="DIR", help="evaluation dataset root")
-    p.add_argument("--eval-split", default="val", help="evaluation split (default: %(default)s)")
-    p.add_argument("--eval-limit", type=positive_int, metavar="N", help="evaluate on the first N images only")
+    add_quant_args(p, None, "calibration images (default: 32 from a dataset, 2 random inputs otherwise)")
+    add_eval_args(p, "also measure mIoU per form on this dataset kind")
     p.add_argument("--keep-artifacts", metavar="DIR", help="keep the exported/quantized models in DIR")
     p.add_argument("--timeout", type=positive_float, default=1800, help="seconds allowed per form (default: %(default)s)")
     p.add_argument("--end-to-end", nargs="?", type=positive_int, const=30, default=0, metavar="FRAMES",

@@ -147,9 +147,38 @@ def _dataset(s: dict[str, Any], limit: int | None):
     return dataset
 
 
-def run(args: argparse.Namespace) -> int:
+def _check_counts(args: argparse.Namespace) -> None:
+    for flag, value in (("--threads", args.threads), ("--workers", args.workers), ("--batch-size", args.batch_size),
+                        ("--limit", args.limit)):
+        if value is not None and value < (0 if flag == "--workers" else 1):
+            raise ConfigError(f"{flag} must be >= {0 if flag == '--workers' else 1}, got {value}")
+
+
+def _forms(args: argparse.Namespace, model) -> list[tuple[str, Any]]:
+    """The (form name, module) pairs to evaluate: the checkpoint's form, its deploy form, or both."""
     import copy
 
+    if args.both_forms:
+        if model.is_deploy:
+            raise ConfigError("--both-forms needs a training-form checkpoint")
+        return [("train", model), ("deploy", copy.deepcopy(model).reparameterize())]
+    if args.reparameterize and not model.is_deploy:
+        return [("deploy", model.reparameterize())]
+    return [("deploy" if model.is_deploy else "train", model)]
+
+
+def _compare_forms(results: dict[str, Any], float64: bool) -> bool:
+    """Print how the two forms' mIoUs compare; True when they are identical."""
+    a, b = results["train"], results["deploy"]
+    same = abs(a["mIoU"] - b["mIoU"]) < 1e-9
+    note = "" if same or float64 else (" (float32 rounding flips pixels whose two best classes are "
+                                       "tied to ~1e-6; --float64 removes it)")
+    print(f"training form mIoU {a['mIoU']:.4f} vs reparameterized form mIoU {b['mIoU']:.4f}: "
+          + ("identical" if same else f"differ by {abs(a['mIoU'] - b['mIoU']):.4f}{note}"))
+    return same
+
+
+def run(args: argparse.Namespace) -> int:
     import torch
 
     from gcnet.engine import distributed as gdist
@@ -158,10 +187,7 @@ def run(args: argparse.Namespace) -> int:
     from gcnet.evaluation.metrics import format_table
     from gcnet.fileio import write_text
 
-    for flag, value in (("--threads", args.threads), ("--workers", args.workers), ("--batch-size", args.batch_size),
-                        ("--limit", args.limit)):
-        if value is not None and value < (0 if flag == "--workers" else 1):
-            raise ConfigError(f"{flag} must be >= {0 if flag == '--workers' else 1}, got {value}")
+    _check_counts(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = gdist.resolve_device(args.device)
@@ -178,16 +204,7 @@ def run(args: argparse.Namespace) -> int:
             check_datasets([dataset], progress=not args.no_progress)
         if args.float64:
             model = model.double()
-        forms: list[tuple[str, torch.nn.Module]] = []
-        if args.both_forms:
-            if model.is_deploy:
-                raise ConfigError("--both-forms needs a training-form checkpoint")
-            forms = [("train", model), ("deploy", copy.deepcopy(model).reparameterize())]
-        elif args.reparameterize and not model.is_deploy:
-            forms = [("deploy", model.reparameterize())]
-        else:
-            forms = [("deploy" if model.is_deploy else "train", model)]
-
+        forms = _forms(args, model)
         e = s["eval"]
         kwargs = e.evaluate_kwargs()
         out: dict[str, Any] = {"checkpoint": str(args.checkpoint), "dataset": s["kind"], "data_root": str(s["root"]),
@@ -206,13 +223,7 @@ def run(args: argparse.Namespace) -> int:
                       f"({res['num_images']} images, {e.mode} inference{tta}, {res['seconds']:.1f}s):")
                 print(format_table(res, res["class_names"]))
         if main and len(forms) == 2:
-            a, b = out["results"]["train"], out["results"]["deploy"]
-            same = abs(a["mIoU"] - b["mIoU"]) < 1e-9
-            note = "" if same or args.float64 else (" (float32 rounding flips pixels whose two best classes are "
-                                                    "tied to ~1e-6; --float64 removes it)")
-            print(f"training form mIoU {a['mIoU']:.4f} vs reparameterized form mIoU {b['mIoU']:.4f}: "
-                  + ("identical" if same else f"differ by {abs(a['mIoU'] - b['mIoU']):.4f}{note}"))
-            out["identical_mIoU"] = same
+            out["identical_mIoU"] = _compare_forms(out["results"], args.float64)
         if main and args.json:
             text = json.dumps(out, indent=2)
             if args.json == "-":

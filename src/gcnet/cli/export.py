@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from gcnet.cli.args import check_writable_dir, check_writable_file, parse_size, positive_int
+from gcnet.cli.args import add_eval_args, add_quant_args, check_writable_dir, check_writable_file, parse_size, positive_int
 from gcnet.cli.predict import add_model_args, model_from_args
 from gcnet.errors import ConfigError
 from gcnet.fileio import staging_folder
@@ -71,25 +71,9 @@ examples:
     q = p.add_argument_group("int8 quantization and accuracy")
     q.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
                    help="int8 also writes quantized models (needs calibration data)")
-    q.add_argument("--calib-dataset", metavar="KIND", help="calibration dataset kind: cityscapes, camvid, voc, folder")
-    q.add_argument("--calib-root", metavar="DIR", help="calibration dataset root")
-    q.add_argument("--calib-split", default="train", help="calibration split (default: %(default)s)")
+    add_quant_args(q, 32, "calibration images (default: %(default)s)")
     q.add_argument("--calib-images", metavar="DIR", help="or: a folder of calibration images")
-    q.add_argument("--num-calib", type=positive_int, default=32, help="calibration images (default: %(default)s)")
-    q.add_argument("--quant-preset", choices=("auto", "mixed", "performance"), default="auto",
-                   help="OpenVINO int8: performance = symmetric activations (NNCF's default), mixed = "
-                        "asymmetric u8; auto (default): mixed only where it matches fp32 clearly better "
-                        "on calibration images held out from calibration (the better one differs per model)")
-    q.add_argument("--bias-correction", choices=("auto", "fast", "full"), default="fast",
-                   help="OpenVINO int8: NNCF's fast (default) or full per-layer bias correction, or auto: "
-                        "like --quant-preset auto, each candidate is quantized on 3/4 of the calibration "
-                        "images and the one whose labels match fp32 best on the other 1/4 is kept")
-    q.add_argument("--full-bias-correction", dest="bias_correction", action="store_const", const="full",
-                   help="= --bias-correction full")
-    q.add_argument("--eval-dataset", metavar="KIND", help="evaluate fp32 vs int8 on this dataset kind")
-    q.add_argument("--eval-root", metavar="DIR", help="evaluation dataset root")
-    q.add_argument("--eval-split", default="val", help="evaluation split (default: %(default)s)")
-    q.add_argument("--eval-limit", type=positive_int, metavar="N", help="evaluate on the first N images only")
+    add_eval_args(q, "evaluate fp32 vs int8 on this dataset kind")
     p.add_argument("--threads", type=positive_int, help="CPU threads for verification/evaluation (default: all)")
     p.add_argument("--json", metavar="FILE", help="write the export report as JSON")
     p.set_defaults(func=run)

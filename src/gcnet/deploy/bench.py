@@ -536,6 +536,25 @@ def _complexity(net: torch.nn.Module, deploy: torch.nn.Module, size: tuple[int, 
     return out
 
 
+def _report(command: str | None, threads: int, config: dict, complexity: dict, export_report: dict,
+            results: list[dict], loadavg_start) -> dict:
+    """The benchmark's JSON report: when, where and how it ran, and one entry per form."""
+    ok = [r for r in results if "latency_ms" in r]
+    return {
+        "gcnet_bench_version": 1,
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": command,
+        "machine": machine_info(threads),
+        "versions": versions(),
+        "config": config,
+        "complexity": complexity,
+        "export": export_report,
+        "results": results,
+        "fastest": min(ok, key=lambda r: r["latency_ms"]["median"])["form"] if ok else None,
+        "loadavg": {"start": loadavg_start, "end": os.getloadavg() if hasattr(os, "getloadavg") else None},
+    }
+
+
 def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: str | None = None,
                   input_size: tuple[int, int] = (1024, 2048), batch: int = 1, forms: list[str] | None = None,
                   warmup: int = 3, iters: int = 10, min_time: float = 1.0, threads: int | None = None,
@@ -582,40 +601,26 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
             video, video_desc = _e2e_video(work, calib or eval, h, w, end_to_end)
             e2e = {"video": video, "frames": end_to_end, "num_classes": num_classes, "description": video_desc}
 
+        timing = {"warmup": warmup, "iters": iters, "min_time_s": min_time, "threads": threads, "isolated": isolate,
+                  "eval": eval, "end_to_end": e2e}
         results = []
         for name in forms:
             log(f"[{len(results) + 1}/{len(forms)}] {name} ...")
             job = {"form": asdict(FORMS[name]), "artifacts": artifacts, "input": str(work / "input.npy"),
-                   "output": str(work / f"out_{name}.npy"), "result": str(work / f"result_{name}.json"),
-                   "warmup": warmup, "iters": iters, "min_time_s": min_time, "threads": threads,
-                   "isolated": isolate, "eval": eval, "end_to_end": e2e}
+                   "output": str(work / f"out_{name}.npy"), "result": str(work / f"result_{name}.json"), **timing}
             res = _run_job(job, work, isolate, threads, timeout)
             results.append(_result_entry(name, res, complexity, batch, job["output"], ref, log))
         ref_eval = _relative_columns(results)
-        ok = [r for r in results if "latency_ms" in r]
-        return {
-            "gcnet_bench_version": 1,
-            "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "command": command,
-            "machine": machine_info(threads),
-            "versions": versions(),
-            "config": {"model": model, "num_classes": num_classes, "checkpoint": checkpoint,
-                       "weights": "checkpoint" if checkpoint else "random (BN re-estimated)",
-                       "input_size": [h, w], "batch": batch, "warmup": warmup, "iters": iters,
-                       "min_time_s": min_time,
-                       "threads": threads, "isolated": isolate, "calibration": calib_source,
-                       "calibration_images": len(calibration) if calib_source else None,
-                       "quant_preset": quant[0], "bias_correction": quant[1],
-                       "input": input_desc,
-                       "reference": "torch-train-fp32" if has_train else "torch-fp32",
-                       "eval": eval, "mIoU_reference": ref_eval["form"] if ref_eval else None,
-                       "end_to_end": e2e and {"frames": e2e["frames"], "video": e2e["description"]}},
-            "complexity": complexity,
-            "export": export_report,
-            "results": results,
-            "fastest": min(ok, key=lambda r: r["latency_ms"]["median"])["form"] if ok else None,
-            "loadavg": {"start": loadavg_start, "end": os.getloadavg() if hasattr(os, "getloadavg") else None},
-        }
+        config = {"model": model, "num_classes": num_classes, "checkpoint": checkpoint,
+                  "weights": "checkpoint" if checkpoint else "random (BN re-estimated)",
+                  "input_size": [h, w], "batch": batch, **{k: timing[k] for k in ("warmup", "iters", "min_time_s",
+                                                                                   "threads", "isolated")},
+                  "calibration": calib_source, "calibration_images": len(calibration) if calib_source else None,
+                  "quant_preset": quant[0], "bias_correction": quant[1], "input": input_desc,
+                  "reference": "torch-train-fp32" if has_train else "torch-fp32",
+                  "eval": eval, "mIoU_reference": ref_eval["form"] if ref_eval else None,
+                  "end_to_end": e2e and {"frames": e2e["frames"], "video": e2e["description"]}}
+        return _report(command, threads, config, complexity, export_report, results, loadavg_start)
     finally:
         if tmp is not None:
             tmp.cleanup()
