@@ -103,8 +103,9 @@ def test_export_onnx_openvino_int8_with_accuracy(checkpoint, tmp_path):
     result = run_cli(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "openvino", "--out", str(out),
                       "--input-size", "64x96", "--precision", "int8", "--calib-dataset", "folder", "--calib-root",
                       str(root), "--num-calib", "2", "--eval-dataset", "folder", "--eval-root", str(root),
-                      "--threads", "1", "--json", str(out / "r.json")])
+                      "--threads", "1", "--json", str(out / "r.json"), "--no-progress"])
     assert result.returncode == 0, result.stderr
+    assert "eval torch-fp32" not in result.stderr  # --no-progress: no evaluation bars
     report = json.loads((out / "r.json").read_text())
     for name in ["tiny.onnx", "tiny.xml", "tiny.bin", "tiny_int8.xml", "tiny_int8.onnx"]:
         assert (out / name).is_file(), name

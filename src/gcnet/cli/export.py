@@ -76,6 +76,7 @@ examples:
     add_eval_args(q, "evaluate fp32 vs int8 on this dataset kind")
     p.add_argument("--threads", type=positive_int, help="CPU threads for verification/evaluation (default: all)")
     p.add_argument("--json", metavar="FILE", help="write the export report as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. when logging to a file)")
     p.set_defaults(func=run)
 
 
@@ -198,7 +199,8 @@ def _accuracy(deploy, out: Path, name: str, formats: list[str], args: argparse.N
                                                        threads=args.threads).runtime
     evaluated.update(int8_runtimes)
     log(f"evaluating {', '.join(evaluated)} on {args.eval_dataset}:{args.eval_split} ...")
-    acc = compare_accuracy(evaluated, ds, reference="torch-fp32", limit=args.eval_limit, progress=True)
+    acc = compare_accuracy(evaluated, ds, reference="torch-fp32", limit=args.eval_limit,
+                           progress=not args.no_progress)
     print(f"{'runtime':<20}{'mIoU':>8}{'aAcc':>8}{'delta mIoU':>12}")
     for k, v in acc["results"].items():
         print(f"{k:<20}{v['mIoU']:>8.2f}{v['aAcc']:>8.2f}{v['delta_mIoU']:>+12.2f}")
