@@ -300,7 +300,10 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
            "--data.crop_size", "64", "--data.batch_size", "2", "--data.workers", "0", "--schedule.iters", "100000",
            "--schedule.ckpt_interval", "2", "--schedule.val_interval", "0", "--device", "cpu", "--threads", "1",
            "--no-progress", "--work-dir", str(work)]
-    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell's background job inherits SIGINT ignored (then Ctrl-C is not ours to handle): start the run as a
+    # terminal would, with SIGINT at its default
+    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         while not (work / "latest.pth").exists() and proc.poll() is None and time.monotonic() < deadline:
