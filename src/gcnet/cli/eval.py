@@ -147,13 +147,6 @@ def _dataset(s: dict[str, Any], limit: int | None):
     return dataset
 
 
-def _check_counts(args: argparse.Namespace) -> None:
-    for flag, value in (("--threads", args.threads), ("--workers", args.workers), ("--batch-size", args.batch_size),
-                        ("--limit", args.limit)):
-        if value is not None and value < (0 if flag == "--workers" else 1):
-            raise ConfigError(f"{flag} must be >= {0 if flag == '--workers' else 1}, got {value}")
-
-
 def _forms(args: argparse.Namespace, model) -> list[tuple[str, Any]]:
     """The (form name, module) pairs to evaluate: the checkpoint's form, its deploy form, or both."""
     import copy
@@ -187,7 +180,6 @@ def run(args: argparse.Namespace) -> int:
     from gcnet.evaluation.metrics import format_table
     from gcnet.fileio import write_text
 
-    _check_counts(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = gdist.resolve_device(args.device)

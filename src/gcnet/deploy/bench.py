@@ -613,8 +613,8 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
         ref_eval = _relative_columns(results)
         config = {"model": model, "num_classes": num_classes, "checkpoint": checkpoint,
                   "weights": "checkpoint" if checkpoint else "random (BN re-estimated)",
-                  "input_size": [h, w], "batch": batch, **{k: timing[k] for k in ("warmup", "iters", "min_time_s",
-                                                                                   "threads", "isolated")},
+                  "input_size": [h, w], "batch": batch, "warmup": warmup, "iters": iters, "min_time_s": min_time,
+                  "threads": threads, "isolated": isolate,
                   "calibration": calib_source, "calibration_images": len(calibration) if calib_source else None,
                   "quant_preset": quant[0], "bias_correction": quant[1], "input": input_desc,
                   "reference": "torch-train-fp32" if has_train else "torch-fp32",
