@@ -91,6 +91,21 @@ def test_export_errors(checkpoint, capsys):
     assert "calibration" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags", [["--format", "openvino", "--precision", "int8", "--calib-dataset", "camvid",
+                                    "--calib-root", "{missing}"],
+                                   ["--format", "torchscript", "--eval-dataset", "camvid", "--eval-root", "{missing}"]])
+def test_export_checks_data_roots_before_exporting(checkpoint, tmp_path, capsys, flags):
+    if "openvino" in flags:
+        pytest.importorskip("openvino", reason="needs openvino")
+    out = tmp_path / "exp"
+    missing = str(tmp_path / "no_such_root")
+    code = main(["export", str(checkpoint), "--out", str(out), "--input-size", "64x96",
+                 *[f.format(missing=missing) for f in flags]])
+    err = capsys.readouterr().err
+    assert code == 2 and "no_such_root" in err
+    assert "exporting" not in err and not out.exists()
+
+
 @pytest.mark.slow
 @pytest.mark.deploy
 def test_export_onnx_openvino_int8_with_accuracy(checkpoint, tmp_path):

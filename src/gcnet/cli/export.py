@@ -155,11 +155,10 @@ def _calibration(args: argparse.Namespace) -> tuple[list, dict]:
 
 
 def _quantize(deploy, out: Path, name: str, formats: list[str], args: argparse.Namespace, settings,
-              report: dict, log) -> dict:
+              calibration: list, report: dict, log) -> dict:
     """Write the int8 models (OpenVINO from the deploy form, ONNX from the fp32 .onnx); returns their runtimes."""
     from gcnet.deploy.pipeline import build
 
-    calibration, report["calibration"] = _calibration(args)
     runtimes = {}
     if "openvino" in formats:
         path = out / f"{name}_int8.xml"
@@ -184,12 +183,11 @@ def _quantize(deploy, out: Path, name: str, formats: list[str], args: argparse.N
     return runtimes
 
 
-def _accuracy(deploy, out: Path, name: str, formats: list[str], args: argparse.Namespace, int8_runtimes: dict,
+def _accuracy(deploy, out: Path, name: str, formats: list[str], args: argparse.Namespace, ds, int8_runtimes: dict,
               log) -> dict:
-    """mIoU of PyTorch fp32, every fp32/bf16 export and the int8 runtimes; prints the table."""
+    """mIoU of PyTorch fp32, every fp32/bf16 export and the int8 runtimes on ``ds``; prints the table."""
     from gcnet.deploy.pipeline import build, compare_accuracy
 
-    ds = _dataset(args.eval_dataset, args.eval_root, args.eval_split, "eval")
     evaluated = {"torch-fp32": build(deploy, "torch", threads=args.threads).runtime}
     if "onnx" in formats and not args.postprocess:
         evaluated["onnxruntime-fp32"] = build(out / f"{name}.onnx", "onnxruntime", threads=args.threads).runtime
@@ -219,6 +217,9 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     deploy = load_for_deploy(model_from_args(args))
+    # the calibration and evaluation data are read before anything is exported: a wrong root fails at once
+    calibration, calib_report = _calibration(args) if args.precision == "int8" else (None, None)
+    eval_set = _dataset(args.eval_dataset, args.eval_root, args.eval_split, "eval") if args.eval_dataset else None
     name = args.name or (Path(args.checkpoint).stem if args.checkpoint else f"{args.model.lower()}")
     out = Path(args.out)
     report: dict = {"model": deploy.config, "input_size": list(args.input_size), "exports": {}}
@@ -242,10 +243,12 @@ def run(args: argparse.Namespace) -> int:
                 log("  note: torch.export could not make the shapes dynamic; exported for the example size")
             if "max_abs_diff" in r:
                 log(f"  verified: max |diff| to PyTorch = {r['max_abs_diff']:.3g}")
-        int8_runtimes = _quantize(deploy, stage, name, formats, args, settings, report, log) \
-            if args.precision == "int8" else {}
-        if args.eval_dataset:
-            report["accuracy"] = _accuracy(deploy, stage, name, formats, args, int8_runtimes, log)
+        int8_runtimes = {}
+        if args.precision == "int8":
+            report["calibration"] = calib_report
+            int8_runtimes = _quantize(deploy, stage, name, formats, args, settings, calibration, report, log)
+        if eval_set is not None:
+            report["accuracy"] = _accuracy(deploy, stage, name, formats, args, eval_set, int8_runtimes, log)
     for v in report["exports"].values():
         v["path"] = str(out / Path(v["path"]).name)
     for k, v in report["exports"].items():
