@@ -227,6 +227,41 @@ def test_build_writes_verified_ir_pair_and_int8(tiny, synthetic, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml", "q.bin", "q.xml"]
 
 
+def _quantized_convs(ov_model) -> set[str]:
+    """Convolutions with a FakeQuantize on their activation input."""
+    return {op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() == "Convolution"
+            and op.input_value(0).get_node().get_type_name() == "FakeQuantize"}
+
+
+@pytest.mark.slow
+def test_int8_leaves_the_most_sensitive_convolutions_in_float(tiny, synthetic):
+    """Each convolution is quantized alone on 3/4 of the images and its logit error measured on the other
+    1/4; the N worst stay in float (no FakeQuantize on their input), the rest are quantized."""
+    pytest.importorskip("openvino", reason="needs openvino")
+    pytest.importorskip("nncf", reason="needs nncf")
+    calib = export.calibration_from_dataset(synthetic[0], num=8)
+    ov_model = export.to_openvino(tiny, input_size=(64, 96))
+    convs = [op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    two = export.quantize_openvino(ov_model, calib, preset="performance", float_convs=2)
+    quant = export.quant_settings_of(two)
+    errors = quant["sensitivity"]
+    assert set(errors) == {"all", *convs} and all(v >= 0 for v in errors.values())
+    worst = sorted(convs, key=errors.get, reverse=True)[:2]
+    assert quant["float_convs"] == worst
+    assert _quantized_convs(two) == set(convs) - set(worst)
+    with pytest.raises(GCNetError, match="float_convs"):
+        export.quantize_openvino(ov_model, calib, float_convs=-1)
+
+
+def test_pick_float_convs():
+    errors = {"all": 1.0, "a": 0.1, "b": 2.0, "c": 0.3, "d": 0.5, "e": 0.25, "f": 0.24}
+    assert export.pick_float_convs(errors, 2) == ["b", "d"]
+    assert export.pick_float_convs(errors, 0) == []
+    assert export.FLOAT_CONVS_AUTO == 4 and export.FLOAT_CONVS_SHARE == 0.25
+    assert export.pick_float_convs(errors, "auto") == ["b", "d", "c", "e"]  # at most 4, each >= 0.25 of "all"
+    assert export.pick_float_convs({"all": 1.0, "a": 0.2, "b": 0.3}, "auto") == ["b"]
+
+
 def test_int8_settings_are_chosen_per_model_on_held_out_images(tiny, synthetic, tmp_path):
     """By default both presets are quantized on 3/4 of the images and scored on the other 1/4 against the
     fp32 labels; NNCF's default is kept unless the other is clearly better, and the IR says which and why."""
@@ -234,7 +269,7 @@ def test_int8_settings_are_chosen_per_model_on_held_out_images(tiny, synthetic, 
     pytest.importorskip("nncf", reason="needs nncf")
     calib = export.calibration_from_dataset(synthetic[0], num=8)
     built = build(tiny, "openvino", "int8", calibration=calib, out=tmp_path / "q.xml",
-                  settings=ExportSettings(input_size=(64, 96)), threads=1)
+                  settings=ExportSettings(input_size=(64, 96), float_convs=0), threads=1)
     quant = export.quant_settings_of(ov.Core().read_model(str(tmp_path / "q.xml")))
     scores = quant["scores"]
     assert set(scores) == {"performance/fast-bc", "mixed/fast-bc"} and all(0 <= v <= 100 for v in scores.values())
@@ -242,12 +277,14 @@ def test_int8_settings_are_chosen_per_model_on_held_out_images(tiny, synthetic, 
     assert quant["preset"] == ("mixed" if clearly_better else "performance") and quant["bias_correction"] == "fast"
     assert built.report["quantization"] == quant
     ov_model = export.to_openvino(tiny, input_size=(64, 96))
-    both = export.quantize_openvino(ov_model, calib, fast_bias_correction=None)  # bias correction chosen too
+    both = export.quantize_openvino(ov_model, calib, fast_bias_correction=None, float_convs=0)  # BC chosen too
     assert len(export.quant_settings_of(both)["scores"]) == 4
     # what is given is used as given; too few images to hold any out: NNCF's defaults, no scores
-    fixed = export.quantize_openvino(ov_model, calib, preset="mixed", fast_bias_correction=False)
-    assert export.quant_settings_of(fixed) == {"preset": "mixed", "bias_correction": "full", "scores": {}}
+    fixed = export.quantize_openvino(ov_model, calib, preset="mixed", fast_bias_correction=False, float_convs=0)
+    assert export.quant_settings_of(fixed) == {"preset": "mixed", "bias_correction": "full", "scores": {},
+                                               "float_convs": [], "sensitivity": {}}
     few = export.quantize_openvino(ov_model, calib[:3])
-    assert export.quant_settings_of(few) == {"preset": "performance", "bias_correction": "fast", "scores": {}}
+    assert export.quant_settings_of(few) == {"preset": "performance", "bias_correction": "fast", "scores": {},
+                                             "float_convs": [], "sensitivity": {}}
     with pytest.raises(GCNetError, match="unknown quantization preset"):
         export.quantize_openvino(None, calib, preset="fastest")

@@ -115,6 +115,19 @@ def check_writable_file(path: str | os.PathLike, what: str) -> Path:
     return Path(path).expanduser()
 
 
+def auto_or_count(text: str) -> int | str:
+    """argparse type: ``auto`` or a count >= 0."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected auto or a count >= 0, got {text!r}")
+    return value
+
+
 def add_quant_args(group, num_calib_default: int | None, num_calib_help: str) -> None:
     """The int8 calibration and quantization flags, shared by ``gcnet export`` and ``gcnet bench``."""
     group.add_argument("--calib-dataset", metavar="KIND", help="calibration dataset kind: cityscapes, camvid, voc, folder")
@@ -132,6 +145,11 @@ def add_quant_args(group, num_calib_default: int | None, num_calib_help: str) ->
                             "images and the one whose labels match fp32 best on the other 1/4 is kept")
     group.add_argument("--full-bias-correction", dest="bias_correction", action="store_const", const="full",
                        help="= --bias-correction full")
+    group.add_argument("--float-convs", type=auto_or_count, default="auto", metavar="auto|N",
+                       help="OpenVINO int8: leave the N convolutions most sensitive to int8 in float (each is "
+                            "quantized alone on 3/4 of the calibration images and its error measured on the "
+                            "other 1/4); auto (default): those whose error alone is at least a quarter of the "
+                            "whole int8 model's, at most 4; 0: quantize every convolution")
 
 
 def add_eval_args(group, what: str) -> None:

@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         report = run_benchmark(variant, args.num_classes or 19, checkpoint=_checkpoint(args, scratch), input_size=size,
                                batch=args.batch, forms=forms, warmup=warmup, iters=iters, min_time=min_time,
                                threads=args.threads, isolate=not args.in_process, calib=calib,
-                               calib_num=args.num_calib or 2, quant=(args.quant_preset, args.bias_correction),
+                               calib_num=args.num_calib or 2, quant=(args.quant_preset, args.bias_correction, args.float_convs),
                                eval=ev, artifacts_dir=args.keep_artifacts, timeout=args.timeout,
                                end_to_end=args.end_to_end, command=command_line())
     print(format_report(report))

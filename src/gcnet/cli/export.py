@@ -172,6 +172,9 @@ def _quantize(deploy, out: Path, name: str, formats: list[str], args: argparse.N
             scores = ", ".join(f"{k} {v:.1f}" for k, v in quant["scores"].items())
             log(f"  chose {quant['preset']}, {quant['bias_correction']} bias correction (mIoU against the fp32 "
                 f"labels on held-out calibration images: {scores})")
+        if quant.get("float_convs"):
+            names = [c.removeprefix("__module.").split("/")[0] for c in quant["float_convs"]]
+            log(f"  left in float (the convolutions most sensitive to int8): {', '.join(names)}")
         runtimes["openvino-int8"] = built.runtime
     if "onnx" in formats:
         path = out / f"{name}_int8.onnx"
@@ -226,7 +229,8 @@ def run(args: argparse.Namespace) -> int:
     settings = ExportSettings(input_size=args.input_size, opset=args.opset, dynamic=not args.static,
                               postprocess=args.postprocess, verify=not args.no_verify, tolerance=args.tolerance,
                               preset=args.quant_preset,
-                              fast_bias_correction=FAST_BIAS_CORRECTION[args.bias_correction])
+                              fast_bias_correction=FAST_BIAS_CORRECTION[args.bias_correction],
+                              float_convs=args.float_convs)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

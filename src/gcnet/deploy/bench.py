@@ -398,7 +398,7 @@ def _e2e_video(work: Path, data: dict | None, h: int, w: int, frames: int) -> tu
 
 
 def _write_artifacts(work: Path, net: torch.nn.Module, deploy: torch.nn.Module, keys: set[str],
-                     vsize: tuple[int, int], calibration: list[np.ndarray], quant: tuple[str, str],
+                     vsize: tuple[int, int], calibration: list[np.ndarray], quant: tuple[str, str, int | str],
                      log: Any) -> tuple[dict[str, str], dict]:
     """Write the files the forms run (``keys``: see :attr:`Form.artifact_key`) into ``work`` through the
     deploy pipeline; returns (artefact paths by key, export report)."""
@@ -418,7 +418,7 @@ def _write_artifacts(work: Path, net: torch.nn.Module, deploy: torch.nn.Module, 
                       out=work / "model_int8.onnx", open_runtime=False)
         artifacts["onnx_int8"] = str(built.path)
     settings = ExportSettings(input_size=vsize, verify=False, preset=quant[0],
-                              fast_bias_correction=FAST_BIAS_CORRECTION[quant[1]])
+                              fast_bias_correction=FAST_BIAS_CORRECTION[quant[1]], float_convs=quant[2])
     if "openvino" in keys:
         built = build(deploy, "openvino", out=work / "model_ov.xml", open_runtime=False, settings=settings)
         artifacts["openvino"] = str(built.path)
@@ -429,7 +429,8 @@ def _write_artifacts(work: Path, net: torch.nn.Module, deploy: torch.nn.Module, 
         artifacts["openvino_int8"] = str(built.path)
         export_report["openvino_int8"] = quant = built.report.get("quantization", {})
         log(f"  {quant.get('preset')}, {quant.get('bias_correction')} bias correction"
-            + (f" (held-out mIoU against fp32: {quant['scores']})" if quant.get("scores") else ""))
+            + (f" (held-out mIoU against fp32: {quant['scores']})" if quant.get("scores") else "")
+            + f", {len(quant.get('float_convs', []))} convolutions left in float")
     if "openvino_int8_baseline" in keys:
         log("quantizing the user baseline (OpenVINO and NNCF defaults) ...")
         path = user_baseline_openvino(deploy, calibration, vsize, work / "model_ov_int8_baseline.xml")
@@ -559,7 +560,7 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
                   input_size: tuple[int, int] = (1024, 2048), batch: int = 1, forms: list[str] | None = None,
                   warmup: int = 3, iters: int = 10, min_time: float = 1.0, threads: int | None = None,
                   isolate: bool = True,
-                  calib: dict | None = None, calib_num: int = 2, quant: tuple[str, str] = ("auto", "fast"),
+                  calib: dict | None = None, calib_num: int = 2, quant: tuple[str, str, int | str] = ("auto", "fast", "auto"),
                   eval: dict | None = None,
                   artifacts_dir: str | None = None, timeout: float = 1800, progress: bool = True,
                   end_to_end: int = 0, command: str | None = None) -> dict:
@@ -616,7 +617,7 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
                   "input_size": [h, w], "batch": batch, "warmup": warmup, "iters": iters, "min_time_s": min_time,
                   "threads": threads, "isolated": isolate,
                   "calibration": calib_source, "calibration_images": len(calibration) if calib_source else None,
-                  "quant_preset": quant[0], "bias_correction": quant[1], "input": input_desc,
+                  "quant_preset": quant[0], "bias_correction": quant[1], "float_convs": quant[2], "input": input_desc,
                   "reference": "torch-train-fp32" if has_train else "torch-fp32",
                   "eval": eval, "mIoU_reference": ref_eval["form"] if ref_eval else None,
                   "end_to_end": e2e and {"frames": e2e["frames"], "video": e2e["description"]}}

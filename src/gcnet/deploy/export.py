@@ -13,8 +13,10 @@ Chaining these into a runtime (export -> quantize -> open) is :func:`gcnet.deplo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
+import io
 import json
 import logging
 import math
@@ -369,10 +371,12 @@ def export_openvino(ov_model: Any, path: str | os.PathLike, *, reference: nn.Mod
 QUANT_PRESETS = ("performance", "mixed")  # NNCF's: symmetric / asymmetric u8 activations
 # --bias-correction choices -> quantize_openvino's fast_bias_correction (None: chosen per model)
 FAST_BIAS_CORRECTION = {"auto": None, "fast": True, "full": False}
+FLOAT_CONVS_AUTO = 4  # float_convs="auto": at most this many convolutions stay in float ...
+FLOAT_CONVS_SHARE = 0.25  # ... those whose error alone is at least this share of the whole int8 model's
 
 
 def quantize_openvino(ov_model: Any, calibration: Iterable[np.ndarray], *, preset: str = "auto",
-                      fast_bias_correction: bool | None = True) -> Any:
+                      fast_bias_correction: bool | None = True, float_convs: int | str = "auto") -> Any:
     """NNCF post-training int8 quantization of an OpenVINO model: per-channel symmetric s8 weights,
     activations symmetric (``preset="performance"``) or asymmetric u8 (``"mixed"``); ranges estimated
     on ``calibration`` (float32 NCHW arrays), then bias correction (fast, or the full per-layer one with
@@ -384,6 +388,12 @@ def quantize_openvino(ov_model: Any, calibration: Iterable[np.ndarray], *, prese
     (:func:`select_quant_settings`): the preset by default (``preset="auto"``), the bias correction
     too with ``fast_bias_correction=None`` (not the default: on a third model the full correction
     scored 0.3 points higher on the held-out frames and then lost 0.7 mIoU more on val).
+
+    A few reparameterized convolutions carry most of the int8 error (on one CamVid model quantizing
+    three of GCNet-S's 50 alone cost as much as quantizing all of them, and car IoU dropped 8 points),
+    so the ``float_convs`` most sensitive ones stay in float (:func:`int8_sensitivity`); ``"auto"``
+    keeps those whose error alone is at least :data:`FLOAT_CONVS_SHARE` of the whole model's, at most
+    :data:`FLOAT_CONVS_AUTO`; 0 quantizes every convolution.
     The settings used, and the scores behind a choice, are kept in the model's ``rt_info`` (read them
     with :func:`quant_settings_of`; they travel into a saved IR)."""
     samples = [np.ascontiguousarray(c, dtype=np.float32) for c in calibration]
@@ -391,15 +401,21 @@ def quantize_openvino(ov_model: Any, calibration: Iterable[np.ndarray], *, prese
         raise GCNetError("int8 quantization needs at least one calibration image")
     if preset != "auto" and preset not in QUANT_PRESETS:
         raise GCNetError(f"unknown quantization preset {preset!r} (auto, {', '.join(QUANT_PRESETS)})")
+    if float_convs != "auto" and not (isinstance(float_convs, int) and float_convs >= 0):
+        raise GCNetError(f"float_convs must be 'auto' or a count >= 0, not {float_convs!r}")
     candidates = [(p, fast) for p in (QUANT_PRESETS if preset == "auto" else (preset,))
                   for fast in ((True, False) if fast_bias_correction is None else (fast_bias_correction,))]
     # NNCF's own defaults first: they are kept unless another candidate is clearly better
     (preset, fast), scores = select_quant_settings(ov_model, samples, candidates)
-    quantized = _nncf_quantize(ov_model, samples, preset, fast)
+    floats, errors = _choose_float_convs(ov_model, samples, preset, fast, float_convs)
+    quantized = _nncf_quantize(ov_model, samples, preset, fast, floats)
     quantized.set_rt_info(preset, ["gcnet", "quant_preset"])
     quantized.set_rt_info("fast" if fast else "full", ["gcnet", "quant_bias_correction"])
+    quantized.set_rt_info(json.dumps(floats), ["gcnet", "quant_float_convs"])
     if scores:
         quantized.set_rt_info(json.dumps(scores), ["gcnet", "quant_scores"])
+    if errors:
+        quantized.set_rt_info(json.dumps(errors), ["gcnet", "quant_float_convs_errors"])
     return quantized
 
 
@@ -408,6 +424,12 @@ def _setting_name(preset: str, fast: bool) -> str:
 
 
 SELECTION_MARGIN = 1.0  # points of held-out mIoU another candidate must gain over the first to be chosen
+
+
+def _held_out(samples: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(calibration, check): the last quarter of ``samples`` is held out from calibration."""
+    held = len(samples) // 4
+    return samples[:-held], samples[-held:]
 
 
 def select_quant_settings(ov_model: Any, samples: list[np.ndarray],
@@ -423,8 +445,7 @@ def select_quant_settings(ov_model: Any, samples: list[np.ndarray],
         return candidates[0], {}
     from gcnet.evaluation.metrics import ConfusionMatrix
 
-    held = len(samples) // 4
-    calib, check = samples[:-held], samples[-held:]
+    calib, check = _held_out(samples)
     fp32 = OpenVINORuntime(ov_model, "fp32")
     reference = [fp32(x).argmax(1) for x in check]
     scores = {}
@@ -441,25 +462,85 @@ def select_quant_settings(ov_model: Any, samples: list[np.ndarray],
     return next(c for c in candidates if _setting_name(*c) == best), scores
 
 
+def _convolutions(ov_model: Any) -> list[str]:
+    return [op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() == "Convolution"]
+
+
+def int8_sensitivity(ov_model: Any, samples: list[np.ndarray], preset: str = "performance",
+                     fast_bias_correction: bool = True) -> dict[str, float]:
+    """How much int8 error each convolution of ``ov_model`` brings: the relative squared error of the
+    logits (``|int8 - fp32|^2 / |fp32|^2``) on the last quarter of ``samples`` when only that convolution
+    is quantized (calibrated on the other three quarters), by convolution name; ``"all"``: every
+    convolution quantized (NNCF's default model). Needs at least 4 samples."""
+    from tqdm.auto import tqdm
+
+    calib, check = _held_out(samples)
+    fp32 = OpenVINORuntime(ov_model, "fp32")
+    reference = [fp32(x) for x in check]
+
+    def error(model: Any) -> float:
+        run = OpenVINORuntime(model, "int8")
+        diffs = [float(((run(x) - ref) ** 2).sum()) for x, ref in zip(check, reference)]
+        return sum(diffs) / sum(float((ref ** 2).sum()) for ref in reference)
+
+    convs = _convolutions(ov_model)
+    errors = {"all": error(_nncf_quantize(ov_model, calib, preset, fast_bias_correction))}
+    for name in tqdm(convs, desc="int8 sensitivity", unit="conv", leave=False, disable=None):
+        rest = [c for c in convs if c != name]
+        errors[name] = error(_nncf_quantize(ov_model, calib, preset, fast_bias_correction, rest, other_ops=False))
+    return errors
+
+
+def _choose_float_convs(ov_model: Any, samples: list[np.ndarray], preset: str, fast: bool,
+                        float_convs: int | str) -> tuple[list[str], dict[str, float]]:
+    """The convolutions to leave in float and the sensitivities behind the choice (empty without a
+    choice to make, or with fewer than 4 samples: then none stay in float)."""
+    if float_convs == 0 or len(samples) < 4:
+        return [], {}
+    errors = int8_sensitivity(ov_model, samples, preset, fast)
+    return pick_float_convs(errors, float_convs), {k: float(f"{v:.3g}") for k, v in errors.items()}
+
+
+def pick_float_convs(errors: dict[str, float], float_convs: int | str) -> list[str]:
+    """From :func:`int8_sensitivity`'s ``errors``, the ``float_convs`` most sensitive convolutions, most
+    sensitive first; ``"auto"``: those among the :data:`FLOAT_CONVS_AUTO` most sensitive whose error alone
+    is at least :data:`FLOAT_CONVS_SHARE` of the whole int8 model's (``errors["all"]``)."""
+    ranked = sorted((c for c in errors if c != "all"), key=errors.get, reverse=True)
+    if float_convs != "auto":
+        return ranked[:float_convs]
+    return [c for c in ranked[:FLOAT_CONVS_AUTO] if errors[c] >= FLOAT_CONVS_SHARE * errors["all"]]
+
+
 def quant_settings_of(ov_model: Any) -> dict[str, Any]:
     """What :func:`quantize_openvino` stored in ``ov_model``: ``preset``, ``bias_correction`` ("fast" or
-    "full") and ``scores`` (of an automatic choice); empty for other models."""
+    "full"), ``scores`` (of an automatic choice), ``float_convs`` (left unquantized) and ``sensitivity``
+    (the per-convolution errors behind them); empty for other models."""
     def read(key: str) -> str | None:
         return ov_model.get_rt_info(["gcnet", key]).astype(str) if ov_model.has_rt_info(["gcnet", key]) else None
 
     if read("quant_preset") is None:
         return {}
-    scores = read("quant_scores")
     return {"preset": read("quant_preset"), "bias_correction": read("quant_bias_correction"),
-            "scores": json.loads(scores) if scores else {}}
+            "scores": json.loads(read("quant_scores") or "{}"),
+            "float_convs": json.loads(read("quant_float_convs") or "[]"),
+            "sensitivity": json.loads(read("quant_float_convs_errors") or "{}")}
 
 
-def _nncf_quantize(ov_model: Any, samples: list[np.ndarray], preset: str, fast_bias_correction: bool) -> Any:
+NON_CONV_QUANTIZED_OPS = ["Add", "Interpolate", "AvgPool", "Concat", "ReduceMean", "Multiply"]
+
+
+def _nncf_quantize(ov_model: Any, samples: list[np.ndarray], preset: str, fast_bias_correction: bool,
+                   float_convs: Sequence[str] = (), other_ops: bool = True) -> Any:
+    """NNCF quantization, ``float_convs`` left unquantized and, unless ``other_ops``, the inputs of the
+    non-convolution ops (:data:`NON_CONV_QUANTIZED_OPS`) too. NNCF's progress bars are not shown."""
     nncf = require("nncf")
     presets = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
     logging.getLogger("nncf").setLevel(logging.WARNING)
-    return nncf.quantize(ov_model, nncf.Dataset(samples), preset=presets[preset], subset_size=len(samples),
-                         fast_bias_correction=fast_bias_correction)
+    scope = nncf.IgnoredScope(names=list(float_convs), types=[] if other_ops else NON_CONV_QUANTIZED_OPS,
+                              validate=False)  # a model may lack some of these types
+    with contextlib.redirect_stdout(io.StringIO()):  # rich bars, two per call
+        return nncf.quantize(ov_model, nncf.Dataset(samples), preset=presets[preset], subset_size=len(samples),
+                             fast_bias_correction=fast_bias_correction, ignored_scope=scope)
 
 
 # ------------------------------------------------------------------------------------- calibration

@@ -62,7 +62,7 @@ class Built:
 @dataclass(frozen=True)
 class ExportSettings:
     """How :func:`build` exports, checks (``verify``: files written to ``out``) and quantizes
-    (``preset``, ``fast_bias_correction``: OpenVINO int8); see :mod:`gcnet.deploy.export`."""
+    (``preset``, ``fast_bias_correction``, ``float_convs``: OpenVINO int8); see :mod:`gcnet.deploy.export`."""
 
     input_size: Sequence[int] = (512, 1024)
     opset: int = DEFAULT_OPSET
@@ -72,6 +72,7 @@ class ExportSettings:
     tolerance: float = 1e-3
     preset: str = "auto"
     fast_bias_correction: bool | None = True  # None: chosen per model, as preset="auto"
+    float_convs: int | str = "auto"  # the most int8-sensitive convolutions left in float
 
 
 def _check_request(runtime: str, precision: str, device: str, source: Source) -> str:
@@ -128,7 +129,8 @@ def _openvino_model(source: Source, suffix: str, precision: str, calibration: An
     if precision == "int8" and not is_quantized_openvino(model):
         _need_calibration("openvino", source, calibration)
         model = quantize_openvino(model, calibration, preset=settings.preset,
-                                  fast_bias_correction=settings.fast_bias_correction)
+                                  fast_bias_correction=settings.fast_bias_correction,
+                                  float_convs=settings.float_convs)
     if out is None:
         return model, {}
     # a file source has no PyTorch model to compare with, and int8 differs from it by design: both are
