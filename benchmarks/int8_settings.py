@@ -1,6 +1,6 @@
 """mIoU change of OpenVINO int8 (NNCF) against fp32 on CamVid val for several quantization settings of one
 model: fast vs per-layer bias correction, 32 vs 128 calibration frames, the first / last convolution left
-in floating point (the tables in docs/deploy.md).
+in floating point, NNCF's activation range estimators and channel alignment (the tables in docs/deploy.md).
 
     python benchmarks/int8_settings.py CHECKPOINT CAMVID_ROOT [--preset performance] [--settings NAME ...]
 """
@@ -25,6 +25,8 @@ class Setting:
     fast_bias_correction: bool = True
     frames: int = 32
     float_convs: tuple[int, ...] = ()  # indices (in graph order) of convolutions left unquantized
+    range_estimator: str = ""  # an nncf RangeEstimatorParametersSet name for activations ("": NNCF's default)
+    channel_alignment: bool = False
 
 
 SETTINGS = {
@@ -35,6 +37,8 @@ SETTINGS = {
     "first conv float": Setting(float_convs=(0,)),
     "last conv float": Setting(float_convs=(-1,)),
     "first+last float": Setting(float_convs=(0, -1)),
+    **{f"ranges {r}": Setting(range_estimator=r) for r in ("MINMAX", "HISTOGRAM", "MEAN_QUANTILE", "MEDIAN_MINMAX")},
+    "channel alignment": Setting(channel_alignment=True),
 }
 
 
@@ -46,6 +50,8 @@ def main() -> None:
     ap.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS)[:4])
     args = ap.parse_args()
     import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     logging.getLogger("nncf").setLevel(logging.WARNING)
     deploy = load_for_deploy(gcnet.load_model(args.checkpoint).eval())
@@ -63,9 +69,12 @@ def main() -> None:
     for name in args.settings:
         s = SETTINGS[name]
         scope = nncf.IgnoredScope(names=[convs[i] for i in s.float_convs])
+        adv = AdvancedQuantizationParameters(disable_channel_alignment=not s.channel_alignment)
+        if s.range_estimator:
+            adv.activations_range_estimator_params = getattr(RangeEstimatorParametersSet, s.range_estimator)
         q = nncf.quantize(ov_model, nncf.Dataset(calibration_from_dataset(train, s.frames)),
                           preset=nncf.QuantizationPreset(args.preset), subset_size=s.frames,
-                          fast_bias_correction=s.fast_bias_correction, ignored_scope=scope)
+                          fast_bias_correction=s.fast_bias_correction, ignored_scope=scope, advanced_parameters=adv)
         m = miou(q, "int8")
         print(f"{name}: {m:.2f} mIoU ({m - ref:+.2f})", flush=True)
 

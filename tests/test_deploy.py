@@ -253,6 +253,15 @@ def test_int8_leaves_the_most_sensitive_convolutions_in_float(tiny, synthetic):
         export.quantize_openvino(ov_model, calib, float_convs=-1)
 
 
+def test_sensitivity_samples_are_scaled_down():
+    x = np.zeros((1, 3, 1024, 2048), np.float32)
+    small = export._scaled_down(x, 360 * 480)
+    assert small.shape[:2] == (1, 3) and small.shape[2] * small.shape[3] <= 360 * 480
+    assert abs(small.shape[3] / small.shape[2] - 2) < 0.02
+    y = np.ones((1, 3, 64, 96), np.float32)
+    assert export._scaled_down(y, 360 * 480) is y
+
+
 def test_pick_float_convs():
     errors = {"all": 1.0, "a": 0.1, "b": 2.0, "c": 0.3, "d": 0.5, "e": 0.25, "f": 0.24}
     assert export.pick_float_convs(errors, 2) == ["b", "d"]

@@ -466,15 +466,30 @@ def _convolutions(ov_model: Any) -> list[str]:
     return [op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() == "Convolution"]
 
 
+SENSITIVITY_MAX_PIXELS = 360 * 480  # larger samples are scaled down for int8_sensitivity (a CamVid frame)
+
+
+def _scaled_down(x: np.ndarray, max_pixels: int) -> np.ndarray:
+    """``x`` (NCHW) resized (bilinear, antialiased) to at most ``max_pixels`` per image, aspect kept."""
+    h, w = x.shape[2:]
+    if h * w <= max_pixels:
+        return x
+    scale = math.sqrt(max_pixels / (h * w))
+    size = (max(8, int(h * scale)), max(8, int(w * scale)))
+    return F.interpolate(torch.from_numpy(x), size=size, mode="bilinear", antialias=True).numpy()
+
+
 def int8_sensitivity(ov_model: Any, samples: list[np.ndarray], preset: str = "performance",
                      fast_bias_correction: bool = True) -> dict[str, float]:
     """How much int8 error each convolution of ``ov_model`` brings: the relative squared error of the
     logits (``|int8 - fp32|^2 / |fp32|^2``) on the last quarter of ``samples`` when only that convolution
     is quantized (calibrated on the other three quarters), by convolution name; ``"all"``: every
-    convolution quantized (NNCF's default model). Needs at least 4 samples."""
+    convolution quantized (NNCF's default model). Needs at least 4 samples. Samples larger than
+    :data:`SENSITIVITY_MAX_PIXELS` are scaled down first: one NNCF run per convolution, so the cost
+    grows with their size (about 2 s per convolution at 360x480 on 2 cores)."""
     from tqdm.auto import tqdm
 
-    calib, check = _held_out(samples)
+    calib, check = _held_out([_scaled_down(x, SENSITIVITY_MAX_PIXELS) for x in samples])
     fp32 = OpenVINORuntime(ov_model, "fp32")
     reference = [fp32(x) for x in check]
 
