@@ -121,6 +121,7 @@ def test_export_onnx_openvino_int8_with_accuracy(checkpoint, tmp_path):
                       "--threads", "1", "--json", str(out / "r.json"), "--no-progress"])
     assert result.returncode == 0, result.stderr
     assert "eval torch-fp32" not in result.stderr  # --no-progress: no evaluation bars
+    assert "fewer than 4 calibration images" in result.stderr
     report = json.loads((out / "r.json").read_text())
     for name in ["tiny.onnx", "tiny.xml", "tiny.bin", "tiny_int8.xml", "tiny_int8.onnx"]:
         assert (out / name).is_file(), name
