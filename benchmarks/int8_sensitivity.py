@@ -23,21 +23,15 @@ import numpy as np
 import gcnet
 from gcnet.data.datasets import build_dataset
 from gcnet.data.transforms import EvalTransform
-from gcnet.deploy.export import calibration_from_dataset, load_for_deploy, to_openvino
+from gcnet.deploy.export import _nncf_quantize, calibration_from_dataset, load_for_deploy, to_openvino
 from gcnet.deploy.runtimes import OpenVINORuntime
 from gcnet.evaluation.inference import evaluate
-
-OTHER_OPS = ["Add", "Interpolate", "AvgPool", "Concat", "ReduceMean", "Multiply"]  # non-convolution quantizers
 
 
 def quantize(ov_model, calib: list[np.ndarray], float_convs: list[str], other_ops: bool):
     """NNCF defaults (performance preset, fast bias correction) with ``float_convs`` left unquantized, and
     without the quantizers on the inputs of non-convolution ops unless ``other_ops``."""
-    import nncf
-
-    scope = nncf.IgnoredScope(names=list(float_convs), types=[] if other_ops else OTHER_OPS)
-    return nncf.quantize(ov_model, nncf.Dataset(calib), preset=nncf.QuantizationPreset.PERFORMANCE,
-                         subset_size=len(calib), fast_bias_correction=True, ignored_scope=scope)
+    return _nncf_quantize(ov_model, calib, "performance", True, float_convs, other_ops)
 
 
 def errors(model, check: list[np.ndarray], reference: list[np.ndarray]) -> dict[str, float]:
