@@ -60,6 +60,20 @@ def test_remove_stale_temps(tmp_path: Path) -> None:
     assert live.exists()
 
 
+def test_staging_folder_clears_a_killed_runs_stage(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    dead = out / f".stage.{2**22 + 12345}-0123abcd{fileio.TMP_MARKER}"  # left by a kill -9
+    live = out / f".stage.{os.getppid()}-0123abcd{fileio.TMP_MARKER}"  # another run, still going
+    dead.mkdir(parents=True)
+    live.mkdir()
+    (out / "m.xml").write_text("old")
+    with fileio.staging_folder(out) as stage:
+        assert stage.parent == out and stage.name.endswith(fileio.TMP_MARKER)
+        (stage / "m.xml").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == sorted([live.name, "m.xml"])
+    assert (out / "m.xml").read_text() == "new"
+
+
 def test_image_extensions() -> None:
     assert fileio.IMAGE_EXTENSIONS[0] == ".png"
     assert all(e == e.lower() and e.startswith(".") for e in fileio.IMAGE_EXTENSIONS)

@@ -12,7 +12,6 @@ import contextlib
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -108,11 +107,14 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def staging_folder(out: str | os.PathLike) -> Iterator[Path]:
     """A hidden folder inside ``out`` for a command that writes several files (or folders): they
     replace their namesakes in ``out`` only if the whole block succeeds, so a failure anywhere
-    leaves ``out`` as it was (and removes ``out`` again if the block created it)."""
+    leaves ``out`` as it was (and removes ``out`` again if the block created it). A staging folder left by
+    a killed earlier run is removed first."""
     out = Path(out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".stage.", suffix=TMP_MARKER, dir=out))
+    remove_stale_temps(out)
+    stage = temp_name(out / "stage")  # names this process, so a live run's folder is never taken for stale
+    stage.mkdir()
     done = False
     try:
         yield stage

@@ -172,8 +172,10 @@ def _quantize(deploy, out: Path, name: str, formats: list[str], args: argparse.N
             scores = ", ".join(f"{k} {v:.1f}" for k, v in quant["scores"].items())
             log(f"  chose {quant['preset']}, {quant['bias_correction']} bias correction (mIoU against the fp32 "
                 f"labels on held-out calibration images: {scores})")
-        if len(calibration) < 4:
-            log("  note: fewer than 4 calibration images, none to hold out: NNCF's defaults, every convolution int8")
+        chosen = args.quant_preset == "auto" or args.bias_correction == "auto" or args.float_convs != 0
+        if chosen and len(calibration) < 4:
+            log("  note: fewer than 4 calibration images, none to hold out: nothing chosen per model "
+                f"({quant['preset']}, {quant['bias_correction']} bias correction, every convolution int8)")
         if quant.get("float_convs"):
             names = [c.removeprefix("__module.").split("/")[0] for c in quant["float_convs"]]
             log(f"  left in float (the convolutions most sensitive to int8): {', '.join(names)}")
