@@ -234,15 +234,17 @@ def _quantized_convs(ov_model) -> set[str]:
 
 
 @pytest.mark.slow
-def test_int8_leaves_the_most_sensitive_convolutions_in_float(tiny, synthetic):
+def test_int8_leaves_the_most_sensitive_convolutions_in_float(tiny, synthetic, capsys):
     """Each convolution is quantized alone on 3/4 of the images and its logit error measured on the other
-    1/4; the N worst stay in float (no FakeQuantize on their input), the rest are quantized."""
+    1/4; the N worst stay in float (no FakeQuantize on their input), the rest are quantized. The bar over
+    those runs follows ``progress``."""
     pytest.importorskip("openvino", reason="needs openvino")
     pytest.importorskip("nncf", reason="needs nncf")
     calib = export.calibration_from_dataset(synthetic[0], num=8)
     ov_model = export.to_openvino(tiny, input_size=(64, 96))
     convs = [op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() == "Convolution"]
-    two = export.quantize_openvino(ov_model, calib, preset="performance", float_convs=2)
+    two = export.quantize_openvino(ov_model, calib, preset="performance", float_convs=2, progress=False)
+    assert "int8 sensitivity" not in capsys.readouterr().err
     quant = export.quant_settings_of(two)
     errors = quant["sensitivity"]
     assert set(errors) == {"all", *convs} and all(v >= 0 for v in errors.values())
@@ -251,6 +253,8 @@ def test_int8_leaves_the_most_sensitive_convolutions_in_float(tiny, synthetic):
     assert _quantized_convs(two) == set(convs) - set(worst)
     with pytest.raises(GCNetError, match="float_convs"):
         export.quantize_openvino(ov_model, calib, float_convs=-1)
+    again = export.int8_sensitivity(ov_model, calib, "performance", progress=True)
+    assert "int8 sensitivity" in capsys.readouterr().err and set(again) == set(errors)
 
 
 def test_sensitivity_samples_are_scaled_down():

@@ -164,7 +164,7 @@ def _quantize(deploy, out: Path, name: str, formats: list[str], args: argparse.N
         path = out / f"{name}_int8.xml"
         log(f"quantizing OpenVINO int8 (NNCF, {len(calibration)} images) -> {Path(args.out) / path.name}")
         built = build(deploy, "openvino", "int8", calibration=calibration, out=path, settings=settings,
-                      threads=args.threads)
+                      threads=args.threads, progress=False if args.no_progress else None)
         quant = built.report.get("quantization", {})
         report["exports"]["openvino-int8"] = {"format": "openvino", "precision": "int8", "path": str(path),
                                               "quantization": quant}

@@ -376,7 +376,8 @@ FLOAT_CONVS_SHARE = 0.25  # ... those whose error alone is at least this share o
 
 
 def quantize_openvino(ov_model: Any, calibration: Iterable[np.ndarray], *, preset: str = "auto",
-                      fast_bias_correction: bool | None = True, float_convs: int | str = "auto") -> Any:
+                      fast_bias_correction: bool | None = True, float_convs: int | str = "auto",
+                      progress: bool | None = None) -> Any:
     """NNCF post-training int8 quantization of an OpenVINO model: per-channel symmetric s8 weights,
     activations symmetric (``preset="performance"``) or asymmetric u8 (``"mixed"``); ranges estimated
     on ``calibration`` (float32 NCHW arrays), then bias correction (fast, or the full per-layer one with
@@ -396,7 +397,8 @@ def quantize_openvino(ov_model: Any, calibration: Iterable[np.ndarray], *, prese
     keeps those whose error alone is at least :data:`FLOAT_CONVS_SHARE` of the whole model's, at most
     :data:`FLOAT_CONVS_AUTO`; 0 quantizes every convolution.
     The settings used, and the scores behind a choice, are kept in the model's ``rt_info`` (read them
-    with :func:`quant_settings_of`; they travel into a saved IR)."""
+    with :func:`quant_settings_of`; they travel into a saved IR). ``progress``: a bar over the
+    sensitivity runs (None: only on a terminal)."""
     samples = [np.ascontiguousarray(c, dtype=np.float32) for c in calibration]
     if not samples:
         raise GCNetError("int8 quantization needs at least one calibration image")
@@ -408,7 +410,7 @@ def quantize_openvino(ov_model: Any, calibration: Iterable[np.ndarray], *, prese
                   for fast in ((True, False) if fast_bias_correction is None else (fast_bias_correction,))]
     # NNCF's own defaults first: they are kept unless another candidate is clearly better
     (preset, fast), scores = select_quant_settings(ov_model, samples, candidates)
-    floats, errors = _choose_float_convs(ov_model, samples, preset, fast, float_convs)
+    floats, errors = _choose_float_convs(ov_model, samples, preset, fast, float_convs, progress)
     quantized = _nncf_quantize(ov_model, samples, preset, fast, floats)
     quantized.set_rt_info(preset, ["gcnet", "quant_preset"])
     quantized.set_rt_info("fast" if fast else "full", ["gcnet", "quant_bias_correction"])
@@ -481,13 +483,14 @@ def _scaled_down(x: np.ndarray, max_pixels: int) -> np.ndarray:
 
 
 def int8_sensitivity(ov_model: Any, samples: list[np.ndarray], preset: str = "performance",
-                     fast_bias_correction: bool = True) -> dict[str, float]:
+                     fast_bias_correction: bool = True, progress: bool | None = None) -> dict[str, float]:
     """How much int8 error each convolution of ``ov_model`` brings: the relative squared error of the
     logits (``|int8 - fp32|^2 / |fp32|^2``) on the last quarter of ``samples`` when only that convolution
     is quantized (calibrated on the other three quarters), by convolution name; ``"all"``: every
     convolution quantized (NNCF's default model). Needs at least 4 samples. Samples larger than
     :data:`SENSITIVITY_MAX_PIXELS` are scaled down first: one NNCF run per convolution, so the cost
-    grows with their size (about 2 s per convolution at 360x480 on 2 cores)."""
+    grows with their size (about 2 s per convolution at 360x480 on 2 cores). ``progress``: a bar over
+    the convolutions (None: only on a terminal)."""
     from tqdm.auto import tqdm
 
     calib, check = _held_out([_scaled_down(x, SENSITIVITY_MAX_PIXELS) for x in samples])
@@ -501,19 +504,20 @@ def int8_sensitivity(ov_model: Any, samples: list[np.ndarray], preset: str = "pe
 
     convs = _convolutions(ov_model)
     errors = {"all": error(_nncf_quantize(ov_model, calib, preset, fast_bias_correction))}
-    for name in tqdm(convs, desc="int8 sensitivity", unit="conv", leave=False, disable=None):
+    disable = None if progress is None else not progress  # tqdm's None: off unless on a terminal
+    for name in tqdm(convs, desc="int8 sensitivity", unit="conv", leave=False, disable=disable):
         rest = [c for c in convs if c != name]
         errors[name] = error(_nncf_quantize(ov_model, calib, preset, fast_bias_correction, rest, other_ops=False))
     return errors
 
 
 def _choose_float_convs(ov_model: Any, samples: list[np.ndarray], preset: str, fast: bool,
-                        float_convs: int | str) -> tuple[list[str], dict[str, float]]:
+                        float_convs: int | str, progress: bool | None) -> tuple[list[str], dict[str, float]]:
     """The convolutions to leave in float and the sensitivities behind the choice (empty without a
     choice to make, or with fewer than 4 samples: then none stay in float)."""
     if float_convs == 0 or len(samples) < 4:
         return [], {}
-    errors = int8_sensitivity(ov_model, samples, preset, fast)
+    errors = int8_sensitivity(ov_model, samples, preset, fast, progress)
     return pick_float_convs(errors, float_convs), {k: float(f"{v:.3g}") for k, v in errors.items()}
 
 

@@ -123,14 +123,14 @@ def _onnx_file(source: Source, suffix: str, precision: str, calibration: Any, ou
 
 
 def _openvino_model(source: Source, suffix: str, precision: str, calibration: Any, out: Path | None,
-                    threads: int | None, settings: ExportSettings) -> tuple[Any, dict]:
+                    threads: int | None, settings: ExportSettings, progress: bool | None) -> tuple[Any, dict]:
     """The ``openvino.Model`` to run, converted and/or quantized as needed; written to ``out`` if given."""
     model = to_openvino(source, input_size=settings.input_size)
     if precision == "int8" and not is_quantized_openvino(model):
         _need_calibration("openvino", source, calibration)
         model = quantize_openvino(model, calibration, preset=settings.preset,
                                   fast_bias_correction=settings.fast_bias_correction,
-                                  float_convs=settings.float_convs)
+                                  float_convs=settings.float_convs, progress=progress)
     if out is None:
         return model, {}
     # a file source has no PyTorch model to compare with, and int8 differs from it by design: both are
@@ -146,7 +146,7 @@ def _openvino_model(source: Source, suffix: str, precision: str, calibration: An
 def build(source: Source, runtime: str = "torch", precision: str = "fp32", *,
           calibration: Iterable[np.ndarray] | None = None, out: str | os.PathLike | None = None,
           open_runtime: bool = True, settings: ExportSettings | None = None, threads: int | None = None,
-          device: str = "cpu", reparameterize: bool = True, **options: Any) -> Built:
+          device: str = "cpu", reparameterize: bool = True, progress: bool | None = None, **options: Any) -> Built:
     """Take ``source`` to a ``runtime`` ("torch", "onnxruntime", "openvino") at ``precision``.
 
     ``source``: a GCNet module (a reparameterized copy is used if it is in training form; the
@@ -160,6 +160,7 @@ def build(source: Source, runtime: str = "torch", precision: str = "fp32", *,
     temporary name, verified as ``settings`` say (:class:`ExportSettings`) before it replaces an
     earlier file. Without ``out`` nothing is kept on disk. ``open_runtime=False`` only writes ``out``.
     ``threads``, ``device`` and ``options`` go to the runtime class (e.g. ``channels_last=True``).
+    ``progress``: a bar over long quantization work (None: only on a terminal).
     """
     settings = settings or ExportSettings()
     suffix = _check_request(runtime, precision, device, source)
@@ -175,7 +176,7 @@ def build(source: Source, runtime: str = "torch", precision: str = "fp32", *,
             path, report = _onnx_file(source, suffix, precision, calibration, out, Path(scratch), settings)
             opened = OnnxRuntime(path, precision, threads=threads, **options) if open_runtime else None
         return Built(opened, path if path.parent != Path(scratch) else None, report)
-    model, report = _openvino_model(source, suffix, precision, calibration, out, threads, settings)
+    model, report = _openvino_model(source, suffix, precision, calibration, out, threads, settings, progress)
     opened = OpenVINORuntime(model, precision, threads=threads, **options) if open_runtime else None
     return Built(opened, out.with_suffix(".xml") if out is not None else None, report)
 
