@@ -89,6 +89,12 @@ def test_export_errors(checkpoint, capsys):
     assert main(["export", "--format", "onnx"]) == 2
     assert main(["export", "--checkpoint", str(checkpoint), "--precision", "int8", "--format", "onnx"]) == 2
     assert "calibration" in capsys.readouterr().err
+    base = ["export", str(checkpoint), "--format", "openvino", "--precision", "int8", "--calib-images", "."]
+    assert main([*base, "--float-convs", "2"]) == 2
+    assert "--float-convs tune post-training quantization; add --finetune-iters 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main([*base, "--finetune-iters", "-1"])
+    assert exc.value.code == 2 and "--finetune-iters" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags", [["--format", "openvino", "--precision", "int8", "--calib-dataset", "camvid",
@@ -121,8 +127,9 @@ def test_export_onnx_openvino_int8_with_accuracy(checkpoint, tmp_path):
                       "--threads", "1", "--json", str(out / "r.json"), "--no-progress"])
     assert result.returncode == 0, result.stderr
     assert "eval torch-fp32" not in result.stderr  # --no-progress: no evaluation bars
-    assert "fewer than 4 calibration images" in result.stderr
+    assert "fine-tuned 200 steps" in result.stderr and "int8 fine-tune" not in result.stderr  # no bar either
     report = json.loads((out / "r.json").read_text())
+    assert report["exports"]["openvino-int8"]["quantization"]["finetune"]["iters"] == 200
     for name in ["tiny.onnx", "tiny.xml", "tiny.bin", "tiny_int8.xml", "tiny_int8.onnx"]:
         assert (out / name).is_file(), name
     acc = report["accuracy"]["results"]

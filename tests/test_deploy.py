@@ -227,6 +227,48 @@ def test_build_writes_verified_ir_pair_and_int8(tiny, synthetic, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml", "q.bin", "q.xml"]
 
 
+def test_random_crops_are_clipped_flipped_and_seeded():
+    from gcnet.deploy.qat import random_crops
+
+    images = [torch.arange(3 * 10 * 12, dtype=torch.float32).reshape(3, 10, 12), -torch.ones(3, 8, 16)]
+    crops = random_crops(images, 32, (288, 384), torch.Generator().manual_seed(0))
+    assert crops.shape == (32, 3, 8, 12)  # clipped to the smallest image
+    again = random_crops(images, 32, (288, 384), torch.Generator().manual_seed(0))
+    assert torch.equal(crops, again)
+    first = images[0]
+    windows = {(first[:, t:t + 8, l:l + 12].flip(-1) if f else first[:, t:t + 8, l:l + 12]).sum().item()
+               for t in range(3) for l in range(1) for f in (0, 1)}
+    from_first = [c for c in crops if c.min() >= 0]
+    assert from_first and len(from_first) < len(crops)  # both images drawn
+    assert all(c.sum().item() in windows for c in from_first)
+    flipped = [c for c in from_first if c[0, 0, 0] > c[0, 0, -1]]
+    assert 0 < len(flipped) < len(from_first)  # some mirrored, some not
+
+
+@pytest.mark.slow
+def test_int8_fine_tune_moves_toward_fp32(tiny_deploy, synthetic):
+    """The fake-quantized model is trained toward the fp32 logits; the IR is int8 and records the run."""
+    pytest.importorskip("openvino", reason="needs openvino")
+    pytest.importorskip("nncf", reason="needs nncf")
+    from gcnet.deploy.qat import quantize_aware
+    from gcnet.deploy.runtimes import OpenVINORuntime, is_quantized_openvino
+
+    calib = export.calibration_from_dataset(synthetic[0], num=4)
+    ov_model = quantize_aware(tiny_deploy, calib, iters=40, lr=1e-3, batch=2, input_size=(64, 96), progress=False)
+    assert is_quantized_openvino(ov_model)
+    quant = export.quant_settings_of(ov_model)
+    tuned = quant["finetune"]
+    assert quant["preset"] == "performance" and tuned["iters"] == 40 and tuned["images"] == 4
+    assert tuned["error_last"] < tuned["error_first"]
+    x = _x(1, 80, 112)  # dynamic shapes kept
+    with torch.no_grad():
+        ref = tiny_deploy(torch.from_numpy(x)).numpy()
+    out = OpenVINORuntime(ov_model, "int8", threads=1)(x)
+    assert out.shape == ref.shape and np.isfinite(out).all()
+    with pytest.raises(GCNetError, match="at least one step"):
+        quantize_aware(tiny_deploy, calib, iters=0)
+
+
 def _quantized_convs(ov_model) -> set[str]:
     """Convolutions with a FakeQuantize on their activation input."""
     return {op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() == "Convolution"
@@ -282,7 +324,7 @@ def test_int8_settings_are_chosen_per_model_on_held_out_images(tiny, synthetic, 
     pytest.importorskip("nncf", reason="needs nncf")
     calib = export.calibration_from_dataset(synthetic[0], num=8)
     built = build(tiny, "openvino", "int8", calibration=calib, out=tmp_path / "q.xml",
-                  settings=ExportSettings(input_size=(64, 96), float_convs=0), threads=1)
+                  settings=ExportSettings(input_size=(64, 96), float_convs=0, finetune_iters=0), threads=1)
     quant = export.quant_settings_of(ov.Core().read_model(str(tmp_path / "q.xml")))
     scores = quant["scores"]
     assert set(scores) == {"performance/fast-bc", "mixed/fast-bc"} and all(0 <= v <= 100 for v in scores.values())
@@ -295,9 +337,9 @@ def test_int8_settings_are_chosen_per_model_on_held_out_images(tiny, synthetic, 
     # what is given is used as given; too few images to hold any out: NNCF's defaults, no scores
     fixed = export.quantize_openvino(ov_model, calib, preset="mixed", fast_bias_correction=False, float_convs=0)
     assert export.quant_settings_of(fixed) == {"preset": "mixed", "bias_correction": "full", "scores": {},
-                                               "float_convs": [], "sensitivity": {}}
+                                               "float_convs": [], "sensitivity": {}, "finetune": {}}
     few = export.quantize_openvino(ov_model, calib[:3])
     assert export.quant_settings_of(few) == {"preset": "performance", "bias_correction": "fast", "scores": {},
-                                             "float_convs": [], "sensitivity": {}}
+                                             "float_convs": [], "sensitivity": {}, "finetune": {}}
     with pytest.raises(GCNetError, match="unknown quantization preset"):
         export.quantize_openvino(None, calib, preset="fastest")

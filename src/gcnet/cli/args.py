@@ -10,6 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
+from gcnet.deploy.qat import FINETUNE_ITERS
 from gcnet.errors import ConfigError
 
 
@@ -135,6 +136,11 @@ def add_quant_args(group, num_calib_default: int | None, num_calib_help: str) ->
     group.add_argument("--calib-split", default="train", metavar="SPLIT", help="calibration split (default: %(default)s)")
     group.add_argument("--num-calib", type=positive_int, default=num_calib_default, metavar="N",
                        help=num_calib_help)
+    group.add_argument("--finetune-iters", type=non_negative_int, default=FINETUNE_ITERS, metavar="N",
+                       help="OpenVINO int8 from a checkpoint: fine-tune the fake-quantized model N steps to "
+                            "reproduce the fp32 model's logits on crops of the calibration images (no labels "
+                            "needed; about 100 s for GCNet-S on 2 cores; default: %(default)s); 0: post-training "
+                            "quantization only, tuned by the three flags below")
     group.add_argument("--quant-preset", choices=("auto", "mixed", "performance"), default="auto",
                        help="OpenVINO int8: performance = symmetric activations (NNCF's default), mixed = "
                             "asymmetric u8; auto (default): mixed only where it matches fp32 clearly better "
@@ -150,6 +156,16 @@ def add_quant_args(group, num_calib_default: int | None, num_calib_help: str) ->
                             "quantized alone on 3/4 of the calibration images and its error measured on the "
                             "other 1/4); auto (default): those whose error alone is at least a quarter of the "
                             "whole int8 model's, at most 4; 0: quantize every convolution")
+
+
+def check_quant_args(args) -> None:
+    """The post-training flags of :func:`add_quant_args` only apply without a fine-tune."""
+    set_ = [flag for flag, value, default in (("--quant-preset", args.quant_preset, "auto"),
+                                              ("--bias-correction", args.bias_correction, "fast"),
+                                              ("--float-convs", args.float_convs, "auto")) if value != default]
+    if set_ and args.finetune_iters:
+        raise ConfigError(f"{', '.join(set_)} tune post-training quantization; add --finetune-iters 0 to use it "
+                          "(by default OpenVINO int8 is fine-tuned instead)")
 
 
 def add_eval_args(group, what: str) -> None:

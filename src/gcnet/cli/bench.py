@@ -131,9 +131,10 @@ def _datasets(args: argparse.Namespace) -> tuple[dict | None, dict | None]:
 
 def run(args: argparse.Namespace) -> int:
     import gcnet
-    from gcnet.cli.args import check_writable_dir, check_writable_file
+    from gcnet.cli.args import check_quant_args, check_writable_dir, check_writable_file
     from gcnet.deploy.bench import QUICK, command_line, format_report, run_benchmark, save_report
 
+    check_quant_args(args)
     if args.json:
         check_writable_file(args.json, "--json")
     if args.keep_artifacts:
@@ -149,11 +150,13 @@ def run(args: argparse.Namespace) -> int:
     min_time = args.min_time if args.min_time is not None else (QUICK["min_time"] if args.quick else 1.0)
     forms = _forms(args)
     calib, ev = _datasets(args)
+    quant = {"preset": args.quant_preset, "bias_correction": args.bias_correction, "float_convs": args.float_convs,
+             "finetune_iters": args.finetune_iters}
     with tempfile.TemporaryDirectory(prefix="gcnet-bench-w-") as scratch:
         report = run_benchmark(variant, args.num_classes or 19, checkpoint=_checkpoint(args, scratch), input_size=size,
                                batch=args.batch, forms=forms, warmup=warmup, iters=iters, min_time=min_time,
                                threads=args.threads, isolate=not args.in_process, calib=calib,
-                               calib_num=args.num_calib or 2, quant=(args.quant_preset, args.bias_correction, args.float_convs),
+                               calib_num=args.num_calib or 2, quant=quant,
                                eval=ev, artifacts_dir=args.keep_artifacts, timeout=args.timeout,
                                end_to_end=args.end_to_end, command=command_line())
     print(format_report(report))

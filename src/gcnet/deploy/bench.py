@@ -399,7 +399,7 @@ def _e2e_video(work: Path, data: dict | None, h: int, w: int, frames: int) -> tu
 
 
 def _write_artifacts(work: Path, net: torch.nn.Module, deploy: torch.nn.Module, keys: set[str],
-                     vsize: tuple[int, int], calibration: list[np.ndarray], quant: tuple[str, str, int | str],
+                     vsize: tuple[int, int], calibration: list[np.ndarray], quant: dict[str, Any],
                      log: Any) -> tuple[dict[str, str], dict]:
     """Write the files the forms run (``keys``: see :attr:`Form.artifact_key`) into ``work`` through the
     deploy pipeline; returns (artefact paths by key, export report)."""
@@ -418,8 +418,9 @@ def _write_artifacts(work: Path, net: torch.nn.Module, deploy: torch.nn.Module, 
         built = build(work / "model.onnx", "onnxruntime", "int8", calibration=calibration,
                       out=work / "model_int8.onnx", open_runtime=False)
         artifacts["onnx_int8"] = str(built.path)
-    settings = ExportSettings(input_size=vsize, verify=False, preset=quant[0],
-                              fast_bias_correction=FAST_BIAS_CORRECTION[quant[1]], float_convs=quant[2])
+    settings = ExportSettings(input_size=vsize, verify=False, preset=quant["preset"],
+                              fast_bias_correction=FAST_BIAS_CORRECTION[quant["bias_correction"]],
+                              float_convs=quant["float_convs"], finetune_iters=quant["finetune_iters"])
     if "openvino" in keys:
         built = build(deploy, "openvino", out=work / "model_ov.xml", open_runtime=False, settings=settings)
         artifacts["openvino"] = str(built.path)
@@ -428,10 +429,11 @@ def _write_artifacts(work: Path, net: torch.nn.Module, deploy: torch.nn.Module, 
         built = build(deploy, "openvino", "int8", calibration=calibration, out=work / "model_ov_int8.xml",
                       open_runtime=False, settings=settings)
         artifacts["openvino_int8"] = str(built.path)
-        export_report["openvino_int8"] = quant = built.report.get("quantization", {})
-        log(f"  {quant.get('preset')}, {quant.get('bias_correction')} bias correction"
-            + (f" (held-out mIoU against fp32: {quant['scores']})" if quant.get("scores") else "")
-            + f", {len(quant.get('float_convs', []))} convolutions left in float")
+        export_report["openvino_int8"] = done = built.report.get("quantization", {})
+        log(f"  fine-tuned {done['finetune']['iters']} steps" if done.get("finetune") else
+            f"  {done.get('preset')}, {done.get('bias_correction')} bias correction"
+            + (f" (held-out mIoU against fp32: {done['scores']})" if done.get("scores") else "")
+            + f", {len(done.get('float_convs', []))} convolutions left in float")
     if "openvino_int8_baseline" in keys:
         log("quantizing the user baseline (OpenVINO and NNCF defaults) ...")
         path = user_baseline_openvino(deploy, calibration, vsize, work / "model_ov_int8_baseline.xml")
@@ -557,20 +559,27 @@ def _report(command: str | None, threads: int, config: dict, complexity: dict, e
     }
 
 
+# run_benchmark's ``quant``: the int8 flags of `gcnet bench` (see gcnet.cli.args.add_quant_args)
+QUANT_DEFAULTS = {"preset": ExportSettings.preset, "bias_correction": "fast", "float_convs": ExportSettings.float_convs,
+                  "finetune_iters": ExportSettings.finetune_iters}
+
+
 def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: str | None = None,
                   input_size: tuple[int, int] = (1024, 2048), batch: int = 1, forms: list[str] | None = None,
                   warmup: int = 3, iters: int = 10, min_time: float = 1.0, threads: int | None = None,
                   isolate: bool = True,
-                  calib: dict | None = None, calib_num: int = 2, quant: tuple[str, str, int | str] = ("auto", "fast", "auto"),
+                  calib: dict | None = None, calib_num: int = 2, quant: dict[str, Any] | None = None,
                   eval: dict | None = None,
                   artifacts_dir: str | None = None, timeout: float = 1800, progress: bool = True,
                   end_to_end: int = 0, command: str | None = None) -> dict:
-    """Benchmark ``forms`` (default: :func:`default_forms`) and return the report dict (the JSON)."""
+    """Benchmark ``forms`` (default: :func:`default_forms`) and return the report dict (the JSON);
+    ``quant``: how gcnet's int8 forms are quantized (:data:`QUANT_DEFAULTS` for what is not given)."""
     threads = threads or default_threads()
     forms = list(forms) if forms else default_forms()
     _check_forms(forms)
     h, w = int(input_size[0]), int(input_size[1])
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
+    quant = {**QUANT_DEFAULTS, **(quant or {})}
 
     loadavg_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     torch.set_num_threads(threads)
@@ -618,7 +627,8 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
                   "input_size": [h, w], "batch": batch, "warmup": warmup, "iters": iters, "min_time_s": min_time,
                   "threads": threads, "isolated": isolate,
                   "calibration": calib_source, "calibration_images": len(calibration) if calib_source else None,
-                  "quant_preset": quant[0], "bias_correction": quant[1], "float_convs": quant[2], "input": input_desc,
+                  "quant_preset": quant["preset"], "bias_correction": quant["bias_correction"],
+                  "float_convs": quant["float_convs"], "finetune_iters": quant["finetune_iters"], "input": input_desc,
                   "reference": "torch-train-fp32" if has_train else "torch-fp32",
                   "eval": eval, "mIoU_reference": ref_eval["form"] if ref_eval else None,
                   "end_to_end": e2e and {"frames": e2e["frames"], "video": e2e["description"]}}

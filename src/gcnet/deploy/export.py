@@ -412,13 +412,8 @@ def quantize_openvino(ov_model: Any, calibration: Iterable[np.ndarray], *, prese
     (preset, fast), scores = select_quant_settings(ov_model, samples, candidates)
     floats, errors = _choose_float_convs(ov_model, samples, preset, fast, float_convs, progress)
     quantized = _nncf_quantize(ov_model, samples, preset, fast, floats)
-    quantized.set_rt_info(preset, ["gcnet", "quant_preset"])
-    quantized.set_rt_info("fast" if fast else "full", ["gcnet", "quant_bias_correction"])
-    quantized.set_rt_info(json.dumps(floats), ["gcnet", "quant_float_convs"])
-    if scores:
-        quantized.set_rt_info(json.dumps(scores), ["gcnet", "quant_scores"])
-    if errors:
-        quantized.set_rt_info(json.dumps(errors), ["gcnet", "quant_float_convs_errors"])
+    record_quant_settings(quantized, preset=preset, bias_correction="fast" if fast else "full", scores=scores,
+                          float_convs=floats, sensitivity=errors)
     return quantized
 
 
@@ -531,19 +526,35 @@ def pick_float_convs(errors: dict[str, float], float_convs: int | str) -> list[s
     return [c for c in ranked[:FLOAT_CONVS_AUTO] if errors[c] >= FLOAT_CONVS_SHARE * errors["all"]]
 
 
-def quant_settings_of(ov_model: Any) -> dict[str, Any]:
-    """What :func:`quantize_openvino` stored in ``ov_model``: ``preset``, ``bias_correction`` ("fast" or
-    "full"), ``scores`` (of an automatic choice), ``float_convs`` (left unquantized) and ``sensitivity``
-    (the per-convolution errors behind them); empty for other models."""
-    def read(key: str) -> str | None:
-        return ov_model.get_rt_info(["gcnet", key]).astype(str) if ov_model.has_rt_info(["gcnet", key]) else None
+# quant_settings_of's keys -> where they live in a model's rt_info (under "gcnet"), as JSON but for the first two
+_QUANT_INFO = {"preset": "quant_preset", "bias_correction": "quant_bias_correction", "scores": "quant_scores",
+               "float_convs": "quant_float_convs", "sensitivity": "quant_float_convs_errors",
+               "finetune": "quant_finetune"}
+_QUANT_EMPTY = {"scores": {}, "float_convs": [], "sensitivity": {}, "finetune": {}}
 
-    if read("quant_preset") is None:
+
+def record_quant_settings(ov_model: Any, **settings: Any) -> None:
+    """Keep how ``ov_model`` was quantized in its ``rt_info`` (it travels into a saved IR): the keys of
+    :func:`quant_settings_of`; empty values are left out."""
+    for key, value in settings.items():
+        if value:
+            ov_model.set_rt_info(value if isinstance(value, str) else json.dumps(value), ["gcnet", _QUANT_INFO[key]])
+
+
+def quant_settings_of(ov_model: Any) -> dict[str, Any]:
+    """How a gcnet int8 model was quantized: ``preset``, ``bias_correction`` ("fast", "full"; "none" after
+    a fine-tune), ``scores`` (of an automatic choice), ``float_convs`` (left unquantized), ``sensitivity``
+    (the per-convolution errors behind them) and ``finetune`` (steps, learning rate, logit error of a
+    quantization-aware fine-tune: :func:`gcnet.deploy.qat.quantize_aware`); empty for other models."""
+    def read(key: str) -> str | None:
+        path = ["gcnet", _QUANT_INFO[key]]
+        return ov_model.get_rt_info(path).astype(str) if ov_model.has_rt_info(path) else None
+
+    if read("preset") is None:
         return {}
-    return {"preset": read("quant_preset"), "bias_correction": read("quant_bias_correction"),
-            "scores": json.loads(read("quant_scores") or "{}"),
-            "float_convs": json.loads(read("quant_float_convs") or "[]"),
-            "sensitivity": json.loads(read("quant_float_convs_errors") or "{}")}
+    out = {key: read(key) for key in ("preset", "bias_correction")}
+    out.update({key: json.loads(read(key) or json.dumps(empty)) for key, empty in _QUANT_EMPTY.items()})
+    return out
 
 
 NON_CONV_QUANTIZED_OPS = ["Add", "Interpolate", "AvgPool", "Concat", "ReduceMean", "Multiply"]

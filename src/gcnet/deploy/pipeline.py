@@ -34,6 +34,7 @@ from gcnet.deploy.export import (
     quantize_openvino,
     to_openvino,
 )
+from gcnet.deploy.qat import FINETUNE_ITERS, quantize_aware
 from gcnet.deploy.runtimes import (
     PRECISIONS,
     RUNTIME_KINDS,
@@ -61,8 +62,10 @@ class Built:
 
 @dataclass(frozen=True)
 class ExportSettings:
-    """How :func:`build` exports, checks (``verify``: files written to ``out``) and quantizes
-    (``preset``, ``fast_bias_correction``, ``float_convs``: OpenVINO int8); see :mod:`gcnet.deploy.export`."""
+    """How :func:`build` exports, checks (``verify``: files written to ``out``) and quantizes for OpenVINO
+    int8: a quantization-aware fine-tune of ``finetune_iters`` steps (:mod:`gcnet.deploy.qat`; a module or
+    checkpoint source), or with ``finetune_iters=0`` (and for ONNX/IR sources) post-training quantization
+    with ``preset``, ``fast_bias_correction`` and ``float_convs`` (:mod:`gcnet.deploy.export`)."""
 
     input_size: Sequence[int] = (512, 1024)
     opset: int = DEFAULT_OPSET
@@ -73,6 +76,7 @@ class ExportSettings:
     preset: str = "auto"
     fast_bias_correction: bool | None = True  # None: chosen per model, as preset="auto"
     float_convs: int | str = "auto"  # the most int8-sensitive convolutions left in float
+    finetune_iters: int = FINETUNE_ITERS
 
 
 def _check_request(runtime: str, precision: str, device: str, source: Source) -> str:
@@ -125,7 +129,12 @@ def _onnx_file(source: Source, suffix: str, precision: str, calibration: Any, ou
 def _openvino_model(source: Source, suffix: str, precision: str, calibration: Any, out: Path | None,
                     threads: int | None, settings: ExportSettings, progress: bool | None) -> tuple[Any, dict]:
     """The ``openvino.Model`` to run, converted and/or quantized as needed; written to ``out`` if given."""
-    model = to_openvino(source, input_size=settings.input_size)
+    if precision == "int8" and settings.finetune_iters and isinstance(source, nn.Module):
+        _need_calibration("openvino", source, calibration)
+        model = quantize_aware(source, list(calibration), iters=settings.finetune_iters,
+                               input_size=settings.input_size, progress=progress)
+    else:
+        model = to_openvino(source, input_size=settings.input_size)
     if precision == "int8" and not is_quantized_openvino(model):
         _need_calibration("openvino", source, calibration)
         model = quantize_openvino(model, calibration, preset=settings.preset,
@@ -153,8 +162,10 @@ def build(source: Source, runtime: str = "torch", precision: str = "fp32", *,
     caller's module is not changed; ``reparameterize=False`` keeps the training form for the torch
     runtime, e.g. to time it),
     a gcnet checkpoint, an ONNX file or an OpenVINO ``.xml``. Conversions happen on the way: ONNX
-    export, OpenVINO conversion, and for ``precision="int8"`` on a float model post-training
-    quantization calibrated on ``calibration`` (float32 NCHW arrays; a few real images are enough).
+    export, OpenVINO conversion, and for ``precision="int8"`` on a float model int8 quantization
+    calibrated on ``calibration`` (float32 NCHW arrays; a few real images are enough): for OpenVINO from
+    a module or checkpoint with a short quantization-aware fine-tune on those images (as ``settings`` say),
+    otherwise post-training.
 
     ``out``: write the final artefact there (``.onnx``, or an ``.xml`` + ``.bin`` IR), under a
     temporary name, verified as ``settings`` say (:class:`ExportSettings`) before it replaces an
