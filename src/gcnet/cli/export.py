@@ -180,8 +180,8 @@ def _quantize(deploy, out: Path, name: str, formats: list[str], args: argparse.N
         report["exports"]["openvino-int8"] = {"format": "openvino", "precision": "int8", "path": str(path),
                                               "quantization": quant}
         if tuned := quant.get("finetune"):
-            log(f"  logit error against fp32 on the calibration crops: {tuned['error_first']:.3g} before the "
-                f"fine-tune, {tuned['error_last']:.3g} after")
+            log(f"  relative logit error against fp32 on crops of the calibration images: {tuned['error_first']:.3g} "
+                f"over the first tenth of the fine-tune, {tuned['error_last']:.3g} over the last")
         if quant.get("scores"):
             scores = ", ".join(f"{k} {v:.1f}" for k, v in quant["scores"].items())
             log(f"  chose {quant['preset']}, {quant['bias_correction']} bias correction (mIoU against the fp32 "
