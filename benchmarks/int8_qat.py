@@ -86,6 +86,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--crop", type=int, nargs=2, default=(288, 384))
+    ap.add_argument("--frames", type=int, default=0,
+                    help="fine-tune on this many train frames only (the first of the calibration draw; 0: all)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--xml", help="save the fine-tuned int8 model here (OpenVINO IR)")
     args = ap.parse_args()
@@ -98,12 +100,14 @@ def main() -> None:
     example = torch.zeros(1, 3, 360, 480)
     result = {"checkpoint": args.checkpoint, "args": vars(args), "machine": platform.processor() or platform.machine()}
     result["fp32"] = val_miou(ov.convert_model(deploy, example_input=example), "fp32", val)
-    student = quantize_torch(deploy, calibration_from_dataset(train, 32))
+    calibration = calibration_from_dataset(train, max(32, args.frames))
+    student = quantize_torch(deploy, calibration[:32])
+    pool = [(torch.from_numpy(c[0]),) for c in calibration[:args.frames]] if args.frames else train
     student.eval()
     result["ptq_torch"] = val_miou(ov.convert_model(student, example_input=example), "int8", val)
     print(f"fp32 {result['fp32']:.2f}, PTQ (PyTorch backend) {result['ptq_torch'] - result['fp32']:+.2f}", flush=True)
     t0 = time.perf_counter()
-    losses = finetune(student, deploy, train, args.iters, args.lr, args.batch, tuple(args.crop))
+    losses = finetune(student, deploy, pool, args.iters, args.lr, args.batch, tuple(args.crop))
     result["finetune_s"] = round(time.perf_counter() - t0, 1)
     student.eval()
     qat = ov.convert_model(student, example_input=example)

@@ -127,9 +127,10 @@ def test_export_onnx_openvino_int8_with_accuracy(checkpoint, tmp_path):
                       "--threads", "1", "--json", str(out / "r.json"), "--no-progress"])
     assert result.returncode == 0, result.stderr
     assert "eval torch-fp32" not in result.stderr  # --no-progress: no evaluation bars
-    assert "fine-tuned 200 steps" in result.stderr and "int8 fine-tune" not in result.stderr  # no bar either
+    assert "3 frames to fine-tune on, fewer than 100" in result.stderr  # post-training instead
+    assert "fewer than 4 calibration images" in result.stderr
     report = json.loads((out / "r.json").read_text())
-    assert report["exports"]["openvino-int8"]["quantization"]["finetune"]["iters"] == 200
+    assert report["exports"]["openvino-int8"]["quantization"]["finetune"] == {}
     for name in ["tiny.onnx", "tiny.xml", "tiny.bin", "tiny_int8.xml", "tiny_int8.onnx"]:
         assert (out / name).is_file(), name
     acc = report["accuracy"]["results"]
@@ -137,6 +138,30 @@ def test_export_onnx_openvino_int8_with_accuracy(checkpoint, tmp_path):
     assert acc["torch-fp32"]["delta_mIoU"] == 0
     assert all(np.isfinite(v["delta_mIoU"]) for v in acc.values())
     assert "delta mIoU" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.deploy
+def test_export_openvino_int8_fine_tunes_on_every_calibration_image(checkpoint, tmp_path):
+    """With 100 images the OpenVINO int8 model is fine-tuned on crops of all of them (32 calibrate)."""
+    pytest.importorskip("openvino", reason="needs openvino")
+    pytest.importorskip("nncf", reason="needs nncf")
+    images = tmp_path / "imgs"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(100):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(images / f"{i:03d}.png")
+    out = tmp_path / "exp"
+    result = run_cli(["export", str(checkpoint), "--format", "openvino", "--out", str(out), "--input-size", "64x96",
+                      "--precision", "int8", "--calib-images", str(images), "--finetune-iters", "20",
+                      "--json", str(out / "r.json"), "--no-progress"])
+    assert result.returncode == 0, result.stderr
+    assert "fine-tuned on crops of 100 frames" in result.stderr and "int8 fine-tune" not in result.stderr
+    report = json.loads((out / "r.json").read_text())
+    tuned = report["exports"]["openvino-int8"]["quantization"]["finetune"]
+    assert tuned["iters"] == 20 and tuned["frames"] == 100
+    assert report["calibration"] == {"images": str(images), "num": 32, "frames": 100}
+    assert sorted(p.name for p in out.iterdir()) == ["r.json", "tiny.bin", "tiny.xml", "tiny_int8.bin", "tiny_int8.xml"]
 
 
 BENCH_KEYS = {"date", "command", "machine", "versions", "config", "complexity", "results", "fastest"}

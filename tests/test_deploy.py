@@ -258,7 +258,7 @@ def test_int8_fine_tune_moves_toward_fp32(tiny_deploy, synthetic):
     assert is_quantized_openvino(ov_model)
     quant = export.quant_settings_of(ov_model)
     tuned = quant["finetune"]
-    assert quant["preset"] == "performance" and tuned["iters"] == 40 and tuned["images"] == 4
+    assert quant["preset"] == "performance" and tuned["iters"] == 40 and tuned["frames"] == 4
     assert tuned["error_last"] < tuned["error_first"]
     x = _x(1, 80, 112)  # dynamic shapes kept
     with torch.no_grad():

@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from gcnet.cli.args import (
     add_eval_args,
@@ -151,48 +152,61 @@ def _export(fmt: str, deploy, path: Path, args: argparse.Namespace, settings) ->
                                verify=settings.verify, tolerance=args.tolerance)
 
 
-def _calibration(args: argparse.Namespace) -> tuple[list, dict]:
-    from gcnet.deploy.export import calibration_from_dataset, calibration_from_images
+def _calibration(args: argparse.Namespace) -> tuple[list, Any, dict]:
+    """(calibration arrays, every frame of the calibration source for the fine-tune, report entry)."""
+    from gcnet.deploy.export import ImageFiles, calibration_from_dataset, calibration_from_images
     from gcnet.fileio import is_image_file
 
     if args.calib_images:
-        files = [p for p in Path(args.calib_images).rglob("*") if is_image_file(p)]
-        calibration = calibration_from_images(files, args.num_calib)
-        return calibration, {"images": args.calib_images, "num": len(calibration)}
-    ds = _dataset(args.calib_dataset, args.calib_root, args.calib_split, "calib")
-    calibration = calibration_from_dataset(ds, args.num_calib)
-    return calibration, {"dataset": args.calib_dataset, "split": args.calib_split, "num": len(calibration)}
+        frames = ImageFiles(p for p in Path(args.calib_images).rglob("*") if is_image_file(p))
+        if not len(frames):
+            raise ConfigError(f"--calib-images {args.calib_images}: no calibration images found there (no image files)")
+        calibration = calibration_from_images(frames.paths, args.num_calib)
+        return calibration, frames, {"images": args.calib_images, "num": len(calibration), "frames": len(frames)}
+    frames = _dataset(args.calib_dataset, args.calib_root, args.calib_split, "calib")
+    calibration = calibration_from_dataset(frames, args.num_calib)
+    return calibration, frames, {"dataset": args.calib_dataset, "split": args.calib_split, "num": len(calibration),
+                                 "frames": len(frames)}
+
+
+def _log_quantization(quant: dict, args: argparse.Namespace, calibration: list, frames, log) -> None:
+    """Say how the OpenVINO int8 model was made (``quant``: :func:`gcnet.deploy.export.quant_settings_of`)."""
+    from gcnet.deploy.qat import FINETUNE_MIN_FRAMES
+
+    if tuned := quant.get("finetune"):
+        log(f"  fine-tuned on crops of {tuned['frames']} frames; relative logit error against fp32: "
+            f"{tuned['error_first']:.3g} over the first tenth of the steps, {tuned['error_last']:.3g} over the last")
+    elif args.finetune_iters:
+        log(f"  note: {len(frames)} frames to fine-tune on, fewer than {FINETUNE_MIN_FRAMES} (a fine-tune on few "
+            "frames drifts from fp32 on others): post-training quantization instead")
+    if quant.get("scores"):
+        scores = ", ".join(f"{k} {v:.1f}" for k, v in quant["scores"].items())
+        log(f"  chose {quant['preset']}, {quant['bias_correction']} bias correction (mIoU against the fp32 "
+            f"labels on held-out calibration images: {scores})")
+    chosen = args.quant_preset == "auto" or args.bias_correction == "auto" or args.float_convs != 0
+    if chosen and not quant.get("finetune") and len(calibration) < 4:
+        log("  note: fewer than 4 calibration images, none to hold out: nothing chosen per model "
+            f"({quant['preset']}, {quant['bias_correction']} bias correction, every convolution int8)")
+    if quant.get("float_convs"):
+        names = [c.removeprefix("__module.").split("/")[0] for c in quant["float_convs"]]
+        log(f"  left in float (the convolutions most sensitive to int8): {', '.join(names)}")
 
 
 def _quantize(deploy, out: Path, name: str, formats: list[str], args: argparse.Namespace, settings,
-              calibration: list, report: dict, log) -> dict:
+              calibration: list, frames, report: dict, log) -> dict:
     """Write the int8 models (OpenVINO from the deploy form, ONNX from the fp32 .onnx); returns their runtimes."""
     from gcnet.deploy.pipeline import build
 
     runtimes = {}
     if "openvino" in formats:
         path = out / f"{name}_int8.xml"
-        how = f", fine-tuned {args.finetune_iters} steps" if args.finetune_iters else ""
-        log(f"quantizing OpenVINO int8 (NNCF, {len(calibration)} images{how}) -> {Path(args.out) / path.name}")
-        built = build(deploy, "openvino", "int8", calibration=calibration, out=path, settings=settings,
-                      threads=args.threads, progress=False if args.no_progress else None)
+        log(f"quantizing OpenVINO int8 (NNCF, {len(calibration)} images) -> {Path(args.out) / path.name}")
+        built = build(deploy, "openvino", "int8", calibration=calibration, finetune_frames=frames, out=path,
+                      settings=settings, threads=args.threads, progress=False if args.no_progress else None)
         quant = built.report.get("quantization", {})
         report["exports"]["openvino-int8"] = {"format": "openvino", "precision": "int8", "path": str(path),
                                               "quantization": quant}
-        if tuned := quant.get("finetune"):
-            log(f"  relative logit error against fp32 on crops of the calibration images: {tuned['error_first']:.3g} "
-                f"over the first tenth of the fine-tune, {tuned['error_last']:.3g} over the last")
-        if quant.get("scores"):
-            scores = ", ".join(f"{k} {v:.1f}" for k, v in quant["scores"].items())
-            log(f"  chose {quant['preset']}, {quant['bias_correction']} bias correction (mIoU against the fp32 "
-                f"labels on held-out calibration images: {scores})")
-        chosen = args.quant_preset == "auto" or args.bias_correction == "auto" or args.float_convs != 0
-        if chosen and not args.finetune_iters and len(calibration) < 4:
-            log("  note: fewer than 4 calibration images, none to hold out: nothing chosen per model "
-                f"({quant['preset']}, {quant['bias_correction']} bias correction, every convolution int8)")
-        if quant.get("float_convs"):
-            names = [c.removeprefix("__module.").split("/")[0] for c in quant["float_convs"]]
-            log(f"  left in float (the convolutions most sensitive to int8): {', '.join(names)}")
+        _log_quantization(quant, args, calibration, frames, log)
         runtimes["openvino-int8"] = built.runtime
     if "onnx" in formats:
         path = out / f"{name}_int8.onnx"
@@ -239,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     deploy = load_for_deploy(model_from_args(args))
     # the calibration and evaluation data are read before anything is exported: a wrong root fails at once
-    calibration, calib_report = _calibration(args) if args.precision == "int8" else (None, None)
+    calibration, frames, calib_report = _calibration(args) if args.precision == "int8" else (None, None, None)
     eval_set = _dataset(args.eval_dataset, args.eval_root, args.eval_split, "eval") if args.eval_dataset else None
     name = args.name or (Path(args.checkpoint).stem if args.checkpoint else f"{args.model.lower()}")
     out = Path(args.out)
@@ -268,7 +282,8 @@ def run(args: argparse.Namespace) -> int:
         int8_runtimes = {}
         if args.precision == "int8":
             report["calibration"] = calib_report
-            int8_runtimes = _quantize(deploy, stage, name, formats, args, settings, calibration, report, log)
+            int8_runtimes = _quantize(deploy, stage, name, formats, args, settings, calibration, frames, report,
+                                      log)
         if eval_set is not None:
             report["accuracy"] = _accuracy(deploy, stage, name, formats, args, eval_set, int8_runtimes, log)
     for v in report["exports"].values():

@@ -348,17 +348,18 @@ def _diff(out: np.ndarray, ref: np.ndarray) -> dict:
             "label_agreement": float(np.mean(out.argmax(1) == ref.argmax(1)))}
 
 
-def _calibration(cfg: dict, x: np.ndarray) -> tuple[list[np.ndarray], str]:
+def _calibration(cfg: dict, x: np.ndarray) -> tuple[list[np.ndarray], Any, str]:
+    """(calibration arrays, the frames of the int8 fine-tune: the whole split, or None, a description)."""
     calib = cfg.get("calib")
     if calib:
         from gcnet.data.datasets import build_dataset
         from gcnet.data.transforms import EvalTransform
 
         ds = build_dataset(calib["kind"], calib["root"], calib["split"], transform=EvalTransform())
-        return calibration_from_dataset(ds, calib.get("num", 32)), f"{calib['kind']}:{calib['split']}"
+        return calibration_from_dataset(ds, calib.get("num", 32)), ds, f"{calib['kind']}:{calib['split']}"
     g = np.random.default_rng(1)
     n = cfg.get("calib_num", 2)
-    return [g.standard_normal((1,) + x.shape[1:]).astype(np.float32) for _ in range(n)], "random"
+    return [g.standard_normal((1,) + x.shape[1:]).astype(np.float32) for _ in range(n)], None, "random"
 
 
 def _bench_input(data: dict | None, batch: int, h: int, w: int) -> tuple[np.ndarray, str]:
@@ -399,12 +400,14 @@ def _e2e_video(work: Path, data: dict | None, h: int, w: int, frames: int) -> tu
 
 
 def _write_artifacts(work: Path, net: torch.nn.Module, deploy: torch.nn.Module, keys: set[str],
-                     vsize: tuple[int, int], calibration: list[np.ndarray], quant: dict[str, Any],
+                     vsize: tuple[int, int], calib: tuple[list[np.ndarray], Any], quant: dict[str, Any],
                      log: Any) -> tuple[dict[str, str], dict]:
     """Write the files the forms run (``keys``: see :attr:`Form.artifact_key`) into ``work`` through the
-    deploy pipeline; returns (artefact paths by key, export report)."""
+    deploy pipeline; returns (artefact paths by key, export report). ``calib``: the calibration arrays and
+    the int8 fine-tune's frames (None: the arrays)."""
     import gcnet
 
+    calibration, frames = calib
     artifacts = {"checkpoint": str(gcnet.save_checkpoint(work / "model.pt", net)),
                  "checkpoint_deploy": str(gcnet.save_checkpoint(work / "model_deploy.pt", deploy))}
     export_report: dict[str, Any] = {}
@@ -426,11 +429,12 @@ def _write_artifacts(work: Path, net: torch.nn.Module, deploy: torch.nn.Module, 
         artifacts["openvino"] = str(built.path)
     if "openvino_int8" in keys:
         log("quantizing for OpenVINO int8 (NNCF) ...")
-        built = build(deploy, "openvino", "int8", calibration=calibration, out=work / "model_ov_int8.xml",
-                      open_runtime=False, settings=settings)
+        built = build(deploy, "openvino", "int8", calibration=calibration, finetune_frames=frames,
+                      out=work / "model_ov_int8.xml", open_runtime=False, settings=settings)
         artifacts["openvino_int8"] = str(built.path)
         export_report["openvino_int8"] = done = built.report.get("quantization", {})
-        log(f"  fine-tuned {done['finetune']['iters']} steps" if done.get("finetune") else
+        log(f"  fine-tuned {done['finetune']['iters']} steps on {done['finetune']['frames']} frames"
+            if done.get("finetune") else
             f"  {done.get('preset')}, {done.get('bias_correction')} bias correction"
             + (f" (held-out mIoU against fp32: {done['scores']})" if done.get("scores") else "")
             + f", {len(done.get('float_convs', []))} convolutions left in float")
@@ -600,11 +604,11 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
         with torch.no_grad():
             ref = (net if has_train else deploy)(torch.from_numpy(x)).numpy()
         keys = {FORMS[f].artifact_key for f in forms}
-        calib_source, calibration = None, []
+        calib_source, calibration, frames = None, [], None
         if any(FORMS[f].precision == "int8" for f in forms):
-            calibration, calib_source = _calibration({"calib": calib, "calib_num": calib_num}, x)
+            calibration, frames, calib_source = _calibration({"calib": calib, "calib_num": calib_num}, x)
         artifacts, export_report = _write_artifacts(work, net, deploy, keys, (min(h, 256), min(w, 512)),
-                                                    calibration, quant, log)
+                                                    (calibration, frames), quant, log)
         del net, deploy
         e2e = None
         if end_to_end:

@@ -593,14 +593,26 @@ def calibration_from_dataset(dataset: Any, num: int = 16, seed: int = 0) -> list
     return out
 
 
-def calibration_from_images(paths: Iterable[str | os.PathLike], num: int = 16) -> list[np.ndarray]:
-    """Calibration arrays from the first ``num`` image files in sorted order (read like dataset
-    images, normalised with the training MEAN/STD)."""
-    from gcnet.data.datasets import read_image
-    from gcnet.data.transforms import normalize
+class ImageFiles(Sequence):
+    """Image files (sorted) as an unlabelled dataset: items ``(normalised 3xHxW tensor, None)``, read like
+    dataset images (the training MEAN/STD) when indexed: calibration images and the int8 fine-tune's frames."""
 
-    out = [normalize(read_image(p)).unsqueeze(0).numpy().astype(np.float32)
-           for p in sorted(Path(p) for p in paths)[:num]]
-    if not out:
+    def __init__(self, paths: Iterable[str | os.PathLike]) -> None:
+        self.paths = sorted(Path(p) for p in paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, None]:
+        from gcnet.data.datasets import read_image
+        from gcnet.data.transforms import normalize
+
+        return normalize(read_image(self.paths[i])), None
+
+
+def calibration_from_images(paths: Iterable[str | os.PathLike], num: int = 16) -> list[np.ndarray]:
+    """Calibration arrays (1x3xHxW float32) from the first ``num`` of :class:`ImageFiles` ``(paths)``."""
+    files = ImageFiles(paths)
+    if not len(files):
         raise GCNetError("no calibration images found")
-    return out
+    return [files[i][0].unsqueeze(0).numpy().astype(np.float32) for i in range(min(num, len(files)))]

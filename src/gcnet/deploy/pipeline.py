@@ -34,7 +34,7 @@ from gcnet.deploy.export import (
     quantize_openvino,
     to_openvino,
 )
-from gcnet.deploy.qat import FINETUNE_ITERS, quantize_aware
+from gcnet.deploy.qat import FINETUNE_ITERS, FINETUNE_MIN_FRAMES, quantize_aware
 from gcnet.deploy.runtimes import (
     PRECISIONS,
     RUNTIME_KINDS,
@@ -126,20 +126,29 @@ def _onnx_file(source: Source, suffix: str, precision: str, calibration: Any, ou
     return path, report
 
 
-def _openvino_model(source: Source, suffix: str, precision: str, calibration: Any, out: Path | None,
-                    threads: int | None, settings: ExportSettings, progress: bool | None) -> tuple[Any, dict]:
+def _int8_openvino(source: Source, model: Any, calibration: Any, frames: Sequence | None, settings: ExportSettings,
+                   progress: bool | None) -> Any:
+    """OpenVINO int8 of a float ``source`` (``model``: its OpenVINO conversion, None for a module): fine-tuned
+    when the settings ask for it and there are frames enough, otherwise post-training quantization."""
+    _need_calibration("openvino", source, calibration)
+    calibration = list(calibration)
+    frames = calibration if frames is None else frames
+    if settings.finetune_iters and isinstance(source, nn.Module) and len(frames) >= FINETUNE_MIN_FRAMES:
+        return quantize_aware(source, calibration, frames, iters=settings.finetune_iters,
+                              input_size=settings.input_size, progress=progress)
+    return quantize_openvino(model or to_openvino(source, input_size=settings.input_size), calibration,
+                             preset=settings.preset, fast_bias_correction=settings.fast_bias_correction,
+                             float_convs=settings.float_convs, progress=progress)
+
+
+def _openvino_model(source: Source, suffix: str, precision: str, calibration: Any, frames: Sequence | None,
+                    out: Path | None, threads: int | None, settings: ExportSettings,
+                    progress: bool | None) -> tuple[Any, dict]:
     """The ``openvino.Model`` to run, converted and/or quantized as needed; written to ``out`` if given."""
-    if precision == "int8" and settings.finetune_iters and isinstance(source, nn.Module):
-        _need_calibration("openvino", source, calibration)
-        model = quantize_aware(source, list(calibration), iters=settings.finetune_iters,
-                               input_size=settings.input_size, progress=progress)
-    else:
-        model = to_openvino(source, input_size=settings.input_size)
-    if precision == "int8" and not is_quantized_openvino(model):
-        _need_calibration("openvino", source, calibration)
-        model = quantize_openvino(model, calibration, preset=settings.preset,
-                                  fast_bias_correction=settings.fast_bias_correction,
-                                  float_convs=settings.float_convs, progress=progress)
+    int8_of_module = precision == "int8" and isinstance(source, nn.Module)
+    model = None if int8_of_module else to_openvino(source, input_size=settings.input_size)
+    if int8_of_module or (precision == "int8" and not is_quantized_openvino(model)):
+        model = _int8_openvino(source, model, calibration, frames, settings, progress)
     if out is None:
         return model, {}
     # a file source has no PyTorch model to compare with, and int8 differs from it by design: both are
@@ -153,7 +162,8 @@ def _openvino_model(source: Source, suffix: str, precision: str, calibration: An
 
 
 def build(source: Source, runtime: str = "torch", precision: str = "fp32", *,
-          calibration: Iterable[np.ndarray] | None = None, out: str | os.PathLike | None = None,
+          calibration: Iterable[np.ndarray] | None = None, finetune_frames: Sequence | None = None,
+          out: str | os.PathLike | None = None,
           open_runtime: bool = True, settings: ExportSettings | None = None, threads: int | None = None,
           device: str = "cpu", reparameterize: bool = True, progress: bool | None = None, **options: Any) -> Built:
     """Take ``source`` to a ``runtime`` ("torch", "onnxruntime", "openvino") at ``precision``.
@@ -164,8 +174,9 @@ def build(source: Source, runtime: str = "torch", precision: str = "fp32", *,
     a gcnet checkpoint, an ONNX file or an OpenVINO ``.xml``. Conversions happen on the way: ONNX
     export, OpenVINO conversion, and for ``precision="int8"`` on a float model int8 quantization
     calibrated on ``calibration`` (float32 NCHW arrays; a few real images are enough): for OpenVINO from
-    a module or checkpoint with a short quantization-aware fine-tune on those images (as ``settings`` say),
-    otherwise post-training.
+    a module or checkpoint with a short quantization-aware fine-tune (as ``settings`` say) on crops of
+    ``finetune_frames`` (e.g. the calibration dataset; default: the calibration images) when there are at
+    least :data:`~gcnet.deploy.qat.FINETUNE_MIN_FRAMES` of them, otherwise post-training.
 
     ``out``: write the final artefact there (``.onnx``, or an ``.xml`` + ``.bin`` IR), under a
     temporary name, verified as ``settings`` say (:class:`ExportSettings`) before it replaces an
@@ -187,7 +198,8 @@ def build(source: Source, runtime: str = "torch", precision: str = "fp32", *,
             path, report = _onnx_file(source, suffix, precision, calibration, out, Path(scratch), settings)
             opened = OnnxRuntime(path, precision, threads=threads, **options) if open_runtime else None
         return Built(opened, path if path.parent != Path(scratch) else None, report)
-    model, report = _openvino_model(source, suffix, precision, calibration, out, threads, settings, progress)
+    model, report = _openvino_model(source, suffix, precision, calibration, finetune_frames, out, threads, settings,
+                                    progress)
     opened = OpenVINORuntime(model, precision, threads=threads, **options) if open_runtime else None
     return Built(opened, out.with_suffix(".xml") if out is not None else None, report)
 

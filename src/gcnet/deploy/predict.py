@@ -449,7 +449,8 @@ def stream(source: str | os.PathLike | int | FrameSource, model: Any, *, runtime
 
     ``model``: anything :func:`gcnet.deploy.pipeline.build` takes (a GCNet module, a checkpoint path,
     a weights name, an ``.onnx``/``.xml`` file), run with ``runtime`` at ``precision`` (int8 from a
-    float model is calibrated on ``calibration``); or a :class:`Runtime`; or a ready ``frame -> labels``
+    float model is calibrated, and for OpenVINO fine-tuned, on ``calibration``: a minute or two before the
+    first frame); or a :class:`Runtime`; or a ready ``frame -> labels``
     callable such as a :class:`Predictor`. Frames are RGB uint8; labels are class maps at the frame's
     size. Decoding runs ahead on a background thread.
     """
