@@ -28,7 +28,7 @@ from torch import nn
 from gcnet.errors import GCNetError
 from gcnet.optional import require
 
-FINETUNE_ITERS = 200  # steps of the default fine-tune (about 100 s for GCNet-S on 2 cores)
+FINETUNE_ITERS = 200  # steps of the default fine-tune (about 2.5 minutes for GCNet-S on 2 cores)
 FINETUNE_LR = 1e-5  # Adam; NNCF's advice for quantization-aware fine-tuning
 FINETUNE_BATCH = 4
 FINETUNE_CROP = (288, 384)  # crops of the frames (smaller frames are used whole)
