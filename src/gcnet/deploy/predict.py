@@ -442,20 +442,23 @@ def _predict_video_item(predictor: Predictor, item: InputItem, out_dir: Path, in
 
 
 def stream(source: str | os.PathLike | int | FrameSource, model: Any, *, runtime: str = "torch",
-           precision: str = "fp32", calibration: Iterable[np.ndarray] | None = None, threads: int | None = None,
+           precision: str = "fp32", calibration: Iterable[np.ndarray] | None = None,
+           finetune_frames: Sequence | None = None, threads: int | None = None,
            input_size: Sequence[int] | None = None, max_frames: int | None = None,
            depth: int = 2) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(frame, labels)`` for every frame of a video file, an image folder or a camera index.
 
     ``model``: anything :func:`gcnet.deploy.pipeline.build` takes (a GCNet module, a checkpoint path,
     a weights name, an ``.onnx``/``.xml`` file), run with ``runtime`` at ``precision`` (int8 from a
-    float model is calibrated, and for OpenVINO fine-tuned, on ``calibration``: a minute or two before the
-    first frame); or a :class:`Runtime`; or a ready ``frame -> labels``
+    float model is calibrated on ``calibration``; OpenVINO's is also fine-tuned on crops of
+    ``finetune_frames``, e.g. the training set, when there are 100 or more: a few minutes before the first
+    frame; see :func:`~gcnet.deploy.pipeline.build`); or a :class:`Runtime`; or a ready ``frame -> labels``
     callable such as a :class:`Predictor`. Frames are RGB uint8; labels are class maps at the frame's
     size. Decoding runs ahead on a background thread.
     """
     if isinstance(model, (torch.nn.Module, str, os.PathLike)):
-        model = build(model, runtime, precision, calibration=calibration, threads=threads).runtime
+        model = build(model, runtime, precision, calibration=calibration, finetune_frames=finetune_frames,
+                      threads=threads).runtime
     if isinstance(model, Runtime):
         model = Predictor(model, input_size=input_size)
     src = source if isinstance(source, FrameSource) else open_source(source, max_frames=max_frames)
