@@ -127,7 +127,7 @@ def test_export_onnx_openvino_int8_with_accuracy(checkpoint, tmp_path):
                       "--threads", "1", "--json", str(out / "r.json"), "--no-progress"])
     assert result.returncode == 0, result.stderr
     assert "eval torch-fp32" not in result.stderr  # --no-progress: no evaluation bars
-    assert "3 frames to fine-tune on, fewer than 100" in result.stderr  # post-training instead
+    assert "3 frames to fine-tune on, fewer than 200" in result.stderr  # post-training instead
     assert "fewer than 4 calibration images" in result.stderr
     report = json.loads((out / "r.json").read_text())
     assert report["exports"]["openvino-int8"]["quantization"]["finetune"] == {}
@@ -143,24 +143,24 @@ def test_export_onnx_openvino_int8_with_accuracy(checkpoint, tmp_path):
 @pytest.mark.slow
 @pytest.mark.deploy
 def test_export_openvino_int8_fine_tunes_on_every_calibration_image(checkpoint, tmp_path):
-    """With 100 images the OpenVINO int8 model is fine-tuned on crops of all of them (32 calibrate)."""
+    """With 200 images the OpenVINO int8 model is fine-tuned on crops of all of them (32 calibrate)."""
     pytest.importorskip("openvino", reason="needs openvino")
     pytest.importorskip("nncf", reason="needs nncf")
     images = tmp_path / "imgs"
     images.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(100):
+    for i in range(200):
         Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(images / f"{i:03d}.png")
     out = tmp_path / "exp"
     result = run_cli(["export", str(checkpoint), "--format", "openvino", "--out", str(out), "--input-size", "64x96",
                       "--precision", "int8", "--calib-images", str(images), "--finetune-iters", "20",
                       "--json", str(out / "r.json"), "--no-progress"])
     assert result.returncode == 0, result.stderr
-    assert "fine-tuned on crops of 100 frames" in result.stderr and "int8 fine-tune" not in result.stderr
+    assert "fine-tuned on crops of 200 frames" in result.stderr and "int8 fine-tune" not in result.stderr
     report = json.loads((out / "r.json").read_text())
     tuned = report["exports"]["openvino-int8"]["quantization"]["finetune"]
-    assert tuned["iters"] == 20 and tuned["frames"] == 100
-    assert report["calibration"] == {"images": str(images), "num": 32, "frames": 100}
+    assert tuned["iters"] == 20 and tuned["frames"] == 200
+    assert report["calibration"] == {"images": str(images), "num": 32, "frames": 200}
     assert sorted(p.name for p in out.iterdir()) == ["r.json", "tiny.bin", "tiny.xml", "tiny_int8.bin", "tiny_int8.xml"]
 
 

@@ -55,7 +55,7 @@ int8 (--precision int8): static quantization calibrated on --num-calib images (-
 --calib-root or --calib-images). Writes <name>_int8.xml (OpenVINO + NNCF) when openvino is among the
 formats: fine-tuned for --finetune-iters steps to reproduce the fp32 logits on crops of every frame
 of the calibration split or folder, which keeps its mIoU close to fp32's (post-training with
---finetune-iters 0 or fewer than 100 frames); and <name>_int8.onnx (ONNX Runtime QDQ, post-training,
+--finetune-iters 0 or fewer than 200 frames); and <name>_int8.onnx (ONNX Runtime QDQ, post-training,
 u8 activations, s8 per-channel weights) when onnx is. With --eval-dataset/--eval-root the fp32, bf16
 and int8 models are evaluated (whole-image inference) and the mIoU change of each int8 model against
 fp32 is reported. A JSON report of everything (paths, verification, accuracy) goes to --json.""",
