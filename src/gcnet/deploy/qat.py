@@ -1,6 +1,6 @@
 """Quantization-aware fine-tuning for OpenVINO int8.
 
-Post-training quantization leaves GCNet-S 0.3-1.3 val mIoU away from fp32 on CamVid models, the error
+Post-training quantization leaves GCNet-S up to 1.3 val mIoU away from fp32 on CamVid models, the error
 spread over the whole network (docs/deploy.md). A short fine-tune closes it: the deploy form gets NNCF's
 fake quantizers (weights and activations, calibrated like post-training quantization), then its
 weights, biases and quantizer ranges are trained for a few hundred steps to reproduce the fp32 model's
@@ -106,9 +106,10 @@ def quantize_aware(deploy: nn.Module, calibration: Sequence[np.ndarray], frames:
     """An OpenVINO int8 model of the deploy-form ``deploy``: fake-quantized (:func:`fake_quantize`) on
     ``calibration`` (float32 1x3xHxW arrays), fine-tuned ``iters`` steps (:func:`distill`) on crops of
     ``frames`` (a dataset giving normalised images, or tensors; default: the calibration images, but
-    see :data:`FINETUNE_MIN_FRAMES`), converted with dynamic shapes. What was done is kept in its ``rt_info`` (``finetune``: the
-    settings and the mean logit error over the first and last tenth of the steps; see
-    :func:`gcnet.deploy.export.quant_settings_of`). ``progress``: a bar over the steps (None: on a terminal)."""
+    see :data:`FINETUNE_MIN_FRAMES`), converted with dynamic shapes. What was done is kept in its
+    ``rt_info`` (``finetune``: the settings and the mean logit error over the first and last tenth of the
+    steps; see :func:`gcnet.deploy.export.quant_settings_of`). ``progress``: a bar over the steps (None: on
+    a terminal)."""
     from gcnet.deploy.export import record_quant_settings, to_openvino
 
     if not calibration:
