@@ -17,7 +17,7 @@ import contextlib
 import copy
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -74,9 +74,11 @@ def random_crops(frames: Sequence[Any], batch: int, crop: Sequence[int], gen: to
 
 
 def distill(student: nn.Module, teacher: nn.Module, frames: Sequence[Any], *, iters: int, lr: float,
-            batch: int, crop: Sequence[int], seed: int = 0, progress: bool | None = None) -> list[float]:
+            batch: int, crop: Sequence[int], seed: int = 0, progress: bool | None = None,
+            after_step: Callable[[int], None] | None = None) -> list[float]:
     """Train ``student`` (Adam) to reproduce ``teacher``'s logits on random crops of ``frames``; the loss
-    is the relative squared error ``|student - teacher|^2 / |teacher|^2``. Returns the loss per step."""
+    is the relative squared error ``|student - teacher|^2 / |teacher|^2``. Returns the loss per step.
+    ``after_step(n)`` is called after the n-th step (1-based), e.g. to score snapshots of the student."""
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(seed)
@@ -95,6 +97,9 @@ def distill(student: nn.Module, teacher: nn.Module, frames: Sequence[Any], *, it
         opt.step()
         losses.append(loss.item())
         bar.set_postfix(error=f"{losses[-1]:.3g}", refresh=False)
+        if after_step is not None:
+            after_step(len(losses))
+            student.train()
     student.eval()
     return losses
 
