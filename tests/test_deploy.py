@@ -245,6 +245,25 @@ def test_random_crops_are_clipped_flipped_and_seeded():
     assert 0 < len(flipped) < len(from_first)  # some mirrored, some not
 
 
+def test_distill_reports_each_step_in_training_mode():
+    """``after_step`` sees steps 1..iters and may switch the student to eval: training resumes in train mode."""
+    from gcnet.deploy.qat import distill
+
+    torch.manual_seed(0)
+    teacher, student = torch.nn.Conv2d(3, 2, 3, padding=1), torch.nn.Conv2d(3, 2, 3, padding=1)
+    seen = []
+
+    def after_step(n: int) -> None:
+        seen.append((n, student.training))
+        student.eval()
+
+    frames = [torch.randn(3, 12, 16) for _ in range(3)]
+    losses = distill(student, teacher, frames, iters=30, lr=1e-2, batch=2, crop=(8, 8), after_step=after_step,
+                     progress=False)
+    assert seen == [(n, True) for n in range(1, 31)] and not student.training
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
 @pytest.mark.slow
 def test_int8_fine_tune_moves_toward_fp32(tiny_deploy, synthetic):
     """The fake-quantized model is trained toward the fp32 logits; the IR is int8 and records the run."""

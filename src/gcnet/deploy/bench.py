@@ -252,30 +252,37 @@ def run_form(job: dict) -> dict:
         out = out.cpu().numpy()
     result: dict[str, Any] = {"latency_ms": latency_stats(times), "load_and_first_call_ms": first_ms,
                               "runtime": runtime.name, "threads": runtime.threads}
-    if cuda:
-        result["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        result["mem_note"] = "torch.cuda.max_memory_allocated (weights + activations)"
-    elif job.get("isolated"):
-        peak = _peak_rss_mb()
-        result["peak_rss_mb"] = peak
-        result["baseline_rss_mb"] = baseline
-        result["peak_mem_mb"] = peak - baseline if baseline is not None else None
-        result["mem_note"] = "peak RSS of the worker minus its RSS after importing the runtime"
+    result.update(_memory(cuda, bool(job.get("isolated")), baseline))
     np.save(job["output"], np.asarray(out, dtype=np.float32))
     if job.get("end_to_end") and not cuda and form.name != BASELINE_FORM:  # the baseline is the model only
         result["end_to_end"] = _end_to_end(runtime, job["end_to_end"])
     if job.get("eval"):
-        from gcnet.data.datasets import build_dataset
-        from gcnet.data.transforms import EvalTransform
-        from gcnet.evaluation.inference import evaluate
-
-        ev = job["eval"]
-        ds = build_dataset(ev["kind"], ev["root"], ev["split"], transform=EvalTransform())
-        r = evaluate(runtime, ds, limit=ev.get("limit"), progress=False)
-        result["mIoU"] = r["mIoU"]
-        result["aAcc"] = r["aAcc"]
-        result["eval_images"] = r["num_images"]
+        result.update(_accuracy(runtime, job["eval"]))
     return result
+
+
+def _memory(cuda: bool, isolated: bool, baseline: float | None) -> dict:
+    """The peak-memory fields of a form's result (on the CPU only where the form ran in its own process)."""
+    if cuda:
+        return {"peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20,
+                "mem_note": "torch.cuda.max_memory_allocated (weights + activations)"}
+    if not isolated:
+        return {}
+    peak = _peak_rss_mb()
+    return {"peak_rss_mb": peak, "baseline_rss_mb": baseline,
+            "peak_mem_mb": peak - baseline if baseline is not None else None,
+            "mem_note": "peak RSS of the worker minus its RSS after importing the runtime"}
+
+
+def _accuracy(runtime: Runtime, ev: dict) -> dict:
+    """mIoU and aAcc of ``runtime`` on the dataset ``ev`` names (kind, root, split, limit)."""
+    from gcnet.data.datasets import build_dataset
+    from gcnet.data.transforms import EvalTransform
+    from gcnet.evaluation.inference import evaluate
+
+    ds = build_dataset(ev["kind"], ev["root"], ev["split"], transform=EvalTransform())
+    r = evaluate(runtime, ds, limit=ev.get("limit"), progress=False)
+    return {"mIoU": r["mIoU"], "aAcc": r["aAcc"], "eval_images": r["num_images"]}
 
 
 def _end_to_end(runtime: Runtime, spec: dict) -> dict:
@@ -568,6 +575,20 @@ QUANT_DEFAULTS = {"preset": ExportSettings.preset, "bias_correction": "fast", "f
                   "finetune_iters": ExportSettings.finetune_iters}
 
 
+def _quant_config(quant: dict[str, Any]) -> dict[str, Any]:
+    """The report's record of how the int8 forms were quantized."""
+    return {"quant_preset": quant["preset"], "bias_correction": quant["bias_correction"],
+            "float_convs": quant["float_convs"], "finetune_iters": quant["finetune_iters"]}
+
+
+def _jobs(forms: list[str], work: Path, artifacts: dict, timing: dict, log: Callable[[str], None]):
+    """(job, form name) for each form in turn, logging which is next."""
+    for i, name in enumerate(forms):
+        log(f"[{i + 1}/{len(forms)}] {name} ...")
+        yield {"form": asdict(FORMS[name]), "artifacts": artifacts, "input": str(work / "input.npy"),
+               "output": str(work / f"out_{name}.npy"), "result": str(work / f"result_{name}.json"), **timing}, name
+
+
 def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: str | None = None,
                   input_size: tuple[int, int] = (1024, 2048), batch: int = 1, forms: list[str] | None = None,
                   warmup: int = 3, iters: int = 10, min_time: float = 1.0, threads: int | None = None,
@@ -618,23 +639,17 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
 
         timing = {"warmup": warmup, "iters": iters, "min_time_s": min_time, "threads": threads, "isolated": isolate,
                   "eval": eval, "end_to_end": e2e}
-        results = []
-        for name in forms:
-            log(f"[{len(results) + 1}/{len(forms)}] {name} ...")
-            job = {"form": asdict(FORMS[name]), "artifacts": artifacts, "input": str(work / "input.npy"),
-                   "output": str(work / f"out_{name}.npy"), "result": str(work / f"result_{name}.json"), **timing}
-            res = _run_job(job, work, isolate, threads, timeout)
-            results.append(_result_entry(name, res, complexity, batch, job["output"], ref, log))
+        results = [_result_entry(name, _run_job(job, work, isolate, threads, timeout), complexity, batch,
+                                 job["output"], ref, log)
+                   for job, name in _jobs(forms, work, artifacts, timing, log)]
         ref_eval = _relative_columns(results)
         config = {"model": model, "num_classes": num_classes, "checkpoint": checkpoint,
                   "weights": "checkpoint" if checkpoint else "random (BN re-estimated)",
-                  "input_size": [h, w], "batch": batch, "warmup": warmup, "iters": iters, "min_time_s": min_time,
-                  "threads": threads, "isolated": isolate,
+                  "input_size": [h, w], "batch": batch, **{k: v for k, v in timing.items() if k != "end_to_end"},
                   "calibration": calib_source, "calibration_images": len(calibration) if calib_source else None,
-                  "quant_preset": quant["preset"], "bias_correction": quant["bias_correction"],
-                  "float_convs": quant["float_convs"], "finetune_iters": quant["finetune_iters"], "input": input_desc,
+                  **_quant_config(quant), "input": input_desc,
                   "reference": "torch-train-fp32" if has_train else "torch-fp32",
-                  "eval": eval, "mIoU_reference": ref_eval["form"] if ref_eval else None,
+                  "mIoU_reference": ref_eval["form"] if ref_eval else None,
                   "end_to_end": e2e and {"frames": e2e["frames"], "video": e2e["description"]}}
         return _report(command, threads, config, complexity, export_report, results, loadavg_start)
     finally:

@@ -233,6 +233,19 @@ def _accumulate(loader: Iterable, forward: Callable, cm: Any, device: torch.devi
     return n_images
 
 
+def _forward_of(model: nn.Module | Callable, device: torch.device | str | None
+                ) -> tuple[Callable, torch.device, torch.dtype]:
+    """(forward, device, input dtype) for :func:`evaluate`: a module runs on its parameters' device and
+    floating dtype (e.g. float64 for exactness checks), a runtime on its own device with float32 inputs."""
+    if not isinstance(model, nn.Module):
+        default = getattr(model, "device", "cpu")
+        return _runtime_forward(model), torch.device(default if device is None else device), torch.float32
+    params = list(model.parameters())
+    default = params[0].device if params else "cpu"
+    device = torch.device(default if device is None else device)
+    return model, device, next((p.dtype for p in params if p.is_floating_point()), torch.float32)
+
+
 def evaluate(
     model: nn.Module | Callable,
     data: Any,
@@ -275,13 +288,7 @@ def evaluate(
     if not is_module and amp_dtype is not None:
         raise ValueError("amp_dtype applies to modules; a runtime runs at its own precision")
     num_classes, ignore_index, class_names = _label_info(model, data, num_classes, ignore_index, class_names)
-    if device is None:
-        device = next(model.parameters(), torch.empty(0)).device if is_module else getattr(model, "device", "cpu")
-    device = torch.device(device)
-    # inputs follow the model's floating dtype (e.g. a float64 model for exactness checks)
-    in_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32) \
-        if is_module else torch.float32
-    forward = model if is_module else _runtime_forward(model)
+    forward, device, in_dtype = _forward_of(model, device)
 
     rank, world = _dist_info()
     use_dist = world > 1 if distributed is None else (distributed and world > 1)
