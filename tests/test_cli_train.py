@@ -252,6 +252,8 @@ def test_train_and_eval_scan_the_data_first(tmp_path, capsys):
     assert not work.exists()  # refused before anything was written
     assert _train(tmp_path, work, "--schedule.iters", "2", "--skip-data-check", "--data.val_split", "") == 0
     capsys.readouterr()
+    summary = json.loads((work / "summary.json").read_text())
+    assert summary["best"] is None and summary["final"] is None  # no validation: no made-up best
     assert main(["eval", str(work / "latest.pth"), "--no-progress", "--workers", "0"]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "--skip-data-check" in err

@@ -158,7 +158,7 @@ class Trainer:
             if s.start_iter >= self.cfg.schedule.iters:
                 self.log(f"nothing to do: the checkpoint is at iteration {s.start_iter} >= schedule.iters "
                          f"{self.cfg.schedule.iters}")
-                return {"iterations": s.start_iter, "best": s.state["best"], "final": None,
+                return {"iterations": s.start_iter, "best": _validated(s.state["best"]), "final": None,
                         "work_dir": str(self.work_dir)}
             with self._resume_hint(s):
                 self._loop(s)
@@ -471,7 +471,7 @@ class Trainer:
         seconds = self.clock() - s.t_start
         best = s.state["best"]
         summary = {"iterations": s.it, "start_iteration": s.start_iter, "seconds": round(seconds, 1),
-                   "train_time_s": round(s.local_time, 1), "best": best,
+                   "train_time_s": round(s.local_time, 1), "best": _validated(best),
                    "final": json_safe(s.last_val) if s.last_val else None, "work_dir": str(self.work_dir),
                    "last_checkpoint": str(self.run_dir.latest), "last_checkpoint_iteration": s.last_ckpt_it}
         if self.dist.is_main:
@@ -512,3 +512,7 @@ class Trainer:
         return (f"interrupted after iteration {s.it}; training up to iteration {s.last_ckpt_it} is saved in "
                 f"{s.last_ckpt}. Continue with:\n  {resume_command(self.work_dir, s.last_ckpt)}")
 
+
+def _validated(best: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's best validation, None where it never validated (e.g. ``data.val_split = ""``)."""
+    return best if best["mIoU"] >= 0 else None
