@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=400)
     ap.add_argument("--every", type=int, default=100, help="score a snapshot every this many steps")
     ap.add_argument("--seed", type=int, default=0, help="the fine-tune's crop draw")
+    ap.add_argument("--ema", type=float, default=0.0,
+                    help="also score an exponential moving average of the student's parameters (this decay)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     import openvino as ov
@@ -75,13 +77,31 @@ def main() -> None:
     student = fake_quantize(deploy, calibration_from_dataset(train, 32))
     t0 = time.perf_counter()
 
+    params = {k: v for k, v in student.named_parameters() if v.is_floating_point() and v.requires_grad}
+    average = {k: v.detach().clone() for k, v in params.items()}
+
+    def scored(tag: str) -> dict:
+        int8 = OpenVINORuntime(ov.convert_model(student, example_input=example), "int8")
+        return {f"delta{tag}": round(evaluate(int8, val, progress=False)["mIoU"] - result["fp32"], 3),
+                **{f"{k}{tag}": v for k, v in held_out_scores(int8, held, reference).items()}}
+
     def score(step: int) -> None:
+        if step and args.ema:
+            for k, v in params.items():
+                average[k].lerp_(v.detach(), 1 - args.ema)
         if step and step % args.every:  # step 0: post-training quantization, before the fine-tune
             return
         student.eval()
-        int8 = OpenVINORuntime(ov.convert_model(student, example_input=example), "int8")
-        snap = {"step": step, "delta": round(evaluate(int8, val, progress=False)["mIoU"] - result["fp32"], 3),
-                **held_out_scores(int8, held, reference), "elapsed_s": round(time.perf_counter() - t0, 1)}
+        snap = {"step": step, **scored("")}
+        if step and args.ema:
+            with torch.no_grad():
+                current = {k: v.detach().clone() for k, v in params.items()}
+                for k, v in params.items():
+                    v.copy_(average[k])
+                snap.update(scored("_ema"))
+                for k, v in params.items():
+                    v.copy_(current[k])
+        snap["elapsed_s"] = round(time.perf_counter() - t0, 1)
         result["snapshots"].append(snap)
         print(json.dumps(snap), flush=True)
 
