@@ -8,7 +8,8 @@ three label-free scores on the held-out frames, each against the fp32 model:
 ``error`` (relative squared logit error), ``agree`` (mIoU of the int8 labels against the fp32 labels) and
 ``shift`` (L1 distance between the two models' predicted class distributions, %).
 
-    python benchmarks/int8_finetune_steps.py CHECKPOINT CAMVID_ROOT [--iters 400] [--every 100] [--seed 0] [--json OUT]
+    python benchmarks/int8_finetune_steps.py CHECKPOINT CAMVID_ROOT [--iters 400] [--every 100] [--seed 0]
+        [--crop H W] [--ema DECAY] [--json OUT]
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=400)
     ap.add_argument("--every", type=int, default=100, help="score a snapshot every this many steps")
     ap.add_argument("--seed", type=int, default=0, help="the fine-tune's crop draw")
+    ap.add_argument("--crop", type=int, nargs=2, default=FINETUNE_CROP, metavar=("H", "W"),
+                    help="fine-tune crop size (CamVid frames are 360x480: that size trains on whole frames)")
     ap.add_argument("--ema", type=float, default=0.0,
                     help="also score an exponential moving average of the student's parameters (this decay)")
     ap.add_argument("--json", help="write the results here")
@@ -107,7 +110,7 @@ def main() -> None:
 
     score(0)
     distill(student, deploy, torch.utils.data.Subset(train, pool), iters=args.iters, lr=FINETUNE_LR,
-            batch=FINETUNE_BATCH, crop=FINETUNE_CROP, seed=args.seed, progress=False, after_step=score)
+            batch=FINETUNE_BATCH, crop=args.crop, seed=args.seed, progress=False, after_step=score)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
