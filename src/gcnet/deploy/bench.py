@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -581,7 +581,8 @@ def _quant_config(quant: dict[str, Any]) -> dict[str, Any]:
             "float_convs": quant["float_convs"], "finetune_iters": quant["finetune_iters"]}
 
 
-def _jobs(forms: list[str], work: Path, artifacts: dict, timing: dict, log: Callable[[str], None]):
+def _jobs(forms: list[str], work: Path, artifacts: dict, timing: dict,
+          log: Callable[[str], None]) -> Iterator[tuple[dict, str]]:
     """(job, form name) for each form in turn, logging which is next."""
     for i, name in enumerate(forms):
         log(f"[{i + 1}/{len(forms)}] {name} ...")
