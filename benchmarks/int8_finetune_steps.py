@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import platform
 import time
 
 import numpy as np
 import torch
+from int8_qat import load_camvid  # this folder: run as python benchmarks/int8_finetune_steps.py
 
-import gcnet
-from gcnet.data.datasets import build_dataset
-from gcnet.data.transforms import EvalTransform
-from gcnet.deploy.export import calibration_from_dataset, load_for_deploy
+from gcnet.deploy.export import calibration_from_dataset
 from gcnet.deploy.qat import FINETUNE_BATCH, FINETUNE_CROP, FINETUNE_LR, distill, fake_quantize
 from gcnet.deploy.runtimes import OpenVINORuntime
 from gcnet.evaluation.inference import evaluate
@@ -66,10 +63,7 @@ def main() -> None:
     args = ap.parse_args()
     import openvino as ov
 
-    logging.getLogger("nncf").setLevel(logging.WARNING)
-    deploy = load_for_deploy(gcnet.load_model(args.checkpoint).eval()).eval()
-    train = build_dataset("camvid", args.camvid_root, "train", transform=EvalTransform())
-    val = build_dataset("camvid", args.camvid_root, "val", transform=EvalTransform())
+    deploy, train, val = load_camvid(args.checkpoint, args.camvid_root)
     example = torch.zeros(1, 3, 360, 480)
     fp32 = OpenVINORuntime(ov.convert_model(deploy, example_input=example), "fp32")
     result = {"checkpoint": args.checkpoint, "args": vars(args), "machine": platform.processor() or platform.machine(),

@@ -32,6 +32,14 @@ def val_miou(model, precision: str, val) -> float:
     return evaluate(OpenVINORuntime(model, precision), val, progress=False)["mIoU"]
 
 
+def load_camvid(checkpoint: str, camvid_root: str):
+    """(the checkpoint's deploy form, CamVid train, CamVid val), NNCF's log quietened."""
+    logging.getLogger("nncf").setLevel(logging.WARNING)
+    deploy = load_for_deploy(gcnet.load_model(checkpoint).eval()).eval()
+    train = build_dataset("camvid", camvid_root, "train", transform=EvalTransform())
+    return deploy, train, build_dataset("camvid", camvid_root, "val", transform=EvalTransform())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
@@ -47,10 +55,7 @@ def main() -> None:
     args = ap.parse_args()
     import openvino as ov
 
-    logging.getLogger("nncf").setLevel(logging.WARNING)
-    deploy = load_for_deploy(gcnet.load_model(args.checkpoint).eval()).eval()
-    train = build_dataset("camvid", args.camvid_root, "train", transform=EvalTransform())
-    val = build_dataset("camvid", args.camvid_root, "val", transform=EvalTransform())
+    deploy, train, val = load_camvid(args.checkpoint, args.camvid_root)
     example = torch.zeros(1, 3, 360, 480)
     result = {"checkpoint": args.checkpoint, "args": vars(args), "machine": platform.processor() or platform.machine()}
     result["fp32"] = val_miou(ov.convert_model(deploy, example_input=example), "fp32", val)
