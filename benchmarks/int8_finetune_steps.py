@@ -9,7 +9,7 @@ three label-free scores on the held-out frames, each against the fp32 model:
 ``shift`` (L1 distance between the two models' predicted class distributions, %).
 
     python benchmarks/int8_finetune_steps.py CHECKPOINT CAMVID_ROOT [--iters 400] [--every 100] [--seed 0]
-        [--crop H W] [--ema DECAY] [--json OUT]
+        [--lr LR] [--crop H W] [--ema DECAY] [--json OUT]
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=400)
     ap.add_argument("--every", type=int, default=100, help="score a snapshot every this many steps")
     ap.add_argument("--seed", type=int, default=0, help="the fine-tune's crop draw")
+    ap.add_argument("--lr", type=float, default=FINETUNE_LR, help="Adam's learning rate")
     ap.add_argument("--crop", type=int, nargs=2, default=FINETUNE_CROP, metavar=("H", "W"),
                     help="fine-tune crop size (CamVid frames are 360x480: that size trains on whole frames)")
     ap.add_argument("--ema", type=float, default=0.0,
@@ -103,7 +104,7 @@ def main() -> None:
         print(json.dumps(snap), flush=True)
 
     score(0)
-    distill(student, deploy, torch.utils.data.Subset(train, pool), iters=args.iters, lr=FINETUNE_LR,
+    distill(student, deploy, torch.utils.data.Subset(train, pool), iters=args.iters, lr=args.lr,
             batch=FINETUNE_BATCH, crop=args.crop, seed=args.seed, progress=False, after_step=score)
     if args.json:
         with open(args.json, "w") as f:
