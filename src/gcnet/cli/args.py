@@ -10,7 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
-from gcnet.deploy.qat import FINETUNE_ITERS
+from gcnet.deploy.qat import FINETUNE_ITERS, FINETUNE_MIN_FRAMES
 from gcnet.errors import ConfigError
 
 
@@ -139,9 +139,9 @@ def add_quant_args(group, num_calib_default: int | None, num_calib_help: str) ->
     group.add_argument("--finetune-iters", type=non_negative_int, default=FINETUNE_ITERS, metavar="N",
                        help="OpenVINO int8 from a checkpoint: fine-tune the fake-quantized model N steps to "
                             "reproduce the fp32 model's logits on crops of every frame of the calibration split "
-                            "or folder (no labels needed; at least 200 frames, else post-training quantization "
-                            "is used; about 3 minutes for GCNet-S on 2 cores; default: %(default)s); 0: "
-                            "post-training quantization only, tuned by the three flags below")
+                            f"or folder (no labels needed; at least {FINETUNE_MIN_FRAMES} frames, else "
+                            "post-training quantization is used; about 3 minutes for GCNet-S on 2 cores; "
+                            "default: %(default)s); 0: post-training quantization only, tuned by the three flags below")
     group.add_argument("--quant-preset", choices=("auto", "mixed", "performance"), default="auto",
                        help="OpenVINO int8: performance = symmetric activations (NNCF's default), mixed = "
                             "asymmetric u8; auto (default): mixed only where it matches fp32 clearly better "

@@ -451,8 +451,9 @@ def stream(source: str | os.PathLike | int | FrameSource, model: Any, *, runtime
     ``model``: anything :func:`gcnet.deploy.pipeline.build` takes (a GCNet module, a checkpoint path,
     a weights name, an ``.onnx``/``.xml`` file), run with ``runtime`` at ``precision`` (int8 from a
     float model is calibrated on ``calibration``; OpenVINO's is also fine-tuned on crops of
-    ``finetune_frames``, e.g. the training set, when there are 200 or more: a few minutes before the first
-    frame; see :func:`~gcnet.deploy.pipeline.build`); or a :class:`Runtime`; or a ready ``frame -> labels``
+    ``finetune_frames``, e.g. the training set, when there are enough
+    (:data:`~gcnet.deploy.qat.FINETUNE_MIN_FRAMES`): a few minutes before the first frame; see
+    :func:`~gcnet.deploy.pipeline.build`); or a :class:`Runtime`; or a ready ``frame -> labels``
     callable such as a :class:`Predictor`. Frames are RGB uint8; labels are class maps at the frame's
     size. Decoding runs ahead on a background thread.
     """
