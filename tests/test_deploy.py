@@ -245,22 +245,27 @@ def test_random_crops_are_clipped_flipped_and_seeded():
     assert 0 < len(flipped) < len(from_first)  # some mirrored, some not
 
 
-def test_distill_reports_each_step_in_training_mode():
-    """``after_step`` sees steps 1..iters and may switch the student to eval: training resumes in train mode."""
+def test_distill_keeps_batchnorm_statistics():
+    """The student trains in eval mode: the BatchNorm statistics stay; ``after_step`` sees steps 1..iters and
+    may switch the student to train mode without changing that."""
     from gcnet.deploy.qat import distill
 
     torch.manual_seed(0)
-    teacher, student = torch.nn.Conv2d(3, 2, 3, padding=1), torch.nn.Conv2d(3, 2, 3, padding=1)
+    teacher = torch.nn.Conv2d(3, 2, 3, padding=1)
+    student = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3, padding=1), torch.nn.BatchNorm2d(2)).eval()
+    student[1].running_mean.fill_(0.5)
+    stats = [student[1].running_mean.clone(), student[1].running_var.clone()]
     seen = []
 
     def after_step(n: int) -> None:
         seen.append((n, student.training))
-        student.eval()
+        student.train()
 
     frames = [torch.randn(3, 12, 16) for _ in range(3)]
     losses = distill(student, teacher, frames, iters=30, lr=1e-2, batch=2, crop=(8, 8), after_step=after_step,
                      progress=False)
-    assert seen == [(n, True) for n in range(1, 31)] and not student.training
+    assert seen == [(n, False) for n in range(1, 31)] and not student.training
+    assert torch.equal(student[1].running_mean, stats[0]) and torch.equal(student[1].running_var, stats[1])
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
 
 

@@ -79,12 +79,16 @@ def distill(student: nn.Module, teacher: nn.Module, frames: Sequence[Any], *, it
             after_step: Callable[[int], None] | None = None) -> list[float]:
     """Train ``student`` (Adam) to reproduce ``teacher``'s logits on random crops of ``frames``; the loss
     is the relative squared error ``|student - teacher|^2 / |teacher|^2``. Returns the loss per step.
-    ``after_step(n)`` is called after the n-th step (1-based), e.g. to score snapshots of the student."""
+    ``after_step(n)`` is called after the n-th step (1-based), e.g. to score snapshots of the student.
+
+    The student stays in eval mode: the deploy form keeps the BatchNorms that precede a ReLU (DAPPM,
+    heads), and in train mode they would normalise with the statistics of each batch of crops and
+    overwrite their running statistics, moving the model away from the teacher on every other image."""
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr)
-    student.train()
+    student.eval()
     losses = []
     bar = tqdm(range(iters), desc="int8 fine-tune", unit="step", leave=False,
                disable=None if progress is None else not progress)
@@ -100,8 +104,7 @@ def distill(student: nn.Module, teacher: nn.Module, frames: Sequence[Any], *, it
         bar.set_postfix(error=f"{losses[-1]:.3g}", refresh=False)
         if after_step is not None:
             after_step(len(losses))
-            student.train()
-    student.eval()
+            student.eval()
     return losses
 
 
