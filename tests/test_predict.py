@@ -39,6 +39,31 @@ def test_predictor_label_at_input_size(predictor):
     assert resized.shape == (45, 67)
 
 
+def test_pipelined_labels_equal_one_at_a_time(predictor):
+    """The model runs one image ahead on a thread: same labels, same order; closing early stops the thread,
+    even over an endless source; an error on the thread reaches the caller."""
+    import itertools
+    import threading
+
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (40 + 8 * i, 56, 3), dtype=np.uint8) for i in range(4)]
+    pairs = list(predictor.pipelined(iter(images)))
+    assert [image is orig for (image, _), orig in zip(pairs, images)] == [True] * 4
+    assert all(np.array_equal(labels, predictor(image)) for image, labels in pairs)
+
+    endless = predictor.pipelined(itertools.repeat(images[0]))
+    next(endless)
+    endless.close()
+    assert not [t for t in threading.enumerate() if t.name == "gcnet-prefetch"]
+
+    def broken():
+        yield images[0]
+        yield np.zeros((40, 56), dtype=np.uint8)  # no colour axis: the pre-processing fails
+
+    with pytest.raises(ValueError, match="HxWx3"):
+        list(predictor.pipelined(broken()))
+
+
 def test_folder_with_corrupt_files(predictor, info, tmp_path):
     src = tmp_path / "in"
     _image(src / "a.png")

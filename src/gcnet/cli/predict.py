@@ -99,7 +99,7 @@ For every image <stem> it writes, under --out (folder inputs keep their sub-fold
                        the dataset colours; 16-bit greyscale above 256 classes)
   <stem>_overlay.png   the image with the coloured prediction blended over it (--alpha)
 For every video (.mp4 .avi .mov .mkv .webm ...):
-  <stem>_overlay.mp4   every frame with its overlay and the measured model FPS drawn on it
+  <stem>_overlay.mp4   every frame with its overlay and the measured FPS (frames labelled per second) on it
 
 Pre-processing: RGB, normalised with the training mean/std, optionally resized to --input-size;
 the 1/8-resolution logits are upsampled bilinearly to the input size and argmax'ed.

@@ -116,6 +116,25 @@ class Predictor:
         with torch.inference_mode():
             return upsample_argmax(self.infer(self.prepare(image)), image.shape[:2])
 
+    def pipelined(self, images: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(image, labels)`` for each of ``images``, as :meth:`__call__` gives them, with the model one
+        image ahead: the next image is pre-processed and inferred on a background thread (which also
+        pulls ``images``) while this one's logits are turned into labels here."""
+
+        def logits() -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+            with torch.inference_mode():  # thread-local: entered on the background thread
+                for image in images:
+                    yield image, self.infer(self.prepare(image))
+
+        ahead = prefetch(logits(), depth=1)
+        try:
+            for image, out in ahead:
+                with torch.inference_mode():
+                    labels = upsample_argmax(out, image.shape[:2])
+                yield image, labels
+        finally:
+            ahead.close()  # stops and joins the background thread
+
 
 # -------------------------------------------------------------------------------------------- I/O
 def save_png(image: Image.Image, path: Path) -> Path:
@@ -264,8 +283,9 @@ def _draw_text(frame_bgr: np.ndarray, text: str) -> None:
 
 def _annotate_frames(frames: Iterable[np.ndarray], path: Path, predictor: Predictor, info: Any, *, alpha: float,
                      label_text: str, fps_in: float, bar: Any) -> tuple[int, float]:
-    """Write each frame with its overlay and the model FPS to ``path``; returns (frames, seconds
-    spent in the model). Overlay and encoding run on a writer thread while the next frame is inferred."""
+    """Write each frame with its overlay and the FPS to ``path``; returns (frames, seconds). The model runs
+    one frame ahead on a background thread (:meth:`Predictor.pipelined`), overlay and encoding on a writer
+    thread."""
     from gcnet.data.metadata import overlay
 
     cv2 = require("cv2")
@@ -284,33 +304,31 @@ def _annotate_frames(frames: Iterable[np.ndarray], path: Path, predictor: Predic
         if bar is not None:
             bar.update(1)
 
-    count, model_time = 0, 0.0
-    recent: deque[float] = deque(maxlen=30)
+    count, start = 0, time.perf_counter()
+    done: deque[float] = deque([start], maxlen=31)  # when the last 30 frames were labelled
     consumer = BackgroundConsumer(write)
+    labelled = predictor.pipelined(frames)
     try:
-        for rgb in frames:
-            t = time.perf_counter()
-            label = predictor(rgb)
-            dt = time.perf_counter() - t
-            model_time += dt
-            recent.append(dt)
+        for rgb, label in labelled:
+            done.append(time.perf_counter())
             count += 1
-            consumer.submit((rgb, label, f"{label_text}  {len(recent) / sum(recent):.1f} FPS"))
+            consumer.submit((rgb, label, f"{label_text}  {(len(done) - 1) / (done[-1] - done[0]):.1f} FPS"))
     finally:
+        labelled.close()
         try:
             consumer.close()
         finally:
             if writer is not None:
                 writer.release()
-    return count, model_time
+    return count, time.perf_counter() - start
 
 
 def predict_video(predictor: Predictor, path: str | os.PathLike, out_dir: str | os.PathLike,
                   stem: str | os.PathLike, info: Any, *, alpha: float = 0.5, label_text: str = "GCNet",
                   max_frames: int | None = None, progress: bool = True) -> tuple[list[Path], dict]:
-    """Annotated ``<stem>_overlay.mp4`` (mp4v codec, the input's frame rate) with the model FPS
-    (inference incl. pre/post-processing, averaged over the last 30 frames) drawn on each frame.
-    Frames are decoded on a background thread. Returns (written files, stats with frames and mean FPS).
+    """Annotated ``<stem>_overlay.mp4`` (mp4v codec, the input's frame rate) with the FPS (frames labelled
+    per second, averaged over the last 30 frames) drawn on each frame. Frames are decoded on a background
+    thread. Returns (written files, stats with frames and mean FPS).
 
     A video that ends before the frame count its container announces (truncated or corrupt) raises
     :class:`InputError` naming both counts; its partial output is removed and an earlier
@@ -332,7 +350,7 @@ def predict_video(predictor: Predictor, path: str | os.PathLike, out_dir: str | 
     frames = (f.rgb for f in prefetch(source))
     try:
         with atomic_path(final) as tmp:
-            count, model_time = _annotate_frames(frames, tmp, predictor, info, alpha=alpha,
+            count, seconds = _annotate_frames(frames, tmp, predictor, info, alpha=alpha,
                                                  label_text=label_text, fps_in=fps_in, bar=bar)
     except SourceError as exc:
         partial = "; its partial output was removed" if isinstance(exc, TruncatedVideoError) else ""
@@ -342,7 +360,7 @@ def predict_video(predictor: Predictor, path: str | os.PathLike, out_dir: str | 
         source.close()
         if bar is not None:
             bar.close()
-    return [final], {"frames": count, "fps": count / model_time if model_time > 0 else None, "input_fps": fps_in}
+    return [final], {"frames": count, "fps": count / seconds if seconds > 0 else None, "input_fps": fps_in}
 
 
 @dataclass
@@ -438,7 +456,7 @@ def _predict_video_item(predictor: Predictor, item: InputItem, out_dir: Path, in
     summary.videos[str(item.path)] = dict(stats, seconds=time.perf_counter() - t)
     summary.written.extend(files)
     summary.processed += 1
-    log(f"{item.path}: {stats['frames']} frames, {stats['fps']:.1f} FPS (model incl. pre/post)")
+    log(f"{item.path}: {stats['frames']} frames, {stats['fps']:.1f} FPS")
 
 
 def stream(source: str | os.PathLike | int | FrameSource, model: Any, *, runtime: str = "torch",
@@ -464,9 +482,11 @@ def stream(source: str | os.PathLike | int | FrameSource, model: Any, *, runtime
         model = Predictor(model, input_size=input_size)
     src = source if isinstance(source, FrameSource) else open_source(source, max_frames=max_frames)
     frames = prefetch(src, depth)
+    rgbs = (frame.rgb for frame in frames)
+    labelled = model.pipelined(rgbs) if isinstance(model, Predictor) else ((rgb, model(rgb)) for rgb in rgbs)
     try:
-        for frame in frames:
-            yield frame.rgb, model(frame.rgb)
+        yield from labelled
     finally:
+        labelled.close()
         frames.close()  # stops and joins the reader before the source is released
         src.close()
