@@ -143,7 +143,8 @@ def test_export_onnx_openvino_int8_with_accuracy(checkpoint, tmp_path):
 @pytest.mark.slow
 @pytest.mark.deploy
 def test_export_openvino_int8_fine_tunes_on_every_calibration_image(checkpoint, tmp_path):
-    """With 200 images the OpenVINO int8 model is fine-tuned on crops of all of them (32 calibrate)."""
+    """With 200 images the OpenVINO int8 model is fine-tuned on crops of three quarters of them and scored on
+    the rest (32 calibrate)."""
     pytest.importorskip("openvino", reason="needs openvino")
     pytest.importorskip("nncf", reason="needs nncf")
     images = tmp_path / "imgs"
@@ -156,10 +157,12 @@ def test_export_openvino_int8_fine_tunes_on_every_calibration_image(checkpoint, 
                       "--precision", "int8", "--calib-images", str(images), "--finetune-iters", "20",
                       "--json", str(out / "r.json"), "--no-progress"])
     assert result.returncode == 0, result.stderr
-    assert "fine-tuned on crops of 200 frames" in result.stderr and "int8 fine-tune" not in result.stderr
+    assert "fine-tuned 20 steps on crops of 150 frames; kept step" in result.stderr  # a quarter held out
+    assert "int8 fine-tune" not in result.stderr
     report = json.loads((out / "r.json").read_text())
     tuned = report["exports"]["openvino-int8"]["quantization"]["finetune"]
-    assert tuned["iters"] == 20 and tuned["frames"] == 200
+    assert tuned["iters"] == 20 and tuned["frames"] == 150 and tuned["held_out"] == 25
+    assert list(tuned["error_held_out"]) == ["0", "20"] and tuned["step"] in (0, 20)
     assert report["calibration"] == {"images": str(images), "num": 32, "frames": 200}
     assert sorted(p.name for p in out.iterdir()) == ["r.json", "tiny.bin", "tiny.xml", "tiny_int8.bin", "tiny_int8.xml"]
 

@@ -269,6 +269,16 @@ def test_distill_keeps_batchnorm_statistics():
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
 
 
+def test_held_out_split_keeps_every_fourth_frame_back():
+    from gcnet.deploy.qat import held_out_split
+
+    train, held = held_out_split(367)
+    assert len(train) == 276 and len(held) == 46 and not set(train) & set(held)
+    assert all(i % 4 == 3 for i in held) and held[0] == 3 and held[-1] >= 355  # spread over the whole set
+    assert held_out_split(3) == ([0, 1, 2], [])
+    assert held_out_split(8, most=1) == ([0, 1, 2, 4, 5, 6], [3])
+
+
 @pytest.mark.slow
 def test_int8_fine_tune_moves_toward_fp32(tiny_deploy, synthetic):
     """The fake-quantized model is trained toward the fp32 logits; the IR is int8 and records the run."""
@@ -278,12 +288,21 @@ def test_int8_fine_tune_moves_toward_fp32(tiny_deploy, synthetic):
     from gcnet.deploy.runtimes import OpenVINORuntime, is_quantized_openvino
 
     calib = export.calibration_from_dataset(synthetic[0], num=4)
-    ov_model = quantize_aware(tiny_deploy, calib, iters=40, lr=1e-3, batch=2, input_size=(64, 96), progress=False)
+    ov_model = quantize_aware(tiny_deploy, calib, iters=40, every=10, lr=1e-3, batch=2, input_size=(64, 96),
+                              progress=False)
     assert is_quantized_openvino(ov_model)
     quant = export.quant_settings_of(ov_model)
     tuned = quant["finetune"]
-    assert quant["preset"] == "performance" and tuned["iters"] == 40 and tuned["frames"] == 4
-    assert tuned["error_last"] < tuned["error_first"]
+    assert quant["preset"] == "performance" and tuned["iters"] == 40
+    assert tuned["frames"] == 3 and tuned["held_out"] == 1  # the fourth frame scores the snapshots
+    scores = tuned["error_held_out"]
+    assert list(scores) == ["0", "10", "20", "30", "40"]
+    assert scores[str(tuned["step"])] == min(scores.values())
+    held = torch.from_numpy(calib[3])  # the converted model is the snapshot kept, not the last one
+    with torch.no_grad():
+        ref = tiny_deploy(held).numpy()
+    err = ((OpenVINORuntime(ov_model, "int8", threads=1)(held.numpy()) - ref) ** 2).sum() / (ref ** 2).sum()
+    assert abs(err - min(scores.values())) < 0.2 * min(scores.values()) < abs(err - scores["40"])
     x = _x(1, 80, 112)  # dynamic shapes kept
     with torch.no_grad():
         ref = tiny_deploy(torch.from_numpy(x)).numpy()

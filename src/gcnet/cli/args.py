@@ -138,9 +138,10 @@ def add_quant_args(group, num_calib_default: int | None, num_calib_help: str) ->
                        help=num_calib_help)
     group.add_argument("--finetune-iters", type=non_negative_int, default=FINETUNE_ITERS, metavar="N",
                        help="OpenVINO int8 from a checkpoint: fine-tune the fake-quantized model N steps to "
-                            "reproduce the fp32 model's logits on crops of every frame of the calibration split "
-                            f"or folder (no labels needed; at least {FINETUNE_MIN_FRAMES} frames, else "
-                            "post-training quantization is used; about 3 minutes for GCNet-S on 2 cores; "
+                            "reproduce the fp32 model's logits on crops of three quarters of the frames of the "
+                            "calibration split or folder, keeping the snapshot closest to fp32 on the other quarter "
+                            f"(no labels needed; at least {FINETUNE_MIN_FRAMES} frames, else "
+                            "post-training quantization is used; about 6 minutes for GCNet-S on 2 cores; "
                             "default: %(default)s); 0: post-training quantization only, tuned by the three flags below")
     group.add_argument("--quant-preset", choices=("auto", "mixed", "performance"), default="auto",
                        help="OpenVINO int8: performance = symmetric activations (NNCF's default), mixed = "

@@ -19,7 +19,7 @@ from gcnet.cli.args import (
     positive_int,
 )
 from gcnet.cli.predict import add_model_args, model_from_args
-from gcnet.deploy.qat import FINETUNE_MIN_FRAMES
+from gcnet.deploy.qat import FINETUNE_MIN_FRAMES, finetune_summary
 from gcnet.errors import ConfigError
 from gcnet.fileio import staging_folder
 
@@ -54,10 +54,10 @@ evaluation) leaves the --out folder unchanged.
 
 int8 (--precision int8): static quantization calibrated on --num-calib images (--calib-dataset/
 --calib-root or --calib-images). Writes <name>_int8.xml (OpenVINO + NNCF) when openvino is among the
-formats: fine-tuned for --finetune-iters steps to reproduce the fp32 logits on crops of every frame
-of the calibration split or folder (post-training with --finetune-iters 0 or fewer than
-{FINETUNE_MIN_FRAMES} frames), which removes post-training quantization's systematic mIoU shift (the
-result still varies by about a point with the crops drawn: docs/deploy.md); and <name>_int8.onnx
+formats: fine-tuned for --finetune-iters steps to reproduce the fp32 logits on crops of three quarters
+of the frames of the calibration split or folder, keeping the snapshot (every 50 steps) closest to fp32
+on the other quarter (post-training with --finetune-iters 0 or fewer than {FINETUNE_MIN_FRAMES} frames),
+which removes post-training quantization's systematic mIoU shift; and <name>_int8.onnx
 (ONNX Runtime QDQ, post-training, u8 activations, s8 per-channel weights) when onnx is. With
 --eval-dataset/--eval-root the fp32, bf16 and int8 models are evaluated (whole-image inference) and
 the mIoU change of each int8 model against fp32 is reported. A JSON report of everything (paths,
@@ -176,8 +176,7 @@ def _calibration(args: argparse.Namespace) -> tuple[list, Any, dict]:
 def _log_quantization(quant: dict, args: argparse.Namespace, calibration: list, frames, log) -> None:
     """Say how the OpenVINO int8 model was made (``quant``: :func:`gcnet.deploy.export.quant_settings_of`)."""
     if tuned := quant.get("finetune"):
-        log(f"  fine-tuned on crops of {tuned['frames']} frames; relative logit error against fp32: "
-            f"{tuned['error_first']:.3g} over the first tenth of the steps, {tuned['error_last']:.3g} over the last")
+        log(f"  {finetune_summary(tuned)}")
     elif args.finetune_iters:
         log(f"  note: {len(frames)} frames to fine-tune on, fewer than {FINETUNE_MIN_FRAMES} (a fine-tune on few "
             "frames drifts from fp32 on others): post-training quantization instead")

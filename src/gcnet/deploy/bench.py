@@ -43,6 +43,7 @@ import torch
 
 from gcnet.deploy.export import FAST_BIAS_CORRECTION, calibration_from_dataset, load_for_deploy
 from gcnet.deploy.pipeline import ExportSettings, build
+from gcnet.deploy.qat import finetune_summary
 from gcnet.deploy.runtimes import Runtime, default_threads
 from gcnet.errors import GCNetError
 from gcnet.fileio import atomic_path, write_text
@@ -440,8 +441,7 @@ def _write_artifacts(work: Path, net: torch.nn.Module, deploy: torch.nn.Module, 
                       out=work / "model_ov_int8.xml", open_runtime=False, settings=settings)
         artifacts["openvino_int8"] = str(built.path)
         export_report["openvino_int8"] = done = built.report.get("quantization", {})
-        log(f"  fine-tuned {done['finetune']['iters']} steps on {done['finetune']['frames']} frames"
-            if done.get("finetune") else
+        log(f"  {finetune_summary(done['finetune'])}" if done.get("finetune") else
             f"  {done.get('preset')}, {done.get('bias_correction')} bias correction"
             + (f" (held-out mIoU against fp32: {done['scores']})" if done.get("scores") else "")
             + f", {len(done.get('float_convs', []))} convolutions left in float")

@@ -1,13 +1,14 @@
 """Quantization-aware fine-tuning for OpenVINO int8.
 
 Post-training quantization leaves GCNet-S up to 1.3 val mIoU away from fp32 on CamVid models, the error
-spread over the whole network (docs/deploy.md). A short fine-tune removes the systematic part of it (the
-result still varies by about a point of val mIoU with the crops drawn: docs/deploy.md): the deploy form gets NNCF's
-fake quantizers (weights and activations, calibrated like post-training quantization), then its
-weights, biases and quantizer ranges are trained for a few hundred steps to reproduce the fp32 model's
-logits on random crops of the training frames. It needs no labels: the fp32 model is the teacher. It
-does need many frames (:data:`FINETUNE_MIN_FRAMES`). The result converts to an OpenVINO int8 model like
-NNCF's post-training one::
+spread over the whole network (docs/deploy.md). A short fine-tune removes the systematic part of it: the
+deploy form gets NNCF's fake quantizers (weights and activations, calibrated like post-training
+quantization), then its weights, biases and quantizer ranges are trained for a few hundred steps to
+reproduce the fp32 model's logits on random crops of the training frames, and of the snapshots taken
+along the way the one closest to fp32 on frames held out from the fine-tune is kept (the last step's
+val mIoU varies by about half a point with the last crops drawn). It needs no labels: the fp32 model is
+the teacher. It does need many frames (:data:`FINETUNE_MIN_FRAMES`). The result converts to an OpenVINO
+int8 model like NNCF's post-training one::
 
     ov_model = quantize_aware(deploy_model, calibration_arrays, train_set)  # then export_openvino / OpenVINORuntime
 """
@@ -29,7 +30,10 @@ from torch import nn
 from gcnet.errors import GCNetError
 from gcnet.optional import require
 
-FINETUNE_ITERS = 200  # steps of the default fine-tune (about 2.5 minutes for GCNet-S on 2 cores)
+FINETUNE_ITERS = 400  # steps of the default fine-tune (about 5 minutes for GCNet-S on 2 cores)
+FINETUNE_EVERY = 50  # steps between the held-out scores that choose the snapshot kept
+FINETUNE_HOLD_OUT_EVERY = 4  # every fourth frame is held out from the fine-tune to score it ...
+FINETUNE_HELD_OUT_MAX = 48  # ... at most this many
 FINETUNE_LR = 1e-5  # Adam; NNCF's advice for quantization-aware fine-tuning
 FINETUNE_BATCH = 4
 FINETUNE_CROP = (288, 384)  # crops of the frames (smaller frames are used whole)
@@ -108,17 +112,47 @@ def distill(student: nn.Module, teacher: nn.Module, frames: Sequence[Any], *, it
     return losses
 
 
+def held_out_split(count: int, every: int = FINETUNE_HOLD_OUT_EVERY,
+                   most: int = FINETUNE_HELD_OUT_MAX) -> tuple[list[int], list[int]]:
+    """(frames to train on, frames to score snapshots on) of ``count``: every ``every``-th frame is held out
+    (at most ``most`` of them, spread evenly; the rest of those are not used)."""
+    held = list(range(every - 1, count, every))
+    train = [i for i in range(count) if i % every != every - 1]
+    return train, held[:: -(-len(held) // most)] if held else held
+
+
+def center_crop(image: torch.Tensor, crop: Sequence[int]) -> torch.Tensor:
+    """The centre ``crop`` (HxW, clipped to the image) of a 3xHxW ``image``, as a batch of one."""
+    h, w = min(crop[0], image.shape[1]), min(crop[1], image.shape[2])
+    top, left = (image.shape[1] - h) // 2, (image.shape[2] - w) // 2
+    return image[None, :, top:top + h, left:left + w]
+
+
+@torch.no_grad()
+def relative_error(model: nn.Module, inputs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> float:
+    """``sum |model(x) - ref|^2 / sum |ref|^2`` over ``inputs``: how far ``model`` is from the logits ``reference``."""
+    model.eval()
+    num = den = 0.0
+    for x, ref in zip(inputs, reference):
+        num += float((model(x) - ref).pow(2).sum())
+        den += float(ref.pow(2).sum())
+    return num / max(den, 1e-12)
+
+
 def quantize_aware(deploy: nn.Module, calibration: Sequence[np.ndarray], frames: Sequence[Any] | None = None, *,
-                   iters: int = FINETUNE_ITERS, lr: float = FINETUNE_LR, batch: int = FINETUNE_BATCH,
-                   crop: Sequence[int] = FINETUNE_CROP, seed: int = 0, input_size: Sequence[int] = (512, 1024),
-                   progress: bool | None = None) -> Any:
+                   iters: int = FINETUNE_ITERS, every: int = FINETUNE_EVERY, lr: float = FINETUNE_LR,
+                   batch: int = FINETUNE_BATCH, crop: Sequence[int] = FINETUNE_CROP, seed: int = 0,
+                   input_size: Sequence[int] = (512, 1024), progress: bool | None = None) -> Any:
     """An OpenVINO int8 model of the deploy-form ``deploy``: fake-quantized (:func:`fake_quantize`) on
     ``calibration`` (float32 1x3xHxW arrays), fine-tuned ``iters`` steps (:func:`distill`) on crops of
     ``frames`` (a dataset giving normalised images, or tensors; default: the calibration images, but
-    see :data:`FINETUNE_MIN_FRAMES`), converted with dynamic shapes. What was done is kept in its
-    ``rt_info`` (``finetune``: the settings and the mean logit error over the first and last tenth of the
-    steps; see :func:`gcnet.deploy.export.quant_settings_of`). ``progress``: a bar over the steps (None: on
-    a terminal)."""
+    see :data:`FINETUNE_MIN_FRAMES`) but those :func:`held_out_split` keeps back, converted with dynamic
+    shapes. Every ``every`` steps the student's logit error against fp32 on the held-out frames (centre
+    crops) is measured; the snapshot with the lowest error (step 0: before the fine-tune) is the one
+    converted, since the val mIoU of the last step varies with the last crops drawn (docs/deploy.md).
+    What was done is kept in its ``rt_info`` (``finetune``: the settings, the held-out error per snapshot
+    and the step kept; see :func:`gcnet.deploy.export.quant_settings_of`). ``progress``: a bar over the
+    steps (None: on a terminal)."""
     from gcnet.deploy.export import record_quant_settings, to_openvino
 
     if not calibration:
@@ -128,11 +162,38 @@ def quantize_aware(deploy: nn.Module, calibration: Sequence[np.ndarray], frames:
     teacher = deploy.eval()
     student = fake_quantize(teacher, calibration)
     frames = calibration if frames is None else frames
-    losses = distill(student, teacher, frames, iters=iters, lr=lr, batch=batch, crop=crop, seed=seed,
-                     progress=progress)
+    train, held = held_out_split(len(frames))
+    inputs = [center_crop(_image(frames[i]), crop) for i in held]
+    with torch.no_grad():
+        reference = [teacher(x) for x in inputs]
+    scores: dict[int, float] = {}
+    kept: dict[str, torch.Tensor] = {}
+
+    def snapshot(step: int) -> None:
+        if held and (step % every == 0 or step == iters):
+            scores[step] = relative_error(student, inputs, reference)
+            if scores[step] == min(scores.values()):
+                kept.clear()
+                kept.update({k: v.detach().clone() for k, v in student.state_dict().items()})
+
+    snapshot(0)
+    distill(student, teacher, torch.utils.data.Subset(frames, train) if held else frames, iters=iters, lr=lr,
+            batch=batch, crop=crop, seed=seed, progress=progress, after_step=snapshot)
+    if kept:
+        student.load_state_dict(kept)
     ov_model = to_openvino(student, input_size=input_size)
-    tenth = max(1, iters // 10)  # the per-step error varies with the crops drawn: tenths are averaged
+    step = min(scores, key=scores.get) if scores else iters
     record_quant_settings(ov_model, preset="performance", bias_correction="none", finetune={
-        "iters": iters, "lr": lr, "batch": batch, "crop": list(crop), "frames": len(frames),
-        "error_first": round(float(np.mean(losses[:tenth])), 5), "error_last": round(float(np.mean(losses[-tenth:])), 5)})
+        "iters": iters, "lr": lr, "batch": batch, "crop": list(crop), "frames": len(train) if held else len(frames),
+        "held_out": len(held), "step": step, "error_held_out": {str(k): round(v, 5) for k, v in scores.items()}})
     return ov_model
+
+
+def finetune_summary(tuned: dict) -> str:
+    """One line on a fine-tune from its record (the ``finetune`` of :func:`gcnet.deploy.export.quant_settings_of`)."""
+    line = f"fine-tuned {tuned['iters']} steps on crops of {tuned['frames']} frames"
+    errors = tuned.get("error_held_out")
+    if not errors:
+        return line
+    return (f"{line}; kept step {tuned['step']}: relative logit error against fp32 on {tuned['held_out']} held-out "
+            f"frames {errors[str(tuned['step'])]:.3g} (before the fine-tune {errors['0']:.3g})")
