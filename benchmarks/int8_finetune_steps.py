@@ -9,7 +9,7 @@ three label-free scores on the held-out frames, each against the fp32 model:
 ``shift`` (L1 distance between the two models' predicted class distributions, %).
 
     python benchmarks/int8_finetune_steps.py CHECKPOINT CAMVID_ROOT [--iters 400] [--every 100] [--seed 0]
-        [--lr LR] [--crop H W] [--ema DECAY] [--json OUT]
+        [--lr LR] [--cosine] [--crop H W] [--ema DECAY] [--json OUT]
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ def main() -> None:
                     help="fine-tune crop size (CamVid frames are 360x480: that size trains on whole frames)")
     ap.add_argument("--ema", type=float, default=0.0,
                     help="also score an exponential moving average of the student's parameters (this decay)")
+    ap.add_argument("--cosine", action="store_true", help="decay the rate to zero along a cosine")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     import openvino as ov
@@ -105,7 +106,7 @@ def main() -> None:
 
     score(0)
     distill(student, deploy, torch.utils.data.Subset(train, pool), iters=args.iters, lr=args.lr,
-            batch=FINETUNE_BATCH, crop=args.crop, seed=args.seed, progress=False, after_step=score)
+            batch=FINETUNE_BATCH, crop=args.crop, seed=args.seed, cosine=args.cosine, progress=False, after_step=score)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -90,8 +90,8 @@ FORMS: dict[str, Form] = {f.name: f for f in [
     Form("openvino-fp32", "openvino", "fp32", description="OpenVINO CPU, f32 inference precision"),
     Form("openvino-bf16", "openvino", "bf16", description="OpenVINO CPU, bf16 inference precision"),
     Form("openvino-int8", "openvino", "int8",
-         description="OpenVINO CPU, NNCF post-training int8 (preset and float convolutions chosen per model), "
-                     "other ops bf16 where native"),
+         description="OpenVINO CPU, NNCF int8 fine-tuned toward fp32 (with 200+ calibration frames; else "
+                     "post-training, settings chosen per model), other ops bf16 where native"),
     Form("openvino-int8-baseline", "openvino", "int8", artifact="openvino_int8_baseline", options={"plain": True},
          description="what a user assembles: ov.convert_model + nncf.quantize + compile_model, all defaults"),
     # CUDA (used when torch.cuda.is_available())

@@ -79,11 +79,12 @@ def random_crops(frames: Sequence[Any], batch: int, crop: Sequence[int], gen: to
 
 
 def distill(student: nn.Module, teacher: nn.Module, frames: Sequence[Any], *, iters: int, lr: float,
-            batch: int, crop: Sequence[int], seed: int = 0, progress: bool | None = None,
+            batch: int, crop: Sequence[int], seed: int = 0, cosine: bool = False, progress: bool | None = None,
             after_step: Callable[[int], None] | None = None) -> list[float]:
     """Train ``student`` (Adam) to reproduce ``teacher``'s logits on random crops of ``frames``; the loss
     is the relative squared error ``|student - teacher|^2 / |teacher|^2``. Returns the loss per step.
-    ``after_step(n)`` is called after the n-th step (1-based), e.g. to score snapshots of the student.
+    ``cosine``: the rate decays to zero along a cosine over the steps. ``after_step(n)`` is called after the
+    n-th step (1-based), e.g. to score snapshots of the student.
 
     The student stays in eval mode: the deploy form keeps the BatchNorms that precede a ReLU (DAPPM,
     heads), and in train mode they would normalise with the statistics of each batch of crops and
@@ -92,6 +93,7 @@ def distill(student: nn.Module, teacher: nn.Module, frames: Sequence[Any], *, it
 
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters) if cosine else None
     student.eval()
     losses = []
     bar = tqdm(range(iters), desc="int8 fine-tune", unit="step", leave=False,
@@ -104,6 +106,8 @@ def distill(student: nn.Module, teacher: nn.Module, frames: Sequence[Any], *, it
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if decay is not None:
+            decay.step()
         losses.append(loss.item())
         bar.set_postfix(error=f"{losses[-1]:.3g}", refresh=False)
         if after_step is not None:
