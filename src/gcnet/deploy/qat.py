@@ -4,9 +4,9 @@ Post-training quantization leaves GCNet-S up to 1.3 val mIoU away from fp32 on C
 spread over the whole network (docs/deploy.md). A short fine-tune removes the systematic part of it: the
 deploy form gets NNCF's fake quantizers (weights and activations, calibrated like post-training
 quantization), then its weights, biases and quantizer ranges are trained for a few hundred steps to
-reproduce the fp32 model's logits on random crops of the training frames, and of the snapshots taken
-along the way the one closest to fp32 on frames held out from the fine-tune is kept (the last step's
-val mIoU varies by about half a point with the last crops drawn). It needs no labels: the fp32 model is
+reproduce the fp32 model's logits on random crops of the training frames (the rate decaying along a
+cosine), and of the snapshots taken along the way the one closest to fp32 on frames held out from the
+fine-tune is kept. It needs no labels: the fp32 model is
 the teacher. It does need many frames (:data:`FINETUNE_MIN_FRAMES`). The result converts to an OpenVINO
 int8 model like NNCF's post-training one::
 
@@ -34,7 +34,7 @@ FINETUNE_ITERS = 400  # steps of the default fine-tune (about 5 minutes for GCNe
 FINETUNE_EVERY = 50  # steps between the held-out scores that choose the snapshot kept
 FINETUNE_HOLD_OUT_EVERY = 4  # every fourth frame is held out from the fine-tune to score it ...
 FINETUNE_HELD_OUT_MAX = 48  # ... at most this many
-FINETUNE_LR = 1e-5  # Adam; NNCF's advice for quantization-aware fine-tuning
+FINETUNE_LR = 1e-5  # Adam, decaying along a cosine; NNCF's advice for quantization-aware fine-tuning
 FINETUNE_BATCH = 4
 FINETUNE_CROP = (288, 384)  # crops of the frames (smaller frames are used whole)
 # fewer frames to draw crops from and the fine-tune drifts from fp32 on other images (val mIoU change of a
@@ -150,10 +150,11 @@ def quantize_aware(deploy: nn.Module, calibration: Sequence[np.ndarray], frames:
     """An OpenVINO int8 model of the deploy-form ``deploy``: fake-quantized (:func:`fake_quantize`) on
     ``calibration`` (float32 1x3xHxW arrays), fine-tuned ``iters`` steps (:func:`distill`) on crops of
     ``frames`` (a dataset giving normalised images, or tensors; default: the calibration images, but
-    see :data:`FINETUNE_MIN_FRAMES`) but those :func:`held_out_split` keeps back, converted with dynamic
-    shapes. Every ``every`` steps the student's logit error against fp32 on the held-out frames (centre
-    crops) is measured; the snapshot with the lowest error (step 0: before the fine-tune) is the one
-    converted, since the val mIoU of the last step varies with the last crops drawn (docs/deploy.md).
+    see :data:`FINETUNE_MIN_FRAMES`) but those :func:`held_out_split` keeps back, the rate decaying along a
+    cosine (at a constant rate the val mIoU moved by up to a point with the last crops drawn:
+    docs/deploy.md), converted with dynamic shapes. Every ``every`` steps the student's logit error
+    against fp32 on the held-out frames (centre crops) is measured, and the snapshot with the lowest
+    error (step 0: before the fine-tune) is the one converted.
     What was done is kept in its ``rt_info`` (``finetune``: the settings, the held-out error per snapshot
     and the step kept; see :func:`gcnet.deploy.export.quant_settings_of`). ``progress``: a bar over the
     steps (None: on a terminal)."""
@@ -182,14 +183,15 @@ def quantize_aware(deploy: nn.Module, calibration: Sequence[np.ndarray], frames:
 
     snapshot(0)
     distill(student, teacher, torch.utils.data.Subset(frames, train) if held else frames, iters=iters, lr=lr,
-            batch=batch, crop=crop, seed=seed, progress=progress, after_step=snapshot)
+            batch=batch, crop=crop, seed=seed, cosine=True, progress=progress, after_step=snapshot)
     if kept:
         student.load_state_dict(kept)
     ov_model = to_openvino(student, input_size=input_size)
     step = min(scores, key=scores.get) if scores else iters
     record_quant_settings(ov_model, preset="performance", bias_correction="none", finetune={
-        "iters": iters, "lr": lr, "batch": batch, "crop": list(crop), "frames": len(train) if held else len(frames),
-        "held_out": len(held), "step": step, "error_held_out": {str(k): round(v, 5) for k, v in scores.items()}})
+        "iters": iters, "lr": lr, "schedule": "cosine", "batch": batch, "crop": list(crop),
+        "frames": len(train) if held else len(frames), "held_out": len(held), "step": step,
+        "error_held_out": {str(k): round(v, 5) for k, v in scores.items()}})
     return ov_model
 
 
