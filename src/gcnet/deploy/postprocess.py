@@ -49,49 +49,22 @@ def _cell_weights(s: int) -> tuple[torch.Tensor, int]:
     return lam.float(), o
 
 
-def _candidates(corners: torch.Tensor) -> torch.Tensor:
-    """Which classes can win somewhere inside each cell: ``(C, K)`` bool.
-
-    ``corners``: the cells' logits at their four corners, ``(C, 4, K)``. Inside a cell every class's
-    value lies between its smallest and largest corner value, so a class whose largest corner value is
-    below another class's smallest one never wins there (a small margin covers float rounding). On
-    real frames most boundary cells keep two classes.
-    """
-    floor = corners.amin(1).amax(1, keepdim=True)
-    return corners.amax(1) >= floor - 1e-4 * (floor.abs() + 1)
-
-
-def _interpolated_argmax(corners: torch.Tensor, s: int) -> torch.Tensor:
-    """Argmax over the last axis of the bilinearly interpolated ``corners`` (``(C, 4, m)``: top left, top
-    right, bottom left, bottom right): ``(C, s, s)``, the first maximal index as argmax. The weights are
-    applied as PyTorch applies them: along x first, then along y."""
-    lam, _ = _cell_weights(s)
-    wx1, wx0 = lam[None, :, None], 1 - lam[None, :, None]  # (1, s, 1)
-    top_left, top_right, bottom_left, bottom_right = corners[:, :, None, :].unbind(1)  # (C, 1, m) each
-    rows = [torch.addcmul(wx0 * left, wx1, right) for left, right in ((top_left, top_right),
-                                                                      (bottom_left, bottom_right))]  # (C, s, m)
-    wy1, wy0 = lam[None, :, None, None], 1 - lam[None, :, None, None]  # (1, s, 1, 1)
-    values = torch.addcmul(wy0 * rows[0][:, None], wy1, rows[1][:, None])  # (C, s, s, m)
-    return values.max(-1).indices  # == argmax(-1), faster on CPUs
-
-
 def _boundary_labels(channels_last: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, s: int) -> torch.Tensor:
-    """The labels of the cells ``(cy, cx)``: ``(C, s, s)`` int64.
+    """Argmax of the interpolated logits of the cells ``(cy, cx)``: ``(C, s, s)`` int64.
 
-    ``channels_last`` is the replicate-padded logits as ``(h + 2, w + 2, K)``. Only each cell's
-    :func:`_candidates` are interpolated, in class order (so that ties still go to the first class),
-    cells with the same number of candidates together.
+    ``channels_last`` is the replicate-padded logits as ``(h + 2, w + 2, K)``, so that the class
+    axis, reduced last, is contiguous. The weights are applied as PyTorch applies them: along x
+    first, then along y.
     """
-    corners = torch.stack([channels_last[cy + dy, cx + dx] for dy in (0, 1) for dx in (0, 1)], 1)  # (C, 4, K)
-    keep = _candidates(corners)
-    counts = keep.sum(1)
-    labels = torch.empty((len(cy), s, s), dtype=torch.int64)
-    for m in counts.unique().tolist():
-        cells = torch.nonzero(counts == m).squeeze(1)
-        classes = torch.nonzero(keep[cells])[:, 1].view(-1, m)  # row-major: each cell's classes ascending
-        picked = corners[cells].gather(2, classes[:, None].expand(-1, 4, -1))  # (n, 4, m)
-        labels[cells] = classes.gather(1, _interpolated_argmax(picked, s).flatten(1)).view(-1, s, s)
-    return labels
+    lam, _ = _cell_weights(s)
+    wx1, wx0 = lam[None, :, None], 1 - lam[None, :, None]           # (1, s, 1)
+    rows = []
+    for dy in (0, 1):
+        left, right = channels_last[cy + dy, cx], channels_last[cy + dy, cx + 1]  # (C, K)
+        rows.append(torch.addcmul(wx0 * left[:, None, :], wx1, right[:, None, :]))  # (C, s, K)
+    wy1, wy0 = lam[None, :, None, None], 1 - lam[None, :, None, None]  # (1, s, 1, 1)
+    values = torch.addcmul(wy0 * rows[0][:, None], wy1, rows[1][:, None])  # (C, s, s, K)
+    return values.max(-1).indices  # the first maximal class, as argmax; faster on CPUs
 
 
 def upsample_argmax(logits: torch.Tensor | np.ndarray, size: Sequence[int]) -> np.ndarray:

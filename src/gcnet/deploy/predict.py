@@ -473,7 +473,8 @@ def stream(source: str | os.PathLike | int | FrameSource, model: Any, *, runtime
     (:data:`~gcnet.deploy.qat.FINETUNE_MIN_FRAMES`): a few minutes before the first frame; see
     :func:`~gcnet.deploy.pipeline.build`); or a :class:`Runtime`; or a ready ``frame -> labels``
     callable such as a :class:`Predictor`. Frames are RGB uint8; labels are class maps at the frame's
-    size. Decoding runs ahead on a background thread.
+    size. Decoding runs ahead on a background thread, and with a :class:`Predictor` (any model but a
+    callable) so does the model, one frame ahead of the labels (:meth:`Predictor.pipelined`).
     """
     if isinstance(model, (torch.nn.Module, str, os.PathLike)):
         model = build(model, runtime, precision, calibration=calibration, finetune_frames=finetune_frames,
