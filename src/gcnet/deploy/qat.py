@@ -6,9 +6,8 @@ deploy form gets NNCF's fake quantizers (weights and activations, calibrated lik
 quantization), then its weights, biases and quantizer ranges are trained for a few hundred steps to
 reproduce the fp32 model's logits on random crops of the training frames (the rate decaying along a
 cosine), and of the snapshots taken along the way the one closest to fp32 on frames held out from the
-fine-tune is kept. It needs no labels: the fp32 model is
-the teacher. It does need many frames (:data:`FINETUNE_MIN_FRAMES`). The result converts to an OpenVINO
-int8 model like NNCF's post-training one::
+fine-tune is kept. It needs no labels: the fp32 model is the teacher. It does need many frames
+(:data:`FINETUNE_MIN_FRAMES`). The result converts to an OpenVINO int8 model like NNCF's post-training one::
 
     ov_model = quantize_aware(deploy_model, calibration_arrays, train_set)  # then export_openvino / OpenVINORuntime
 """
@@ -30,7 +29,7 @@ from torch import nn
 from gcnet.errors import GCNetError
 from gcnet.optional import require
 
-FINETUNE_ITERS = 400  # steps of the default fine-tune (about 5 minutes for GCNet-S on 2 cores)
+FINETUNE_ITERS = 400  # steps of the default fine-tune (about 6 minutes for GCNet-S on 2 cores)
 FINETUNE_EVERY = 50  # steps between the held-out scores that choose the snapshot kept
 FINETUNE_HOLD_OUT_EVERY = 4  # every fourth frame is held out from the fine-tune to score it ...
 FINETUNE_HELD_OUT_MAX = 48  # ... at most this many
