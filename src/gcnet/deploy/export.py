@@ -477,6 +477,13 @@ def _scaled_down(x: np.ndarray, max_pixels: int) -> np.ndarray:
     return F.interpolate(torch.from_numpy(x), size=size, mode="bilinear", antialias=True).numpy()
 
 
+def relative_error(run: Callable[[Any], Any], inputs: Sequence[Any], reference: Sequence[Any]) -> float:
+    """``sum |run(x) - ref|^2 / sum |ref|^2`` over ``inputs`` (arrays or tensors): how far ``run`` is from the
+    logits ``reference``."""
+    num = sum(float(((run(x) - ref) ** 2).sum()) for x, ref in zip(inputs, reference))
+    return num / max(sum(float((ref ** 2).sum()) for ref in reference), 1e-12)
+
+
 def int8_sensitivity(ov_model: Any, samples: list[np.ndarray], preset: str = "performance",
                      fast_bias_correction: bool = True, progress: bool | None = None) -> dict[str, float]:
     """How much int8 error each convolution of ``ov_model`` brings: the relative squared error of the
@@ -494,8 +501,7 @@ def int8_sensitivity(ov_model: Any, samples: list[np.ndarray], preset: str = "pe
 
     def error(model: Any) -> float:
         run = OpenVINORuntime(model, "int8" if is_quantized_openvino(model) else "fp32")  # NNCF may skip a conv
-        diffs = [float(((run(x) - ref) ** 2).sum()) for x, ref in zip(check, reference)]
-        return sum(diffs) / sum(float((ref ** 2).sum()) for ref in reference)
+        return relative_error(run, check, reference)
 
     convs = _convolutions(ov_model)
     errors = {"all": error(_nncf_quantize(ov_model, calib, preset, fast_bias_correction))}

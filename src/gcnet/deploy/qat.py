@@ -131,17 +131,6 @@ def center_crop(image: torch.Tensor, crop: Sequence[int]) -> torch.Tensor:
     return image[None, :, top:top + h, left:left + w]
 
 
-@torch.no_grad()
-def relative_error(model: nn.Module, inputs: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> float:
-    """``sum |model(x) - ref|^2 / sum |ref|^2`` over ``inputs``: how far ``model`` is from the logits ``reference``."""
-    model.eval()
-    num = den = 0.0
-    for x, ref in zip(inputs, reference):
-        num += float((model(x) - ref).pow(2).sum())
-        den += float(ref.pow(2).sum())
-    return num / max(den, 1e-12)
-
-
 def quantize_aware(deploy: nn.Module, calibration: Sequence[np.ndarray], frames: Sequence[Any] | None = None, *,
                    iters: int = FINETUNE_ITERS, every: int = FINETUNE_EVERY, lr: float = FINETUNE_LR,
                    batch: int = FINETUNE_BATCH, crop: Sequence[int] = FINETUNE_CROP, seed: int = 0,
@@ -157,14 +146,14 @@ def quantize_aware(deploy: nn.Module, calibration: Sequence[np.ndarray], frames:
     What was done is kept in its ``rt_info`` (``finetune``: the settings, the held-out error per snapshot
     and the step kept; see :func:`gcnet.deploy.export.quant_settings_of`). ``progress``: a bar over the
     steps (None: on a terminal)."""
-    from gcnet.deploy.export import record_quant_settings, to_openvino
+    from gcnet.deploy.export import record_quant_settings, relative_error, to_openvino
 
     if not calibration:
         raise GCNetError("int8 quantization needs at least one calibration image")
     if iters < 1:
         raise GCNetError(f"the int8 fine-tune needs at least one step, not {iters}")
     teacher = deploy.eval()
-    student = fake_quantize(teacher, calibration)
+    student = fake_quantize(teacher, calibration).eval()
     frames = calibration if frames is None else frames
     train, held = held_out_split(len(frames))
     inputs = [center_crop(_image(frames[i]), crop) for i in held]
@@ -175,7 +164,8 @@ def quantize_aware(deploy: nn.Module, calibration: Sequence[np.ndarray], frames:
 
     def snapshot(step: int) -> None:
         if held and (step % every == 0 or step == iters):
-            scores[step] = relative_error(student, inputs, reference)
+            with torch.no_grad():
+                scores[step] = relative_error(student, inputs, reference)
             if scores[step] == min(scores.values()):
                 kept.clear()
                 kept.update({k: v.detach().clone() for k, v in student.state_dict().items()})
