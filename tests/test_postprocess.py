@@ -52,3 +52,14 @@ def test_tied_logits_pick_the_first_class_like_argmax() -> None:
     fast = upsample_argmax(x, (128, 192))
     assert np.array_equal(fast, reference_upsample_argmax(x, (128, 192)))
     assert not (fast == 4).any()
+
+
+def test_boundary_cells_in_batches_match_one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Boundary cells labelled a few at a time give the labels of one batch (the frame-size path)."""
+    import gcnet.deploy.postprocess as post
+
+    x = _smooth_logits(19, 32, 64, seed=3)
+    whole = upsample_argmax(x, (256, 512))
+    monkeypatch.setattr(post, "_BATCH_VALUES", 19 * 64 * 7)  # 7 cells per batch: many batches
+    assert np.array_equal(upsample_argmax(x, (256, 512)), whole)
+    assert (whole == reference_upsample_argmax(x, (256, 512))).mean() >= 0.9999

@@ -19,6 +19,11 @@ import torch.nn.functional as F
 
 __all__ = ["upsample_argmax", "reference_upsample_argmax"]
 
+# Interpolated logits held at once while labelling boundary cells (8 MB of floats): memory stays
+# bounded however much of the frame is boundary (all of it for noise-like logits), and the allocator
+# reuses the batch buffers instead of faulting in fresh pages for one large batch.
+_BATCH_VALUES = 1 << 21
+
 
 def _label_dtype(num_classes: int) -> np.dtype:
     return np.dtype(np.uint8) if num_classes <= 256 else np.dtype(np.uint16)
@@ -74,6 +79,8 @@ def upsample_argmax(logits: torch.Tensor | np.ndarray, size: Sequence[int]) -> n
     ``size`` is an integer multiple of ``(h, w)`` (e.g. the model's 1/8 output of a 1024x2048 frame),
     the reference otherwise. Labels are uint8 (uint16 above 256 classes).
     """
+    import cv2  # its nearest resize repeats each cell's label 2x faster than numpy
+
     x = torch.as_tensor(logits)
     x = x.detach().reshape(-1, *x.shape[-2:]).float().cpu()  # low resolution: cheap to move off a GPU
     k, h, w = x.shape
@@ -85,12 +92,16 @@ def upsample_argmax(logits: torch.Tensor | np.ndarray, size: Sequence[int]) -> n
     low = padded.max(0).indices  # == argmax(0) (first maximal class), ~3x faster over a leading dim
     corners = (low[:-1, :-1], low[:-1, 1:], low[1:, :-1], low[1:, 1:])
     uniform = (corners[0] == corners[1]) & (corners[0] == corners[2]) & (corners[0] == corners[3])
-    canvas = np.empty(((h + 1) * s, (w + 1) * s), dtype=_label_dtype(k))
+    size_cells = ((w + 1) * s, (h + 1) * s)
+    first = corners[0].numpy().astype(_label_dtype(k))
+    canvas = cv2.resize(first, size_cells, interpolation=cv2.INTER_NEAREST_EXACT)
     cells = canvas.reshape(h + 1, s, w + 1, s)
-    cells[...] = corners[0].numpy().astype(canvas.dtype)[:, None, :, None]
     cy, cx = torch.nonzero(~uniform, as_tuple=True)
     if cy.numel():
         channels_last = padded.permute(1, 2, 0).contiguous()
-        cells[cy.numpy(), :, cx.numpy(), :] = _boundary_labels(channels_last, cy, cx, s).numpy()
+        step = max(1, _BATCH_VALUES // (s * s * k))
+        for i in range(0, cy.numel(), step):
+            by, bx = cy[i:i + step], cx[i:i + step]
+            cells[by.numpy(), :, bx.numpy(), :] = _boundary_labels(channels_last, by, bx, s).numpy()
     start = s - _cell_weights(s)[1]
     return np.ascontiguousarray(canvas[start:start + H, start:start + W])
