@@ -13,7 +13,7 @@ from gcnet.deploy.bench import result_cells
 
 def table(report: dict) -> str:
     has_eval = any("mIoU" in r for r in report["results"])
-    head = ["form", "median ms", "IQR ms", "min-max ms", "FPS", "GFLOP/s", "x authors' path",
+    head = ["form", "median ms", "IQR ms", "min-max ms", "FPS", "GFLOP/s", "x torch-fp32",
             "max abs diff", "argmax agree %", "peak mem MB"]
     if has_eval:
         head += ["mIoU", "Δ mIoU"]

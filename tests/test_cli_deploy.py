@@ -175,20 +175,21 @@ RESULT_KEYS = {"form", "runtime", "precision", "device", "model_form", "params",
 @pytest.mark.slow
 def test_bench_quick_json(tmp_path):
     path = tmp_path / "bench.json"
-    code = main(["bench", "--quick", "--threads", "1", "--forms", "torch-train-fp32", "torch-fp32",
-                 "--json", str(path)])
+    code = main(["bench", "--quick", "--threads", "1", "--forms", "torch-train-fp32", "torch-authors-fp32",
+                 "torch-fp32", "--json", str(path)])
     assert code == 0
     report = json.loads(path.read_text())
     assert BENCH_KEYS <= set(report)
     assert report["config"]["input_size"] == [128, 256] and report["config"]["batch"] == 1
-    assert [r["form"] for r in report["results"]] == ["torch-train-fp32", "torch-fp32"]
+    assert [r["form"] for r in report["results"]] == ["torch-train-fp32", "torch-authors-fp32", "torch-fp32"]
     for r in report["results"]:
         assert RESULT_KEYS <= set(r), RESULT_KEYS - set(r)
         assert {"median", "iqr", "min", "max"} <= set(r["latency_ms"])
         assert r["fps"] > 0 and r["gflops"] > 0 and r["peak_mem_mb"] > 0
         assert r["label_agreement"] > 0.99
-    train, deploy = report["results"]
-    assert deploy["params"] < train["params"] and deploy["macs"] < train["macs"]
+    train, authors, deploy = report["results"]
+    assert deploy["params"] < authors["params"] < train["params"] and deploy["macs"] < train["macs"]
+    assert authors["max_abs_diff"] < 1e-3  # the authors' switch_to_deploy form: GCBlocks fused only
     assert deploy["speedup_vs_torch_fp32"] == 1.0
 
 

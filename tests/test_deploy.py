@@ -45,14 +45,21 @@ def test_load_for_deploy_copies_training_model(tiny):
 def test_torch_runtime_matches_module(tiny, tiny_deploy):
     x = _x(1, 67, 101)
     runtime = create_runtime("torch", tiny)
-    assert runtime.name == "torch-fp32" and runtime.kind == "torch"
+    assert runtime.name == "torch-fp32-cl" and runtime.kind == "torch"  # channels_last: the CPU default
     out = runtime(x)
     with torch.no_grad():
         ref = tiny(torch.from_numpy(x)).numpy()
     assert out.shape == (1, 5, 9, 13)
     assert _rel_diff(out, ref) < 1e-4
-    cl = TorchRuntime(tiny_deploy, channels_last=True)
-    assert _rel_diff(cl(x), ref) < 1e-4
+    nchw = TorchRuntime(tiny_deploy, channels_last=False)
+    assert nchw.name == "torch-fp32" and _rel_diff(nchw(x), ref) < 1e-4
+
+
+def test_torch_channels_last_leaves_the_callers_module_alone(tiny_deploy):
+    weight = next(p for p in tiny_deploy.parameters() if p.dim() == 4)
+    runtime = TorchRuntime(tiny_deploy)
+    assert runtime.channels_last and runtime.model is not tiny_deploy
+    assert weight.is_contiguous() and not weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_torch_bf16_runtime_leaves_the_model_alone(tiny_deploy):

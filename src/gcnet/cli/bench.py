@@ -28,9 +28,10 @@ runtime/precision, at one input size and batch (default gcnet-s, 1024x2048, batc
 
 Per form: latency after warm-up (median, IQR, min, max over --iters timed runs), FPS, params,
 MACs, achieved GFLOP/s (= 2 x MACs / median latency; for bf16/int8 this is the effective rate of
-the fp32 network's work), speed-up over the authors' path (torch-fp32: reparameterized, eager
-fp32), the difference of the 1/8 logits to the fp32 reference (training form, eager fp32): max
-abs difference and % of equal argmax labels, and peak memory.
+the fp32 network's work), speed-up over torch-fp32 (reparameterized, eager fp32, NCHW; about as
+fast as the authors' own deploy form, torch-authors-fp32), the difference of the 1/8 logits to
+the fp32 reference (training form, eager fp32): max abs difference and % of equal argmax labels,
+and peak memory.
 
 Timing: one thread pool per form, --threads threads (default: all usable cores); at least --iters
 timed runs and at least --min-time seconds of them; on CUDA the input is already on the GPU, every

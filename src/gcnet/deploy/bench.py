@@ -22,6 +22,7 @@ realistic scale and the output differences are meaningful).
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import json
 import math
@@ -56,7 +57,7 @@ class Form:
     kind: str  # torch | onnxruntime | openvino
     precision: str
     device: str = "cpu"
-    model_form: str = "deploy"  # train | deploy
+    model_form: str = "deploy"  # train | authors (GCBlocks fused, BatchNorms kept) | deploy
     options: dict = field(default_factory=dict)
     default: bool = True
     description: str = ""
@@ -67,17 +68,20 @@ class Form:
         if self.artifact:
             return self.artifact
         if self.kind == "torch":
-            return "checkpoint" if self.model_form == "train" else "checkpoint_deploy"
+            return "checkpoint_deploy" if self.model_form == "deploy" else "checkpoint"
         return {"onnxruntime": "onnx", "openvino": "openvino"}[self.kind] + ("_int8" if self.precision == "int8" else "")
 
 
 FORMS: dict[str, Form] = {f.name: f for f in [
-    Form("torch-train-fp32", "torch", "fp32", model_form="train",
+    Form("torch-train-fp32", "torch", "fp32", model_form="train", options={"channels_last": False},
          description="training form (multi-branch GCBlocks, BatchNorm), PyTorch eager fp32"),
-    Form("torch-fp32", "torch", "fp32",
-         description="reparameterized (BN folded), PyTorch eager fp32: the authors' deploy path"),
+    Form("torch-authors-fp32", "torch", "fp32", model_form="authors", options={"channels_last": False},
+         default=False, description="the authors' deploy form (switch_to_deploy: GCBlocks fused, BatchNorms "
+                                    "kept), PyTorch eager fp32, NCHW"),
+    Form("torch-fp32", "torch", "fp32", options={"channels_last": False},
+         description="reparameterized (BN folded), PyTorch eager fp32, NCHW: the reference for speed-ups"),
     Form("torch-fp32-cl", "torch", "fp32", options={"channels_last": True},
-         description="reparameterized, PyTorch eager fp32, channels_last"),
+         description="reparameterized, PyTorch eager fp32, channels_last: gcnet's torch runtime on CPUs"),
     Form("torch-bf16-cl", "torch", "bf16", options={"channels_last": True},
          description="reparameterized, PyTorch eager, model cast to bf16, channels_last"),
     Form("torch-fp16-cl", "torch", "fp16", options={"channels_last": True}, default=False,
@@ -200,8 +204,13 @@ def bench_model(name: str = "gcnet-s", num_classes: int = 19, checkpoint: str | 
 def _build_runtime(job: dict) -> Runtime:
     """The form's runtime, opened from the artefact the driver wrote for it."""
     form = Form(**job["form"])
-    return build(job["artifacts"][form.artifact_key], form.kind, form.precision, device=form.device, threads=job["threads"],
-                 reparameterize=form.model_form != "train", **form.options).runtime
+    source = job["artifacts"][form.artifact_key]
+    if form.model_form == "authors":
+        import gcnet
+
+        source = gcnet.load_model(source).eval().fuse_gcblocks()
+    return build(source, form.kind, form.precision, device=form.device, threads=job["threads"],
+                 reparameterize=form.model_form == "deploy", **form.options).runtime
 
 
 def timed_runs(call: Callable[[], Any], iters: int, min_time: float = 0.0,
@@ -494,7 +503,7 @@ def _result_entry(name: str, res: dict, complexity: dict, batch: int, out_path: 
     form = FORMS[name]
     entry: dict[str, Any] = {"form": name, "runtime": form.kind, "precision": form.precision,
                              "device": form.device, "model_form": form.model_form, "description": form.description}
-    c = complexity["train" if form.model_form == "train" else "deploy"]
+    c = complexity[form.model_form]
     entry["params"], entry["macs"] = c["params"], c["macs"]
     if "error" in res:
         entry["error"] = res["error"]
@@ -510,7 +519,7 @@ def _result_entry(name: str, res: dict, complexity: dict, batch: int, out_path: 
 
 
 def _relative_columns(results: list[dict]) -> dict | None:
-    """Add speed-up against the authors' path on the same device (reparameterized, eager fp32) and
+    """Add speed-up against eager fp32 on the same device (reparameterized, NCHW: torch-fp32, cuda-fp32) and
     against what a user assembles (``openvino-int8-baseline``, CPU forms), and the mIoU change against
     the first fp32 form with mIoU; returns that reference result."""
     base = {dev: next((r for r in results if r["form"] == name and "latency_ms" in r), None)
@@ -540,10 +549,15 @@ def _check_forms(forms: list[str]) -> None:
 
 
 def _complexity(net: torch.nn.Module, deploy: torch.nn.Module, size: tuple[int, int], batch: int,
-                has_train: bool) -> dict:
+                model_forms: set[str]) -> dict:
+    """Params and MACs of each model form asked for (train, authors, deploy)."""
     from gcnet.models.complexity import model_complexity
 
-    forms = {"deploy": deploy, "train": net} if has_train else {"deploy": deploy}
+    forms = {"deploy": deploy}
+    if "train" in model_forms:
+        forms["train"] = net
+    if "authors" in model_forms:
+        forms["authors"] = copy.deepcopy(net).fuse_gcblocks()
     out = {}
     for key, module in forms.items():
         out[key] = model_complexity(module, size).as_dict()
@@ -613,9 +627,10 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
     model, num_classes = net.config.get("name", model), int(net.num_classes)
     has_train = not getattr(net, "is_deploy", False)
     deploy = load_for_deploy(net)
-    complexity = _complexity(net, deploy, (h, w), batch, has_train)
     if not has_train:
-        forms = [f for f in forms if FORMS[f].model_form != "train"]
+        forms = [f for f in forms if FORMS[f].model_form == "deploy"]
+    model_forms = {FORMS[f].model_form for f in forms} | ({"train"} if has_train else set())
+    complexity = _complexity(net, deploy, (h, w), batch, model_forms)
 
     tmp = tempfile.TemporaryDirectory(prefix="gcnet-bench-") if not artifacts_dir else None
     work = Path(artifacts_dir or tmp.name)

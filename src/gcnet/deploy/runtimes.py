@@ -84,22 +84,25 @@ class Runtime:
 
 # ----------------------------------------------------------------------------------------- torch
 class TorchRuntime(Runtime):
-    """PyTorch eager (optionally channels_last, bf16/fp16, ``torch.compile``, CUDA graphs).
+    """PyTorch eager (channels_last, bf16/fp16, ``torch.compile``, CUDA graphs as asked).
 
     ``precision`` "bf16"/"fp16": a copy of the model is cast to that dtype (weights, activations;
     inputs are cast on entry, logits returned as float32), or with ``cast_model=False`` autocast
     runs the convs in low precision with fp32 weights. ``cuda_graphs`` captures one forward per
     input shape (CUDA only). On CUDA, ``cudnn_benchmark`` (default on) lets cuDNN time its
     convolution algorithms on the first call of each input shape and keep the fastest (this sets
-    the process-wide ``torch.backends.cudnn.benchmark``). The model is used as given (moved to
-    ``device``; channels_last applied): pass a reparameterized model for the deploy form.
+    the process-wide ``torch.backends.cudnn.benchmark``). ``channels_last`` (default: on CPUs, where
+    oneDNN's convolutions run 1.3x faster on NHWC tensors, not on CUDA) runs on a channels_last copy
+    of the model. The model is used as given otherwise (moved to ``device``): pass a reparameterized
+    model for the deploy form.
     """
 
     kind = "torch"
 
     def __init__(self, model: nn.Module, precision: str = "fp32", *, device: str = "cpu",
-                 threads: int | None = None, channels_last: bool = False, compile: bool | str = False,
+                 threads: int | None = None, channels_last: bool | None = None, compile: bool | str = False,
                  cuda_graphs: bool = False, cast_model: bool = True, cudnn_benchmark: bool = True) -> None:
+        channels_last = device == "cpu" if channels_last is None else channels_last
         tag = ("-cl" if channels_last else "") + ("-compile" if compile else "") + (
             "-graphs" if cuda_graphs else "")
         super().__init__(precision, device, threads, tag)
@@ -119,8 +122,10 @@ class TorchRuntime(Runtime):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self._dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         self._cast = bool(cast_model and self._dtype is not None)
+        if self._cast or channels_last:  # the caller's module keeps its dtype and layout
+            model = copy.deepcopy(model)
         if self._cast:
-            model = copy.deepcopy(model).to(self._dtype)
+            model = model.to(self._dtype)
         model = model.eval().to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
