@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import assert_close_rel, save_mmengine, tiny_model_kwargs, trained_tiny
 
-from gcnet import build_model, load_model, load_weights, read_checkpoint, save_checkpoint
+from gcnet import GCNet, build_model, load_model, load_weights, read_checkpoint, save_checkpoint
 from gcnet.errors import CheckpointError
 
 
@@ -210,3 +210,20 @@ def test_mmseg_dataset_meta_is_read(tmp_path):
     save_mmengine(tmp_path / "authors.pth", trained_tiny().state_dict(), {"classes": tuple(classes), "palette": palette})
     info = checkpoint_dataset_info(tmp_path / "authors.pth")
     assert list(info.classes) == classes and [list(c) for c in info.palette] == palette
+
+
+def test_a_directly_built_gcnet_round_trips(tmp_path):
+    """A GCNet(...) built without a variant name ("custom") loads back from its checkpoint, in
+    training form and as a deploy model from training weights."""
+    model = GCNet(**tiny_model_kwargs()).eval()
+    path = tmp_path / "custom.pt"
+    save_checkpoint(path, model)
+    loaded = load_model(path)
+    assert loaded.config == model.config and not loaded.is_deploy
+    x = torch.randn(1, 3, 64, 96)
+    deploy = GCNet(deploy=True, **tiny_model_kwargs()).eval()
+    load_weights(deploy, path)
+    with torch.no_grad():
+        ref = model(x)
+        assert torch.equal(loaded(x), ref)
+        assert_close_rel(deploy(x), ref)

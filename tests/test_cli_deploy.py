@@ -249,6 +249,21 @@ def test_bench_errors(capsys):
     assert exit_.value.code == 2 and "--min-time: must be 0 or a positive number" in capsys.readouterr().err
 
 
+def test_bench_training_forms_of_a_deploy_checkpoint(tmp_path, capsys):
+    """Forms that need the training form are named when skipped; with none left, exit 2 and no JSON."""
+    path = tmp_path / "deploy.pt"
+    gcnet.save_checkpoint(path, gcnet.GCNet(**tiny_model_kwargs()).eval().reparameterize())
+    report = tmp_path / "bench.json"
+    args = ["bench", "--quick", "--in-process", "--checkpoint", str(path), "--json", str(report), "--forms"]
+    assert main([*args, "torch-authors-fp32", "torch-train-fp32"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to run: torch-authors-fp32, torch-train-fp32" in err and "deploy form" in err
+    assert not report.exists()
+    assert main([*args, "torch-authors-fp32", "torch-fp32"]) == 0
+    assert "skipping torch-authors-fp32" in capsys.readouterr().err
+    assert [r["form"] for r in json.loads(report.read_text())["results"]] == ["torch-fp32"]
+
+
 # ------------------------------------------------------------------------- nothing a user made is lost
 def _files(folder) -> dict:
     """Every file under ``folder`` (temporary ones included) with its bytes."""

@@ -35,7 +35,7 @@ from gcnet.data.metadata import DatasetInfo
 from gcnet.data.transforms import MEAN, STD
 from gcnet.errors import CheckpointError
 from gcnet.fileio import IMAGE_EXTENSIONS, atomic_path, with_default_permissions, write_text
-from gcnet.models.gcnet import GCNet, build_model
+from gcnet.models.gcnet import GCNet, build_model, list_models
 from gcnet.weights import Weights, fetch, find_weights, get_weights, list_weights, resolve, sha256sum
 
 FORMAT = "gcnet"
@@ -298,6 +298,14 @@ def load_weights(model: GCNet, source: Source | dict, strict: bool = True) -> GC
     return _load_state(model, extract_state_dict(obj, name), name, strict)
 
 
+def _model_from_config(config: dict, deploy: bool) -> GCNet:
+    """A named variant through ``build_model`` (which checks the options); a GCNet built directly
+    (``GCNet(...)``, named "custom") from the full config it saved."""
+    if str(config.get("name", "")).lower() in list_models():
+        return build_model(deploy=deploy, **config)
+    return GCNet(deploy=deploy, **config)
+
+
 def _load_state(model: GCNet, state_dict: StateDict, name: str, strict: bool = True) -> GCNet:
     classes = state_dict.get("decode_head.conv_seg.weight")
     if classes is not None and classes.shape[0] != model.num_classes:
@@ -309,7 +317,7 @@ def _load_state(model: GCNet, state_dict: StateDict, name: str, strict: bool = T
         raise CheckpointError(f"{name}: checkpoint holds reparameterized (deploy-form) weights, which cannot "
                               "be expanded back into the training form; build the model with deploy=True")
     if form != target:
-        staging = build_model(**model.config)  # training form, then converted like the checkpoint
+        staging = _model_from_config(model.config, deploy=False)  # training form, converted like the checkpoint
         if form == "fused_blocks":
             staging.fuse_gcblocks()
         _compare(staging.state_dict(), state_dict, name, ignore_missing=_AUX_PREFIX)
@@ -433,7 +441,7 @@ def load_model(source: Source, map_location: str | torch.device = "cpu") -> GCNe
         raise CheckpointError(f"{name}: not a gcnet checkpoint (no model config inside); for the authors' "
                               "files use build_model(...) then load_weights(model, path)")
     try:
-        model = build_model(deploy=deploy, **config)
+        model = _model_from_config(config, deploy)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{name}: invalid model config inside the checkpoint: {exc}") from exc
     _load_state(model, extract_state_dict(state, name) if isinstance(state, dict) else state, name)

@@ -548,6 +548,19 @@ def _check_forms(forms: list[str]) -> None:
         raise GCNetError("CUDA forms were requested but torch.cuda.is_available() is False")
 
 
+def _deploy_forms_only(forms: list[str], checkpoint: str | None) -> list[str]:
+    """The forms a deploy-form model can run; says which others are skipped, refuses if none is left."""
+    kept = [f for f in forms if FORMS[f].model_form == "deploy"]
+    skipped = [f for f in forms if f not in kept]
+    if skipped and not kept:
+        raise GCNetError(f"nothing to run: {', '.join(skipped)} need(s) the training form and {checkpoint} is in "
+                         "deploy form; pass a training-form checkpoint or other --forms")
+    if skipped:
+        print(f"note: skipping {', '.join(skipped)} ({checkpoint} is in deploy form; they need the training form)",
+              file=sys.stderr)
+    return kept
+
+
 def _complexity(net: torch.nn.Module, deploy: torch.nn.Module, size: tuple[int, int], batch: int,
                 model_forms: set[str]) -> dict:
     """Params and MACs of each model form asked for (train, authors, deploy)."""
@@ -628,7 +641,7 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
     has_train = not getattr(net, "is_deploy", False)
     deploy = load_for_deploy(net)
     if not has_train:
-        forms = [f for f in forms if FORMS[f].model_form == "deploy"]
+        forms = _deploy_forms_only(forms, checkpoint)
     model_forms = {FORMS[f].model_form for f in forms} | ({"train"} if has_train else set())
     complexity = _complexity(net, deploy, (h, w), batch, model_forms)
 
