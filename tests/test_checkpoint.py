@@ -227,3 +227,15 @@ def test_a_directly_built_gcnet_round_trips(tmp_path):
         ref = model(x)
         assert torch.equal(loaded(x), ref)
         assert_close_rel(deploy(x), ref)
+
+
+def test_a_checkpoint_damaged_in_the_middle_is_refused(tmp_path):
+    """Bytes overwritten inside a stored tensor: torch.load would read wrong weights; the zip CRCs catch it."""
+    path = save_checkpoint(tmp_path / "m.pt", GCNet(**tiny_model_kwargs()).eval())
+    data = path.read_bytes()
+    mid = len(data) // 2
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(data[:mid] + bytes(1000) + data[mid + 1000:])
+    with pytest.raises(CheckpointError, match="damaged.*checksums"):
+        load_model(damaged)
+    load_model(path)  # the intact file still loads

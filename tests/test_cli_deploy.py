@@ -138,6 +138,11 @@ def test_export_onnx_openvino_int8_with_accuracy(checkpoint, tmp_path):
     assert acc["torch-fp32"]["delta_mIoU"] == 0
     assert all(np.isfinite(v["delta_mIoU"]) for v in acc.values())
     assert "delta mIoU" in result.stdout
+    image = tmp_path / "img.png"  # an .onnx file also runs on OpenVINO
+    Image.fromarray(np.zeros((64, 96, 3), np.uint8)).save(image)
+    assert main(["predict", str(image), "-c", str(out / "tiny.onnx"), "--runtime", "openvino", "-o",
+                 str(tmp_path / "pred"), "--no-progress"]) == 0
+    assert (tmp_path / "pred" / "img_label.png").is_file()
 
 
 @pytest.mark.slow
@@ -247,6 +252,38 @@ def test_bench_errors(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "--quick", "--forms", "torch-fp32", "--min-time", "-1"])
     assert exit_.value.code == 2 and "--min-time: must be 0 or a positive number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cmd", ["export", "bench", "eval"])
+def test_evaluation_refuses_a_dataset_with_other_classes(cmd, tmp_path, capsys):
+    """A 4-class model on the 5-class synthetic dataset: exit 2 before any work, nothing written."""
+    from gcnet.data.synthetic import make_synthetic_dataset
+
+    root = make_synthetic_dataset(tmp_path / "synth", num_train=1, num_val=1, size=(32, 48))
+    path = gcnet.save_checkpoint(tmp_path / "four.pt", gcnet.GCNet(**tiny_model_kwargs(num_classes=4)).eval())
+    out = tmp_path / "out"
+    args = {"export": ["export", str(path), "--out", str(out), "--input-size", "32x48", "--eval-dataset", "synthetic",
+                       "--eval-root", str(root)],
+            "bench": ["bench", "--quick", "-c", str(path), "--forms", "torch-fp32", "--json", str(out / "b.json"),
+                      "--eval-dataset", "synthetic", "--eval-root", str(root)],
+            "eval": ["eval", str(path), "--dataset", "synthetic", "--data-root", str(root)]}[cmd]
+    assert main(args) == 2
+    assert "the model has 4 classes but the synthetic dataset has 5" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--json", "{tmp}"], "is a folder; give a file name"),
+    (["--mode", "slide", "--crop", "16x16", "--stride", "32x32"], "--stride 32x32 is larger than --crop 16x16"),
+])
+def test_eval_refuses_bad_output_and_windows_up_front(checkpoint, tmp_path, capsys, flags, message):
+    from gcnet.data.synthetic import make_synthetic_dataset
+
+    root = make_synthetic_dataset(tmp_path / "synth", num_train=1, num_val=1, size=(32, 48))
+    code = main(["eval", str(checkpoint), "--dataset", "synthetic", "--data-root", str(root), "--no-progress",
+                 *[f.format(tmp=tmp_path) for f in flags]])
+    out, err = capsys.readouterr()
+    assert code == 2 and message in err and "mIoU" not in out  # refused before evaluating
 
 
 def test_bench_training_forms_of_a_deploy_checkpoint(tmp_path, capsys):

@@ -128,15 +128,31 @@ def read_checkpoint(source: Source | io.BytesIO, map_location: str | torch.devic
     path = resolve_checkpoint(source)
     if path.is_dir() or _is_safetensors(path):
         return _read_pretrained(path, map_location)
-    problem = _foreign_file(path)
+    problem = _foreign_file(path) or _damaged_zip(path)
     if problem:
         raise CheckpointError(problem)
     return _torch_load(path, str(path), map_location)
 
 
+def _damaged_zip(path: Path) -> str | None:
+    """What is wrong with a zip checkpoint (PyTorch's format) whose stored CRCs do not match its data,
+    which torch.load does not check; None if it is fine or not a readable zip (torch.load says why)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return None
+    if bad is None:
+        return None
+    return f"{path}: damaged (its data does not match the checksums stored in it); use an intact copy of the file"
+
+
 def _brief(exc: BaseException) -> str:
     """First line of an error from torch.load, without its advice to disable weights_only (never wanted)."""
-    line = (str(exc).strip().splitlines() or [""])[0][:200]
+    line = (str(exc).strip().splitlines() or [""])[0]
+    if len(line) > 200:  # whole sentences only
+        end = line[:200].rfind(". ")
+        line = line[:end + 1] if end > 0 else line[:200] + "..."
     return type(exc).__name__ if not line or "weights_only" in line else line
 
 

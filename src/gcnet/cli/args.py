@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from pathlib import Path
 
 from gcnet.deploy.qat import FINETUNE_ITERS, FINETUNE_MIN_FRAMES
@@ -81,7 +82,9 @@ def _dir_problem(path: Path) -> str | None:
         existing = existing.parent
     if not existing.is_dir():
         return f"cannot create folder {path}: {existing} is a file"
-    if not os.access(existing, os.W_OK | os.X_OK):
+    try:  # a real probe: permission bits do not tell for root, read-only mounts or /proc
+        tempfile.TemporaryDirectory(dir=existing, prefix=".gcnet-probe-").cleanup()
+    except OSError:
         return f"{existing} is not writable" if existing == path else f"cannot create {path}: {existing} is not writable"
     return None
 
@@ -100,7 +103,7 @@ def _file_problem(path: Path) -> str | None:
 
 def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
     """Check before any work that files can be written into folder ``path`` (created later if missing);
-    raises ConfigError naming ``what`` (e.g. ``--out``). Nothing is created here."""
+    raises ConfigError naming ``what`` (e.g. ``--out``). Nothing is left behind here."""
     problem = _dir_problem(Path(path).expanduser())
     if problem:
         raise ConfigError(f"{what}: {problem}")

@@ -8,7 +8,7 @@ import json
 import textwrap
 from typing import Any
 
-from gcnet.cli.args import non_negative_int, parse_size, positive_int
+from gcnet.cli.args import check_writable_file, non_negative_int, parse_size, positive_int
 from gcnet.data.datasets import CONFIG_KINDS
 from gcnet.errors import ConfigError
 
@@ -133,6 +133,9 @@ def _settings(args: argparse.Namespace, train_cfg: dict | None) -> dict[str, Any
                             flip=e.flip if args.flip is None else args.flip, batch_size=args.batch_size or e.batch_size)
     if e.mode == "slide" and not e.crop_size:
         raise ConfigError("--mode slide needs --crop HxW")
+    if e.mode == "slide" and e.stride and any(s > c for s, c in zip(e.stride, e.crop_size)):
+        raise ConfigError(f"--stride {e.stride[0]}x{e.stride[1]} is larger than --crop {e.crop_size[0]}x"
+                          f"{e.crop_size[1]}: the windows would leave pixels out; use a stride <= the crop")
     return {"kind": kind, "root": root, "split": args.split or (cfg.data.val_split if cfg else "") or "val",
             "info": args.info or (cfg.data.info if same_dataset else ""), "eval": e}
 
@@ -180,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
     from gcnet.evaluation.metrics import format_table
     from gcnet.fileio import write_text
 
+    if args.json and args.json != "-":
+        check_writable_file(args.json, "--json")  # before the evaluation, not after it
     if args.threads:
         torch.set_num_threads(args.threads)
     device = gdist.resolve_device(args.device)
@@ -189,9 +194,7 @@ def run(args: argparse.Namespace) -> int:
         model, train_cfg = _load(args)
         s = _settings(args, train_cfg)
         dataset = _dataset(s, args.limit)
-        if len(dataset.info.classes) != model.num_classes:
-            raise ConfigError(f"the model has {model.num_classes} classes but the {dataset.info.name} dataset has "
-                              f"{len(dataset.info.classes)}")
+        dataset.info.check_model_classes(model.num_classes)
         if not args.skip_data_check:
             check_datasets([dataset], progress=not args.no_progress)
         if args.float64:

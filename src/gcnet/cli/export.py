@@ -256,6 +256,8 @@ def run(args: argparse.Namespace) -> int:
     # the calibration and evaluation data are read before anything is exported: a wrong root fails at once
     calibration, frames, calib_report = _calibration(args) if args.precision == "int8" else (None, None, None)
     eval_set = _dataset(args.eval_dataset, args.eval_root, args.eval_split, "eval") if args.eval_dataset else None
+    if eval_set is not None:
+        eval_set.info.check_model_classes(deploy.num_classes)
     name = args.name or (Path(args.checkpoint).stem if args.checkpoint else f"{args.model.lower()}")
     out = Path(args.out)
     report: dict = {"model": deploy.config, "input_size": list(args.input_size), "exports": {}}

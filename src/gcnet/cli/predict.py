@@ -192,7 +192,7 @@ def _class_info(args: argparse.Namespace, source, num_classes: int):
 def _num_classes(source, runtime) -> int:
     if not isinstance(source, Path):
         return int(source.num_classes)
-    if source.suffix.lower() == ".onnx":
+    if runtime.kind == "onnxruntime":  # an .onnx file may also run on OpenVINO (--runtime openvino)
         shape = list(runtime.session.get_outputs()[0].shape)
         dim = shape[1] if len(shape) == 4 else None
     else:

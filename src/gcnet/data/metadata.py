@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gcnet.errors import DatasetError
+from gcnet.errors import ConfigError, DatasetError
 
 __all__ = [
     "DatasetInfo",
@@ -87,6 +87,12 @@ class DatasetInfo:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def check_model_classes(self, num_classes: int) -> None:
+        """Refuse a model with another class count: its labels would be scored against the wrong classes."""
+        if num_classes != self.num_classes:
+            raise ConfigError(f"the model has {num_classes} classes but the {self.name} dataset has "
+                              f"{self.num_classes}; evaluate it on a dataset with its classes")
 
     def palette_array(self) -> np.ndarray:
         """Palette as a ``(num_classes, 3)`` uint8 array."""

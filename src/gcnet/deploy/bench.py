@@ -639,6 +639,10 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
     net = bench_model(model, num_classes, checkpoint)
     model, num_classes = net.config.get("name", model), int(net.num_classes)
     has_train = not getattr(net, "is_deploy", False)
+    if eval:  # before any export: a wrong dataset fails at once
+        from gcnet.data.datasets import build_dataset
+
+        build_dataset(eval["kind"], eval["root"], eval["split"]).info.check_model_classes(num_classes)
     deploy = load_for_deploy(net)
     if not has_train:
         forms = _deploy_forms_only(forms, checkpoint)

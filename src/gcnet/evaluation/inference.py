@@ -58,6 +58,8 @@ def slide_logits(model: nn.Module, images: Tensor, crop_size, stride=None) -> Te
     ch, cw = _pair(crop_size, "crop_size")  # type: ignore[misc]
     stride = _pair(stride, "stride") or (max(1, ch * 2 // 3), max(1, cw * 2 // 3))
     sh, sw = stride
+    if sh > ch or sw > cw:
+        raise ValueError(f"stride {stride} is larger than crop_size {(ch, cw)}: windows would leave pixels out")
     b, _, h, w = images.shape
     h_grids = max(h - ch + sh - 1, 0) // sh + 1
     w_grids = max(w - cw + sw - 1, 0) // sw + 1
@@ -74,7 +76,7 @@ def slide_logits(model: nn.Module, images: Tensor, crop_size, stride=None) -> Te
                 preds = images.new_zeros((b, logit.shape[1], h, w), dtype=logit.dtype)
             preds[:, :, y1:y2, x1:x2] += logit
             count[:, :, y1:y2, x1:x2] += 1
-    assert preds is not None and bool((count > 0).all())
+    assert preds is not None  # there is always at least one window
     return preds / count.to(preds.dtype)
 
 
@@ -198,6 +200,8 @@ def _label_info(model: Any, data: Any, num_classes: int | None, ignore_index: in
                 class_names: Sequence[str] | None) -> tuple[int, int, list[str]]:
     """Classes, ignore index and class names: as given, else from the model / ``data.info``."""
     info = getattr(data, "info", None)
+    if num_classes is None and info is not None and getattr(model, "num_classes", None) is not None:
+        info.check_model_classes(model.num_classes)
     if num_classes is None:
         num_classes = getattr(model, "num_classes", None) or (len(info.classes) if info else None)
     if num_classes is None:
