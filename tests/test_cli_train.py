@@ -61,6 +61,20 @@ def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
     assert "no such checkpoint" in capsys.readouterr().err
 
 
+
+def test_synthetic_data_is_generated_only_into_a_new_or_empty_folder(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("mine")
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "notes.txt").write_text("mine")
+    for root, message in (("a_file", "is a file"), ("project", "holds files but no synthetic dataset")):
+        rc = main(["train", "tiny_synthetic", "--data.root", str(tmp_path / root), "--work-dir",
+                   str(tmp_path / "run"), *TINY])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"--data.root {tmp_path / root} {message}" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "a_file", "project", "project/notes.txt"]
+
+
 @pytest.mark.slow
 def test_train_then_eval_both_forms(tmp_path, capsys):
     work = tmp_path / "run"
@@ -96,9 +110,12 @@ def test_train_then_eval_both_forms(tmp_path, capsys):
     assert payload["mode"] == "slide" and payload["flip"] is True and list(payload["results"]) == ["deploy"]
     assert payload["results"]["deploy"]["num_images"] == 2
 
-    # resume a finished run: nothing to do, exits cleanly
-    assert main(["train", "--resume", "--work-dir", str(work), "--no-progress"]) == 0
-    assert "nothing to do" in capsys.readouterr().out
+    # resume a finished run, even with fewer iterations: nothing to do, and nothing in the run changes
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in work.rglob("*") if p.is_file()}
+    for extra in ([], ["--schedule.iters", "1"]):
+        assert main(["train", "--resume", "--work-dir", str(work), "--no-progress", *extra]) == 0
+        assert "nothing to do" in capsys.readouterr().out
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in work.rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.slow
@@ -147,6 +164,10 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mIoU"]["identical"] and summary["train"]["iterations"] == 40
     assert len(list((out / "overlays").glob("*.png"))) == 2
+    # run again in its own folder: replaced, with no panels of the earlier run left over
+    assert main(["demo", "--out", str(out), "--iters", "2", "--no-progress", "--num-overlays", "0"]) == 0
+    assert json.loads((out / "summary.json").read_text())["train"]["iterations"] == 2
+    assert not list((out / "overlays").glob("*.png"))
 
 
 # ------------------------------------------------------------------ nothing a user made is ever lost (issue 9)
@@ -283,12 +304,24 @@ def test_checkpoints_carry_the_dataset_metadata_for_predict(tmp_path):
 
 
 def test_demo_never_touches_a_folder_it_did_not_write(tmp_path, capsys):
-    """The demo replaces an earlier demo's files in --out, so it refuses a folder holding anything else."""
-    out = tmp_path / "project"
-    (out / "train").mkdir(parents=True)
-    (out / "train" / "latest.pth").write_bytes(b"a demo checkpoint")  # an earlier demo's: may be replaced
-    (out / "notes.txt").write_text("mine")
-    assert main(["demo", "--out", str(out), "--iters", "1"]) == 2
+    """The demo replaces an earlier demo's files in --out, so it refuses a folder an earlier demo did not
+    make (even one whose entries have the demo's names: a project with data/ and train/) or that holds
+    anything else."""
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "my_dataset.txt").write_text("mine")
+    assert main(["demo", "--out", str(project), "--iters", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "holds files the demo did not write (data)" in err and len(err.strip().splitlines()) <= 2
+    assert sorted(p.name for p in project.rglob("*")) == ["data", "my_dataset.txt"]
+
+    earlier = tmp_path / "demo"
+    (earlier / "train").mkdir(parents=True)
+    (earlier / ".gcnet-demo").write_text("")
+    (earlier / "train" / "latest.pth").write_bytes(b"a demo checkpoint")  # an earlier demo's: may be replaced
+    (earlier / "notes.txt").write_text("mine")
+    assert main(["demo", "--out", str(earlier), "--iters", "1"]) == 2
     err = capsys.readouterr().err
     assert "holds files the demo did not write (notes.txt)" in err and len(err.strip().splitlines()) <= 2
-    assert (out / "notes.txt").read_text() == "mine" and (out / "train" / "latest.pth").read_bytes() == b"a demo checkpoint"
+    assert (earlier / "notes.txt").read_text() == "mine"
+    assert (earlier / "train" / "latest.pth").read_bytes() == b"a demo checkpoint"

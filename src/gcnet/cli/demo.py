@@ -207,7 +207,9 @@ def _write_overlays(deployed, val_set, count: int, ov_dir: Path, device, info) -
     from gcnet.evaluation.inference import infer_logits
     from gcnet.fileio import atomic_path
 
-    ov_dir.mkdir(exist_ok=True)
+    if ov_dir.exists():  # an earlier demo's panels (the folder is the demo's): none left over to mislead
+        shutil.rmtree(ov_dir)
+    ov_dir.mkdir()
     written = []
     with torch.no_grad():
         for i in range(min(count, len(val_set))):
@@ -225,18 +227,23 @@ def _write_overlays(deployed, val_set, count: int, ov_dir: Path, device, info) -
 
 
 DEMO_ENTRIES = frozenset({"data", "train", "overlays", "summary.json"})
+MARKER = ".gcnet-demo"  # written first into a demo's folder: the licence to replace its contents next time
 
 
 def _demo_folder(out: Path) -> Path:
-    """The --out folder, created if missing. The demo replaces an earlier demo's files there, so it
-    refuses a folder holding anything else: it never deletes files it did not write."""
+    """The --out folder, created if missing. The demo replaces an earlier demo's files there, so it refuses
+    a non-empty folder that an earlier demo did not make, or that holds anything else: it never deletes
+    files it did not write."""
     check_writable_dir(out, "--out")
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in DEMO_ENTRIES) if out.is_dir() else []
-    if foreign:
-        raise ConfigError(f"--out {out} holds files the demo did not write ({', '.join(foreign[:3])}"
-                          f"{', ...' if len(foreign) > 3 else ''}); the demo replaces its folder's contents: "
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    foreign = [name for name in entries if name not in DEMO_ENTRIES | {MARKER}]
+    if entries and (MARKER not in entries or foreign):
+        shown = foreign or entries
+        raise ConfigError(f"--out {out} holds files the demo did not write ({', '.join(shown[:3])}"
+                          f"{', ...' if len(shown) > 3 else ''}); the demo replaces its folder's contents: "
                           "choose an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by gcnet demo, which replaces this folder's contents when run again\n")
     return out
 
 

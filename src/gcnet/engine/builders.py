@@ -24,16 +24,29 @@ __all__ = [
 
 
 def _ensure_synthetic(data: DataSection, seed: int, log: Callable[[str], None]) -> None:
-    """Generate the synthetic dataset into ``data.root`` unless its training split is there."""
+    """Generate the synthetic dataset into ``data.root`` unless its training split is there. Only into a
+    new or empty folder, and whole or not at all: a killed run leaves nothing that passes for a dataset."""
     from gcnet.data.synthetic import make_synthetic_dataset
+    from gcnet.fileio import remove_stale_temps, staging_folder
 
     root = Path(data.root)
     if (root / "images" / data.train_split).is_dir() and (root / "labels" / data.train_split).is_dir():
         return
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"--data.root {root} is a file; the synthetic dataset is generated into a folder: "
+                          "give a new or empty one")
+    if root.is_dir():
+        remove_stale_temps(root)
+        if any(root.iterdir()):
+            raise ConfigError(f"--data.root {root} holds files but no synthetic dataset (images/"
+                              f"{data.train_split}, labels/{data.train_split}); give a new or empty folder to "
+                              "generate one in")
     h, w = data.synthetic_size
     log(f"generating a synthetic dataset in {root} ({data.synthetic_train} train / {data.synthetic_val} val "
         f"images of {h}x{w})")
-    make_synthetic_dataset(root, num_train=data.synthetic_train, num_val=data.synthetic_val, size=(h, w), seed=seed)
+    with staging_folder(root) as stage:
+        make_synthetic_dataset(stage, num_train=data.synthetic_train, num_val=data.synthetic_val, size=(h, w),
+                               seed=seed)
 
 
 def build_datasets(cfg: TrainConfig, log: Callable[[str], None] = print, *, train: bool = True, val: bool = True):

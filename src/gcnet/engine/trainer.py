@@ -45,7 +45,7 @@ from gcnet.engine.builders import (
 )
 from gcnet.engine.config import TrainConfig, config_diff, load_config
 from gcnet.engine.logs import MetricsLog, fmt_time, json_safe
-from gcnet.engine.run_state import RunDir, capture_rng, read_resume, restore_rng, resume_command, sigint_deferred
+from gcnet.engine.run_state import Resume, RunDir, capture_rng, read_resume, restore_rng, resume_command, sigint_deferred
 from gcnet.engine.sampler import InfiniteBatchSampler, SeededTrainSet
 from gcnet.errors import CheckpointError, ConfigError, GCNetError
 from gcnet.fileio import write_text
@@ -151,13 +151,15 @@ class Trainer:
         self.dist = gdist.init_from_env(gdist.resolve_device(self.cfg.runtime.device).type)
         s = None
         try:
-            s = self._setup()
+            resume = read_resume(self.work_dir, self.resume) if self.resume else None
+            if resume is not None and self._finished(resume):
+                return {"iterations": resume.iteration, "best": _validated(resume.ckpt.get("best", {"mIoU": -1.0})),
+                        "final": None, "work_dir": str(self.work_dir)}
+            s = self._setup(resume)
             if s.state["pending_val"]:  # resumed from a checkpoint whose validation did not complete
                 with self._resume_hint(s):
                     self._validate(s)
-            if s.start_iter >= self.cfg.schedule.iters:
-                self.log(f"nothing to do: the checkpoint is at iteration {s.start_iter} >= schedule.iters "
-                         f"{self.cfg.schedule.iters}")
+            if s.start_iter >= self.cfg.schedule.iters:  # the pending validation was all that was left
                 return {"iterations": s.start_iter, "best": _validated(s.state["best"]), "final": None,
                         "work_dir": str(self.work_dir)}
             with self._resume_hint(s):
@@ -242,10 +244,19 @@ class Trainer:
                      "checkpoint; training continues but the data order is not the uninterrupted run's")
         return train_set, val_set, info, sampler
 
-    def _setup(self) -> _Session:
+    def _finished(self, resume: Resume) -> bool:
+        """Whether the checkpoint already reached schedule.iters with nothing pending; said, and nothing is
+        written (not even config.toml), so resuming a finished run leaves it as it was."""
+        iters = self.cfg.schedule.iters
+        if resume.iteration < iters or resume.ckpt.get("pending_val"):
+            return False
+        self.log(f"nothing to do: {resume.path} is at iteration {resume.iteration} >= schedule.iters {iters}; "
+                 "nothing was changed (raise --schedule.iters to train further)")
+        return True
+
+    def _setup(self, resume: Resume | None) -> _Session:
         cfg = self.cfg
         device, amp, amp_dtype, memory_format = self._runtime()
-        resume = read_resume(self.work_dir, self.resume) if self.resume else None
         if resume is None:
             move_away = self.run_dir.previous_run(self.overwrite)
         else:
