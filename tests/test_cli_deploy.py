@@ -85,7 +85,7 @@ def test_export_torchscript(checkpoint, tmp_path):
     assert (out / "tiny.ts").is_file()
 
 
-def test_export_errors(checkpoint, capsys):
+def test_export_errors(checkpoint, tmp_path, capsys):
     assert main(["export", "--format", "onnx"]) == 2
     assert main(["export", "--checkpoint", str(checkpoint), "--precision", "int8", "--format", "onnx"]) == 2
     assert "calibration" in capsys.readouterr().err
@@ -95,6 +95,10 @@ def test_export_errors(checkpoint, capsys):
     with pytest.raises(SystemExit) as exc:
         main([*base, "--finetune-iters", "-1"])
     assert exc.value.code == 2 and "--finetune-iters" in capsys.readouterr().err
+    for flag, value, message in (("--opset", "99", "--opset must be from 17 to"),
+                                 ("--tolerance", "-1", "--tolerance must be >= 0")):
+        assert main(["export", str(checkpoint), flag, value, "--out", str(tmp_path / "out")]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("flags", [["--format", "openvino", "--precision", "int8", "--calib-dataset", "camvid",
@@ -307,23 +311,33 @@ def _files(folder) -> dict:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _failing_verification(monkeypatch) -> None:
+    """Make every export's verification fail: the real comparison, against a tolerance no export meets."""
+    from gcnet.deploy import export
+
+    real = export._check_close
+    monkeypatch.setattr(export, "_check_close", lambda name, ref, out, tolerance, labels=False:
+                        real(name, ref, out, -1.0, labels))
+
+
 @pytest.mark.slow
 @pytest.mark.deploy
-def test_export_failing_verification_keeps_the_earlier_export(checkpoint, tmp_path):
+def test_export_failing_verification_keeps_the_earlier_export(checkpoint, tmp_path, capsys, monkeypatch):
     pytest.importorskip("onnxruntime", reason="needs onnxruntime")
     pytest.importorskip("openvino", reason="needs openvino")
     out = tmp_path / "exp"
     common = ["--checkpoint", str(checkpoint), "--out", str(out), "--input-size", "64x96", "--threads", "1"]
-    result = run_cli(["export", "--format", "onnx", "openvino", *common])
-    assert result.returncode == 0, result.stderr
+    assert main(["export", "--format", "onnx", "openvino", *common]) == 0
     before = _files(out)
     assert set(before) == {"tiny.onnx", "tiny.xml", "tiny.bin"}
-    for fmt in ["onnx", "openvino"]:  # a tolerance no export meets: the verification of the new file fails
-        result = run_cli(["export", "--format", fmt, "--tolerance", "-1", *common])
-        assert result.returncode == 2, result.stderr
-        assert "exceeds the tolerance" in result.stderr and "unchanged" in result.stderr
-        assert "Traceback" not in result.stderr
-        assert _files(out) == before, f"{fmt}: the earlier export changed"
+    with monkeypatch.context() as m:
+        _failing_verification(m)
+        for fmt in ["onnx", "openvino"]:
+            capsys.readouterr()
+            assert main(["export", "--format", fmt, *common]) == 2
+            err = capsys.readouterr().err
+            assert "exceeds the tolerance" in err and "unchanged" in err and "Traceback" not in err
+            assert _files(out) == before, f"{fmt}: the earlier export changed"
     # the fp32 ONNX export succeeds, then int8 calibration fails: the whole command changes nothing
     (tmp_path / "no_images").mkdir()
     result = run_cli(["export", "--format", "onnx", "--precision", "int8", "--calib-images",
@@ -332,18 +346,19 @@ def test_export_failing_verification_keeps_the_earlier_export(checkpoint, tmp_pa
     assert _files(out) == before
 
 
-def test_export_torchscript_failing_verification_keeps_the_earlier_file(checkpoint, tmp_path, capsys):
+def test_export_torchscript_failing_verification_keeps_the_earlier_file(checkpoint, tmp_path, capsys, monkeypatch):
     out = tmp_path / "exp"
     args = ["export", str(checkpoint), "--format", "torchscript", "--out", str(out), "--input-size", "64x96"]
     assert main(args) == 0
     before = _files(out)
-    assert main([*args, "--tolerance", "-1"]) == 2
+    _failing_verification(monkeypatch)
+    assert main(args) == 2
     assert "exceeds the tolerance" in capsys.readouterr().err
     assert _files(out) == before
     fresh = tmp_path / "fresh"
     assert main(["export", str(checkpoint), "--format", "torchscript", "--out", str(fresh), "--input-size",
-                 "64x96", "--tolerance", "-1"]) == 2
-    assert not fresh.exists()
+                 "64x96"]) == 2
+    assert "exceeds the tolerance" in capsys.readouterr().err and not fresh.exists()
 
 
 @pytest.mark.parametrize("cmd", ["predict", "export"])

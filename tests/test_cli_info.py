@@ -95,9 +95,23 @@ def test_usage_errors_are_two_lines(capsys):
         main(["info", "--size", "0x5"])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["gcnet info: error: argument --size: size must be HxW or N (positive integers), e.g. 1024x2048 "
+    assert err == ["gcnet info: error: argument --size: size must be HxW or N (integers from 1 to 16384), e.g. 1024x2048 "
                    "or 512; got '0x5'", "(run 'gcnet info --help' for the options)"]
     with pytest.raises(SystemExit) as exc:
         main(["eval", "x.pth", "--no-such-flag"])
     assert exc.value.code == 2
     assert capsys.readouterr().err.startswith("gcnet eval: error: unrecognized arguments: --no-such-flag\n")
+
+
+def test_running_out_of_memory_or_disk_is_one_line_not_a_traceback():
+    import torch
+
+    from gcnet.cli import resource_message
+
+    with pytest.raises(RuntimeError) as alloc:  # a real allocation failure
+        torch.empty(2**50, dtype=torch.uint8)
+    assert resource_message(alloc.value).startswith("out of memory (")
+    with pytest.raises(OSError) as full, open("/dev/full", "wb", buffering=0) as f:  # a real full device
+        f.write(b"x")
+    assert resource_message(full.value).startswith("no space left on the device")
+    assert resource_message(RuntimeError("shape mismatch")) is None  # a bug keeps its traceback

@@ -197,9 +197,9 @@ def _foreign_file(path: Path) -> str | None:
         else:
             kind = "a zip archive"
     elif suffix == ".onnx":
-        kind, hint = "an ONNX model (from `gcnet export`)", "; `gcnet predict` and `gcnet bench` run it as is"
+        kind, hint = "an ONNX model (from `gcnet export`)", "; `gcnet predict` runs it as is"
     elif suffix == ".xml" or head.startswith((b"<?xml", b"<net")) or (suffix == ".bin" and path.with_suffix(".xml").is_file()):
-        kind, hint = "an OpenVINO IR model (from `gcnet export`)", "; `gcnet predict` and `gcnet bench` run the .xml as is"
+        kind, hint = "an OpenVINO IR model (from `gcnet export`)", "; `gcnet predict` runs the .xml as is"
     elif head[:15].lower().startswith((b"<!doctype html", b"<html")):
         kind = "an HTML page (a failed download? Google Drive answers large files with a confirmation page)"
     elif suffix in IMAGE_EXTENSIONS or head.startswith((b"\x89PNG", b"\xff\xd8\xff")):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -44,6 +45,19 @@ def user_message(exc: GCNetError) -> str:
     return text[at + len(marker):].strip() if at >= 0 else text
 
 
+def resource_message(exc: BaseException) -> str | None:
+    """One line for running out of memory or disk space (the machine's limits, not a bug), else None."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
+            "can't allocate memory" in text or "out of memory" in text.lower())):
+        return (f"out of memory ({text[:160]}); use a smaller input (--input-size, --size, --crop) or batch, "
+                "or free memory")
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return f"no space left on the device{where}; free some space and run again (finished files are kept)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -57,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except GCNetError as exc:
         print(f"gcnet {args.command}: error: {user_message(exc)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError, OSError) as exc:
+        message = resource_message(exc)
+        if message is None:
+            raise
+        print(f"gcnet {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gcnet {args.command}: interrupted", file=sys.stderr)

@@ -14,6 +14,8 @@ from pathlib import Path
 from gcnet.deploy.qat import FINETUNE_ITERS, FINETUNE_MIN_FRAMES
 from gcnet.errors import ConfigError
 
+MAX_SIDE = 16384  # per side: larger inputs do not fit in memory
+
 
 def parse_size(text: str) -> tuple[int, int]:
     """'1024x2048' (HxW) or '512' (square) -> (H, W)."""
@@ -23,8 +25,9 @@ def parse_size(text: str) -> tuple[int, int]:
         parts = []
     if len(parts) == 1:
         parts *= 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"size must be HxW or N (positive integers), e.g. 1024x2048 or 512; got {text!r}")
+    if len(parts) != 2 or min(parts) < 1 or max(parts) > MAX_SIDE:
+        raise argparse.ArgumentTypeError(f"size must be HxW or N (integers from 1 to {MAX_SIDE}), e.g. 1024x2048 or "
+                                         f"512; got {text!r}")
     return parts[0], parts[1]
 
 

@@ -75,7 +75,8 @@ examples:
     p.add_argument("--name", help="base file name (default: the checkpoint's or variant's name)")
     p.add_argument("--input-size", type=parse_size, default=(512, 1024), metavar="HxW",
                    help="example/verification input size (default: 512x1024); exports stay dynamic")
-    p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset, >= 17 (default: %(default)s)")
+    p.add_argument("--opset", type=positive_int, default=17,
+                   help="ONNX opset, 17 to what this torch writes (default: %(default)s)")
     p.add_argument("--static", action="store_true", help="fixed input shape in ONNX/torch.export")
     p.add_argument("--postprocess", action="store_true",
                    help="ONNX graph also upsamples to the input size and returns int64 labels (argmax)")
@@ -104,10 +105,14 @@ def _dataset(kind: str, root: str | None, split: str, what: str):
 
 
 def _check_args(args: argparse.Namespace, formats: list[str]) -> None:
+    from gcnet.deploy.export import DEFAULT_OPSET, MAX_OPSET
     from gcnet.optional import is_available
 
-    if args.opset < 17:
-        raise ConfigError("--opset must be >= 17")
+    if not DEFAULT_OPSET <= args.opset <= MAX_OPSET:
+        raise ConfigError(f"--opset must be from {DEFAULT_OPSET} to {MAX_OPSET} (what this torch's ONNX exporter "
+                          "writes)")
+    if args.tolerance < 0:
+        raise ConfigError("--tolerance must be >= 0 (a relative difference, e.g. 1e-3)")
     check_writable_dir(args.out, "--out")
     if args.json:
         check_writable_file(args.json, "--json")
@@ -281,7 +286,8 @@ def run(args: argparse.Namespace) -> int:
             if fmt == "torch-export" and not args.static and not r["dynamic"]:
                 log("  note: torch.export could not make the shapes dynamic; exported for the example size")
             if "max_abs_diff" in r:
-                log(f"  verified: max |diff| to PyTorch = {r['max_abs_diff']:.3g}")
+                log(f"  verified: max |diff| to PyTorch = {r['max_abs_diff']:.3g} (relative {r['rel_diff']:.2g}, "
+                    f"accepted up to --tolerance {args.tolerance:g})")
         int8_runtimes = {}
         if args.precision == "int8":
             report["calibration"] = calib_report

@@ -9,16 +9,18 @@ from pathlib import Path
 from gcnet.cli.args import check_writable_dir, fraction, parse_size, positive_int
 from gcnet.errors import ConfigError
 
-MODEL_SOURCES_HELP = (
-    "Model: either --checkpoint FILE (a gcnet checkpoint .pt/.pth from `gcnet train`, named weights such "
-    "as gcnet-s_cityscapes (`gcnet weights`), a URL, a save_pretrained folder, or a file from "
-    "`gcnet export`: .onnx or OpenVINO .xml), or --model VARIANT --weights FILE --num-classes K for the "
-    "authors' released weights (mmengine .pth, training or deploy form).")
+
+def _sources_help(allow_exported: bool) -> str:
+    exported = ", or a file from `gcnet export`: .onnx or OpenVINO .xml" if allow_exported else ""
+    return ("Model: either --checkpoint FILE (a gcnet checkpoint .pt/.pth from `gcnet train`, named weights such "
+            f"as gcnet-s_cityscapes (`gcnet weights`), a URL, a save_pretrained folder{exported}), or --model "
+            "VARIANT --weights FILE --num-classes K for the authors' released weights (mmengine .pth, training or "
+            "deploy form).")
 
 
 def add_model_args(p: argparse.ArgumentParser, *, allow_exported: bool = True, required: bool = True) -> None:
-    g = p.add_argument_group("model", MODEL_SOURCES_HELP if required else
-                             MODEL_SOURCES_HELP + " Without either, a randomly initialised model is used.")
+    g = p.add_argument_group("model", _sources_help(allow_exported) if required else
+                             _sources_help(allow_exported) + " Without either, a randomly initialised model is used.")
     g.add_argument("--checkpoint", "-c", metavar="FILE",
                    help="gcnet checkpoint" + (" or exported .onnx/.xml model" if allow_exported else ""))
     g.add_argument("--model", "-m", metavar="VARIANT", help="gcnet-s, gcnet-m or gcnet-l (with --weights)")
@@ -37,7 +39,8 @@ def model_from_args(args: argparse.Namespace, *, required: bool = True, allow_ex
         path = resolve_checkpoint(args.checkpoint)  # a file, named weights or a URL (downloaded once)
         if path.suffix.lower() in (".onnx", ".xml"):
             if not allow_exported:
-                raise ConfigError(f"{path}: this command needs a gcnet checkpoint, not an exported model")
+                raise ConfigError(f"{path}: this command needs a gcnet checkpoint, not an exported model; pass the "
+                                  "checkpoint it was exported from (`gcnet predict` runs exported models)")
             return path
         return gcnet.load_model(args.checkpoint)
     if args.weights and not args.model:
