@@ -279,6 +279,8 @@ def test_evaluation_refuses_a_dataset_with_other_classes(cmd, tmp_path, capsys):
 @pytest.mark.parametrize("flags,message", [
     (["--json", "{tmp}"], "is a folder; give a file name"),
     (["--mode", "slide", "--crop", "16x16", "--stride", "32x32"], "--stride 32x32 is larger than --crop 16x16"),
+    (["--mode", "whole", "--crop", "16x16"], "add --mode slide"),
+    (["--float64", "--amp"], "--float64 and --amp (bfloat16) contradict each other"),
 ])
 def test_eval_refuses_bad_output_and_windows_up_front(checkpoint, tmp_path, capsys, flags, message):
     from gcnet.data.synthetic import make_synthetic_dataset

@@ -59,6 +59,13 @@ def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
     assert exc.value.code == 2
     assert main(["eval", str(tmp_path / "nothing.pth")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("mine")
+    for flags, message in ((["--resume", str(tmp_path / "gone.pth")], "gone.pth: no such checkpoint or run folder"),
+                           (["--resume", "--overwrite"], "give one"),
+                           (["tiny_synthetic", "--work-dir", str(tmp_path / "a_file")], "is not a folder")):
+        assert main(["train", *flags, "--data.root", str(tmp_path / "data")]) == 2
+        assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # nothing generated, nothing written
 
 
 

@@ -131,6 +131,11 @@ def _settings(args: argparse.Namespace, train_cfg: dict | None) -> dict[str, Any
     e = dataclasses.replace(e, mode=args.mode or e.mode, crop_size=list(args.crop or e.crop_size),
                             stride=list(args.stride or e.stride), scales=list(args.scales or e.scales),
                             flip=e.flip if args.flip is None else args.flip, batch_size=args.batch_size or e.batch_size)
+    if e.mode != "slide" and (args.crop or args.stride):
+        raise ConfigError("--crop and --stride set the windows of --mode slide; add --mode slide (the mode now "
+                          f"is {e.mode})")
+    if args.float64 and args.amp:
+        raise ConfigError("--float64 and --amp (bfloat16) contradict each other; give one")
     if e.mode == "slide" and not e.crop_size:
         raise ConfigError("--mode slide needs --crop HxW")
     if e.mode == "slide" and e.stride and any(s > c for s, c in zip(e.stride, e.crop_size)):

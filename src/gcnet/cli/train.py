@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 
-from gcnet.cli.args import non_negative_int, positive_int
+from gcnet.cli.args import check_writable_dir, non_negative_int, positive_int
 from gcnet.engine.config import SCHEMA, TrainConfig, dumps_toml, list_presets
 from gcnet.errors import ConfigError
 
@@ -123,6 +123,10 @@ def _resolve(args: argparse.Namespace):
     overrides = collect_overrides(args)
     source = args.config
     work_dir = args.work_dir
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues the run in --work-dir and --overwrite starts it anew; give one")
+    if args.resume not in (None, True) and not Path(args.resume).exists():
+        raise ConfigError(f"--resume {args.resume}: no such checkpoint or run folder")
     if source is None:
         if not args.resume:
             raise ConfigError("give a CONFIG (a preset name or a .toml file; see --list-presets), "
@@ -176,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dumps_toml(cfg.to_dict()), end="")
         return 0
+    check_writable_dir(work_dir, "--work-dir")
     if args.launcher == "torchrun" and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return _torchrun(args, work_dir, overrides)
 

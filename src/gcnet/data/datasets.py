@@ -637,7 +637,8 @@ def load_folder_info(root: PathLike) -> DatasetInfo:
         except ValueError as e:
             raise DatasetError(f"invalid {names}: {e}") from e
     raise DatasetError(
-        f"folder dataset {root}: the classes are unknown; pass info=..., or write {meta} "
+        f"folder dataset {root}: the classes are unknown; name a known dataset's (--info or data.info, e.g. camvid), "
+        f"or write {meta} "
         f'({{"classes": [...], "palette": [[r, g, b], ...], "ignore_index": 255}}) or {names} (one name a line)'
     )
 
