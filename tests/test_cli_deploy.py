@@ -96,7 +96,8 @@ def test_export_errors(checkpoint, tmp_path, capsys):
         main([*base, "--finetune-iters", "-1"])
     assert exc.value.code == 2 and "--finetune-iters" in capsys.readouterr().err
     for flag, value, message in (("--opset", "99", "--opset must be from 17 to"),
-                                 ("--tolerance", "-1", "--tolerance must be >= 0")):
+                                 ("--tolerance", "-1", "--tolerance must be >= 0"),
+                                 ("--name", "../up", "must be a plain file name")):
         assert main(["export", str(checkpoint), flag, value, "--out", str(tmp_path / "out")]) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
 

@@ -111,6 +111,8 @@ def _check_args(args: argparse.Namespace, formats: list[str]) -> None:
     if not DEFAULT_OPSET <= args.opset <= MAX_OPSET:
         raise ConfigError(f"--opset must be from {DEFAULT_OPSET} to {MAX_OPSET} (what this torch's ONNX exporter "
                           "writes)")
+    if args.name is not None and (not args.name.strip(".") or Path(args.name).name != args.name):
+        raise ConfigError(f"--name {args.name!r} must be a plain file name (no folders); --out chooses the folder")
     if args.tolerance < 0:
         raise ConfigError("--tolerance must be >= 0 (a relative difference, e.g. 1e-3)")
     check_writable_dir(args.out, "--out")

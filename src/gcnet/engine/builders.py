@@ -31,6 +31,7 @@ def _ensure_synthetic(data: DataSection, seed: int, log: Callable[[str], None]) 
 
     root = Path(data.root)
     if (root / "images" / data.train_split).is_dir() and (root / "labels" / data.train_split).is_dir():
+        log(f"using the synthetic dataset in {root} (data.synthetic_* apply only where one is generated)")
         return
     if root.exists() and not root.is_dir():
         raise ConfigError(f"--data.root {root} is a file; the synthetic dataset is generated into a folder: "
