@@ -617,6 +617,27 @@ def _jobs(forms: list[str], work: Path, artifacts: dict, timing: dict,
                "output": str(work / f"out_{name}.npy"), "result": str(work / f"result_{name}.json"), **timing}, name
 
 
+def _prepare(model: str, num_classes: int, checkpoint: str | None, forms: list[str], eval: dict | None):
+    """``(net, deploy form, the forms it can run, has a training form)``; a dataset of other classes than
+    the model's is refused here, before anything is exported."""
+    net = bench_model(model, num_classes, checkpoint)
+    has_train = not getattr(net, "is_deploy", False)
+    if eval:
+        from gcnet.data.datasets import build_dataset
+
+        build_dataset(eval["kind"], eval["root"], eval["split"]).info.check_model_classes(int(net.num_classes))
+    if not has_train:
+        forms = _deploy_forms_only(forms, checkpoint)
+    return net, load_for_deploy(net), forms, has_train
+
+
+def _e2e_setup(work: Path, source: dict | None, h: int, w: int, frames: int, num_classes: int, log) -> dict:
+    """The test video of the end-to-end measurement and what the jobs need to know of it."""
+    log(f"writing a {h}x{w} test video for the end-to-end measurement ...")
+    video, description = _e2e_video(work, source, h, w, frames)
+    return {"video": video, "frames": frames, "num_classes": num_classes, "description": description}
+
+
 def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: str | None = None,
                   input_size: tuple[int, int] = (1024, 2048), batch: int = 1, forms: list[str] | None = None,
                   warmup: int = 3, iters: int = 10, min_time: float = 1.0, threads: int | None = None,
@@ -636,16 +657,8 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
 
     loadavg_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     torch.set_num_threads(threads)
-    net = bench_model(model, num_classes, checkpoint)
+    net, deploy, forms, has_train = _prepare(model, num_classes, checkpoint, forms, eval)
     model, num_classes = net.config.get("name", model), int(net.num_classes)
-    has_train = not getattr(net, "is_deploy", False)
-    if eval:  # before any export: a wrong dataset fails at once
-        from gcnet.data.datasets import build_dataset
-
-        build_dataset(eval["kind"], eval["root"], eval["split"]).info.check_model_classes(num_classes)
-    deploy = load_for_deploy(net)
-    if not has_train:
-        forms = _deploy_forms_only(forms, checkpoint)
     model_forms = {FORMS[f].model_form for f in forms} | ({"train"} if has_train else set())
     complexity = _complexity(net, deploy, (h, w), batch, model_forms)
 
@@ -664,11 +677,7 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
         artifacts, export_report = _write_artifacts(work, net, deploy, keys, (min(h, 256), min(w, 512)),
                                                     (calibration, frames), quant, log)
         del net, deploy
-        e2e = None
-        if end_to_end:
-            log(f"writing a {h}x{w} test video for the end-to-end measurement ...")
-            video, video_desc = _e2e_video(work, calib or eval, h, w, end_to_end)
-            e2e = {"video": video, "frames": end_to_end, "num_classes": num_classes, "description": video_desc}
+        e2e = _e2e_setup(work, calib or eval, h, w, end_to_end, num_classes, log) if end_to_end else None
 
         timing = {"warmup": warmup, "iters": iters, "min_time_s": min_time, "threads": threads, "isolated": isolate,
                   "eval": eval, "end_to_end": e2e}
