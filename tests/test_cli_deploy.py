@@ -183,11 +183,12 @@ RESULT_KEYS = {"form", "runtime", "precision", "device", "model_form", "params",
 
 
 @pytest.mark.slow
-def test_bench_quick_json(tmp_path):
+def test_bench_quick_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
     code = main(["bench", "--quick", "--threads", "1", "--forms", "torch-train-fp32", "torch-authors-fp32",
-                 "torch-fp32", "--json", str(path)])
+                 "torch-fp32", "--json", str(path), "--no-progress"])
     assert code == 0
+    assert "[1/3]" not in capsys.readouterr().err  # --no-progress: no per-form lines
     report = json.loads(path.read_text())
     assert BENCH_KEYS <= set(report)
     assert report["config"]["input_size"] == [128, 256] and report["config"]["batch"] == 1
@@ -235,7 +236,8 @@ def test_bench_user_baseline_form(tmp_path, capsys):
     assert ours["speedup_vs_baseline"] > 0 and math.isfinite(baseline["max_abs_diff"])
     model = ov.Core().read_model(str(kept / "model_ov_int8_baseline.xml"))
     assert any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
-    assert "openvino-int8-baseline)" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "openvino-int8-baseline)" in out and "[2/2] openvino-int8-baseline" in err  # a line per form
 
 
 @pytest.mark.slow

@@ -83,6 +83,7 @@ examples:
                    help="also time a video frame in -> labels (+ annotated frame) out per CPU form: decode, "
                         "pre, model, post, overlay, encode, and the FPS of both pipelines (default: 30 frames)")
     p.add_argument("--json", metavar="FILE", help="write the full report as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no per-form progress lines on stderr")
     p.set_defaults(func=run)
 
 
@@ -159,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
                                threads=args.threads, isolate=not args.in_process, calib=calib,
                                calib_num=args.num_calib or 2, quant=quant,
                                eval=ev, artifacts_dir=args.keep_artifacts, timeout=args.timeout,
-                               end_to_end=args.end_to_end, command=command_line())
+                               end_to_end=args.end_to_end, progress=not args.no_progress,
+                               command=command_line())
     print(format_report(report))
     if args.json:
         save_report(report, args.json)
