@@ -240,6 +240,21 @@ def test_bench_user_baseline_form(tmp_path, capsys):
     assert "openvino-int8-baseline)" in out and "[2/2] openvino-int8-baseline" in err  # a line per form
 
 
+def test_bench_keeps_artifacts_only_in_its_own_folder(tmp_path, capsys):
+    kept = tmp_path / "artifacts"
+    args = ["bench", "--quick", "--in-process", "--threads", "1", "--size", "32x64", "--forms", "torch-fp32",
+            "--keep-artifacts", str(kept), "--no-progress"]
+    assert main(args) == 0 and (kept / "model_deploy.pt").is_file()
+    assert main(args) == 0  # its own folder: replaced
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "model_deploy.pt").write_text("my model")
+    assert main([*args[:-3], "--keep-artifacts", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert "holds files gcnet bench did not write (model_deploy.pt)" in err
+    assert [p.name for p in mine.iterdir()] == ["model_deploy.pt"] and (mine / "model_deploy.pt").read_text() == "my model"
+
+
 @pytest.mark.slow
 def test_bench_min_time_adds_runs(tmp_path):
     path = tmp_path / "bench.json"

@@ -113,6 +113,22 @@ def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> 
     return Path(path).expanduser()
 
 
+def check_own_dir(path: str | os.PathLike, flag: str, who: str, marker: str,
+                  entries: frozenset[str] | None = None) -> Path:
+    """Check, like :func:`check_writable_dir`, a folder whose files a command replaces: it must be missing,
+    empty, or marked with the file ``marker`` by an earlier run of that command (and hold only ``entries``
+    where given), so the command never touches a folder of the user's. ``who`` names the command."""
+    path = check_writable_dir(path, flag)
+    names = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    foreign = [n for n in names if n != marker and entries is not None and n not in entries]
+    if names and (marker not in names or foreign):
+        shown = foreign or names
+        raise ConfigError(f"{flag} {path} holds files {who} did not write ({', '.join(shown[:3])}"
+                          f"{', ...' if len(shown) > 3 else ''}); {who} replaces files there: choose an empty or "
+                          "new folder")
+    return path
+
+
 def check_writable_file(path: str | os.PathLike, what: str) -> Path:
     """Check before any work that file ``path`` can be written (not a folder, its folder writable);
     raises ConfigError naming ``what`` (e.g. ``--json``)."""

@@ -77,7 +77,9 @@ examples:
     p.add_argument("--in-process", action="store_true", help="run every form in this process (no memory column)")
     add_quant_args(p, None, "calibration images (default: 32 from a dataset, 2 random inputs otherwise)")
     add_eval_args(p, "also measure mIoU per form on this dataset kind")
-    p.add_argument("--keep-artifacts", metavar="DIR", help="keep the exported/quantized models in DIR")
+    p.add_argument("--keep-artifacts", metavar="DIR",
+                   help="keep the exported/quantized models in DIR (a new or empty folder, or one an earlier "
+                        "gcnet bench kept them in: their files are replaced)")
     p.add_argument("--timeout", type=positive_float, default=1800, help="seconds allowed per form (default: %(default)s)")
     p.add_argument("--end-to-end", nargs="?", type=positive_int, const=30, default=0, metavar="FRAMES",
                    help="also time a video frame in -> labels (+ annotated frame) out per CPU form: decode, "
@@ -133,14 +135,14 @@ def _datasets(args: argparse.Namespace) -> tuple[dict | None, dict | None]:
 
 def run(args: argparse.Namespace) -> int:
     import gcnet
-    from gcnet.cli.args import check_quant_args, check_writable_dir, check_writable_file
-    from gcnet.deploy.bench import QUICK, command_line, format_report, run_benchmark, save_report
+    from gcnet.cli.args import check_own_dir, check_quant_args, check_writable_file
+    from gcnet.deploy.bench import ARTIFACTS_MARKER, QUICK, command_line, format_report, run_benchmark, save_report
 
     check_quant_args(args)
     if args.json:
         check_writable_file(args.json, "--json")
     if args.keep_artifacts:
-        check_writable_dir(args.keep_artifacts, "--keep-artifacts")
+        check_own_dir(args.keep_artifacts, "--keep-artifacts", "gcnet bench", ARTIFACTS_MARKER)
     if args.variant and (args.model or args.checkpoint):
         raise ConfigError("give the variant either positionally or with --model/--checkpoint, not both")
     variant = (args.variant or args.model or "gcnet-s").lower()

@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gcnet.cli.args import check_writable_dir, non_negative_int, positive_float, positive_int
-from gcnet.errors import ConfigError
+from gcnet.cli.args import check_own_dir, non_negative_int, positive_float, positive_int
 
 EPILOG = """\
 examples:
@@ -231,17 +230,9 @@ MARKER = ".gcnet-demo"  # written first into a demo's folder: the licence to rep
 
 
 def _demo_folder(out: Path) -> Path:
-    """The --out folder, created if missing. The demo replaces an earlier demo's files there, so it refuses
-    a non-empty folder that an earlier demo did not make, or that holds anything else: it never deletes
-    files it did not write."""
-    check_writable_dir(out, "--out")
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    foreign = [name for name in entries if name not in DEMO_ENTRIES | {MARKER}]
-    if entries and (MARKER not in entries or foreign):
-        shown = foreign or entries
-        raise ConfigError(f"--out {out} holds files the demo did not write ({', '.join(shown[:3])}"
-                          f"{', ...' if len(shown) > 3 else ''}); the demo replaces its folder's contents: "
-                          "choose an empty or new folder")
+    """The --out folder, created if missing and marked as the demo's: the demo replaces an earlier demo's
+    files there, and refuses any other folder that is not empty."""
+    check_own_dir(out, "--out", "the demo", MARKER, DEMO_ENTRIES)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("written by gcnet demo, which replaces this folder's contents when run again\n")
     return out

@@ -117,6 +117,7 @@ FORMS: dict[str, Form] = {f.name: f for f in [
 
 BASELINE_FORM = "openvino-int8-baseline"  # what a user assembles; "speedup_vs_baseline" is against it
 MAX_ITERS = 100_000
+ARTIFACTS_MARKER = ".gcnet-bench"  # marks an --keep-artifacts folder as bench's: a later run may replace its files
 QUICK = {"input_size": (128, 256), "warmup": 1, "iters": 3, "min_time": 0.0}
 
 
@@ -665,6 +666,8 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
     tmp = tempfile.TemporaryDirectory(prefix="gcnet-bench-") if not artifacts_dir else None
     work = Path(artifacts_dir or tmp.name)
     work.mkdir(parents=True, exist_ok=True)
+    if artifacts_dir:
+        (work / ARTIFACTS_MARKER).write_text("written by gcnet bench, which replaces its files here when run again\n")
     try:
         x, input_desc = _bench_input(calib or eval, batch, h, w)
         np.save(work / "input.npy", x)
