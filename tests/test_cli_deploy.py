@@ -251,7 +251,7 @@ def test_bench_keeps_artifacts_only_in_its_own_folder(tmp_path, capsys):
     (mine / "model_deploy.pt").write_text("my model")
     assert main([*args[:-3], "--keep-artifacts", str(mine)]) == 2
     err = capsys.readouterr().err
-    assert "holds files gcnet bench did not write (model_deploy.pt)" in err
+    assert "is not empty (model_deploy.pt) and has no .gcnet-bench mark of an earlier run of gcnet bench" in err
     assert [p.name for p in mine.iterdir()] == ["model_deploy.pt"] and (mine / "model_deploy.pt").read_text() == "my model"
 
 

@@ -122,11 +122,14 @@ def check_own_dir(path: str | os.PathLike, flag: str, who: str, marker: str,
     names = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
     foreign = [n for n in names if n != marker and entries is not None and n not in entries]
     if names and (marker not in names or foreign):
-        shown = foreign or names
-        raise ConfigError(f"{flag} {path} holds files {who} did not write ({', '.join(shown[:3])}"
-                          f"{', ...' if len(shown) > 3 else ''}); {who} replaces files there: choose an empty or "
-                          "new folder")
+        what = (f"holds files {who} did not write ({_listing(foreign)})" if marker in names else
+                f"is not empty ({_listing(names)}) and has no {marker} mark of an earlier run of {who}")
+        raise ConfigError(f"{flag} {path} {what}; {who} replaces files there: choose an empty or new folder")
     return path
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
 def check_writable_file(path: str | os.PathLike, what: str) -> Path:
