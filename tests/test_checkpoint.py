@@ -118,7 +118,7 @@ def test_mmengine_metadata_objects_are_read_inertly():
     assert type(loss).__name__ == "HistoryBuffer" and type(loss).__module__ == "gcnet.checkpoint.opaque"
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04truncated zip"])
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04truncated zip", b"hello", b"abc"])
 def test_corrupt_files_give_clear_errors(tmp_path, content):
     path = tmp_path / "broken.pth"
     path.write_bytes(content)

@@ -71,7 +71,11 @@ def test_predict_usage_errors(checkpoint, tmp_path, capsys):
     assert main(["predict", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "no model given" in capsys.readouterr().err
     assert main(["predict", str(tmp_path), "--checkpoint", str(tmp_path / "missing.pt")]) == 2
-    assert main(["predict", str(tmp_path), "--checkpoint", str(checkpoint), "--dataset", "cityscapes"]) == 2
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(tmp_path / "empty"), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")]) == 2
+    assert "no images or videos in" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    Image.new("RGB", (32, 32)).save(tmp_path / "empty" / "a.png")
+    assert main(["predict", str(tmp_path / "empty"), "--checkpoint", str(checkpoint), "--dataset", "cityscapes"]) == 2
     assert "classes" in capsys.readouterr().err
 
 
@@ -96,7 +100,8 @@ def test_export_errors(checkpoint, tmp_path, capsys):
         main([*base, "--finetune-iters", "-1"])
     assert exc.value.code == 2 and "--finetune-iters" in capsys.readouterr().err
     for flag, value, message in (("--opset", "99", "--opset must be from 17 to"),
-                                 ("--tolerance", "-1", "--tolerance must be >= 0"),
+                                 ("--tolerance", "-1", "--tolerance must be a number >= 0"),
+                                 ("--tolerance", "nan", "--tolerance must be a number >= 0"),
                                  ("--name", "../up", "must be a plain file name")):
         assert main(["export", str(checkpoint), flag, value, "--out", str(tmp_path / "out")]) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "out").exists()

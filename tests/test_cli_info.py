@@ -81,6 +81,10 @@ def test_output_paths_checked_without_creating_anything(tmp_path):
         with pytest.raises(ConfigError, match=message):
             check(path, "--out")
     assert a_file.read_text() == "mine"
+    dangling = tmp_path / "link"
+    dangling.symlink_to(tmp_path / "gone")
+    with pytest.raises(ConfigError, match="link is a symbolic link to a missing folder"):
+        check_writable_dir(dangling, "--out")
     if os.geteuid() != 0:  # root may write anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
@@ -114,4 +118,7 @@ def test_running_out_of_memory_or_disk_is_one_line_not_a_traceback():
     with pytest.raises(OSError) as full, open("/dev/full", "wb", buffering=0) as f:  # a real full device
         f.write(b"x")
     assert resource_message(full.value).startswith("no space left on the device")
+    with pytest.raises(RuntimeError) as zipped:  # torch's zip writer on a full device
+        torch.save({"x": torch.zeros(10_000)}, "/dev/full")
+    assert "disk full?" in resource_message(zipped.value)
     assert resource_message(RuntimeError("shape mismatch")) is None  # a bug keeps its traceback

@@ -333,3 +333,11 @@ def test_demo_never_touches_a_folder_it_did_not_write(tmp_path, capsys):
     assert "holds files the demo did not write (notes.txt)" in err and len(err.strip().splitlines()) <= 2
     assert (earlier / "notes.txt").read_text() == "mine"
     assert (earlier / "train" / "latest.pth").read_bytes() == b"a demo checkpoint"
+
+    linked = tmp_path / "linked"  # a marked folder whose entry links elsewhere: refused, the target untouched
+    linked.mkdir()
+    (linked / ".gcnet-demo").write_text("")
+    (linked / "data").symlink_to(project / "data")
+    assert main(["demo", "--out", str(linked), "--iters", "1"]) == 2
+    assert "holds symbolic links (data)" in capsys.readouterr().err
+    assert (project / "data" / "my_dataset.txt").read_text() == "mine"

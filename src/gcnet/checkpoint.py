@@ -161,7 +161,7 @@ def _torch_load(source: Path | io.IOBase, name: str, map_location: str | torch.d
         return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         pass  # references a global outside torch's allowlist: retry with our restricted unpickler
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError) as exc:  # the last two: stray bytes
         raise CheckpointError(f"{name}: not a readable PyTorch checkpoint (truncated or corrupt?): {_brief(exc)}") from None
     if isinstance(source, io.IOBase):
         source.seek(0)

@@ -45,16 +45,20 @@ def user_message(exc: GCNetError) -> str:
     return text[at + len(marker):].strip() if at >= 0 else text
 
 
+_WRITE_FAILURES = ("No space left on device", "unexpected pos", "basic_ios::clear")  # torch's zip writer, C++ streams
+
+
 def resource_message(exc: BaseException) -> str | None:
     """One line for running out of memory or disk space (the machine's limits, not a bug), else None."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
             "can't allocate memory" in text or "out of memory" in text.lower())):
-        return (f"out of memory ({text[:160]}); use a smaller input (--input-size, --size, --crop) or batch, "
-                "or free memory")
+        return f"out of memory ({text[:160]}); use a smaller input size or batch, or free memory"
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" writing {exc.filename}" if exc.filename else ""
         return f"no space left on the device{where}; free some space and run again (finished files are kept)"
+    if not isinstance(exc, OSError) and any(s in str(exc) for s in _WRITE_FAILURES):
+        return f"could not write a file ({text[:160]}): disk full? free some space and run again"
     return None
 
 
@@ -72,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     except GCNetError as exc:
         print(f"gcnet {args.command}: error: {user_message(exc)}", file=sys.stderr)
         return 2
-    except (MemoryError, RuntimeError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - only the machine's limits are turned into a message
         message = resource_message(exc)
         if message is None:
             raise

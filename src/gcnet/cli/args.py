@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -80,6 +81,8 @@ def _dir_problem(path: Path) -> str | None:
     """Why files cannot be written into folder ``path`` (created if missing), or None if they can."""
     if path.exists() and not path.is_dir():
         return f"{path} exists and is not a folder"
+    if path.is_symlink() and not path.exists():
+        return f"{path} is a symbolic link to a missing folder ({os.readlink(path)}); create it or give another path"
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -104,6 +107,11 @@ def _file_problem(path: Path) -> str | None:
     return None
 
 
+def show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars unless ``--no-progress`` or stderr is not a terminal (a log file gets no bar redraws)."""
+    return not args.no_progress and sys.stderr.isatty()
+
+
 def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
     """Check before any work that files can be written into folder ``path`` (created later if missing);
     raises ConfigError naming ``what`` (e.g. ``--out``). Nothing is left behind here."""
@@ -120,6 +128,10 @@ def check_own_dir(path: str | os.PathLike, flag: str, who: str, marker: str,
     where given), so the command never touches a folder of the user's. ``who`` names the command."""
     path = check_writable_dir(path, flag)
     names = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    links = [n for n in names if (path / n).is_symlink()]
+    if links or (marker in names and not (path / marker).is_file()):
+        what = f"symbolic links ({_listing(links)})" if links else f"a {marker} that is not a file"
+        raise ConfigError(f"{flag} {path} holds {what}, which {who} does not write; choose an empty or new folder")
     foreign = [n for n in names if n != marker and entries is not None and n not in entries]
     if names and (marker not in names or foreign):
         what = (f"holds files {who} did not write ({_listing(foreign)})" if marker in names else

@@ -121,8 +121,6 @@ def _write_data(cfg, seed: int, info) -> None:
     h, w = d.synthetic_size
     _say(f"[1/6] writing a synthetic dataset to {d.root} ({d.synthetic_train} train / {d.synthetic_val} val "
          f"images of {h}x{w}, classes: {', '.join(info.classes)})")
-    if Path(d.root).exists():
-        shutil.rmtree(d.root)
     make_synthetic_dataset(d.root, num_train=d.synthetic_train, num_val=d.synthetic_val, size=(h, w), seed=seed)
 
 
@@ -132,8 +130,6 @@ def _train(args: argparse.Namespace, cfg, work: Path, device) -> dict[str, Any]:
     how = f"{args.iters} iterations" if args.iters else f"about {args.minutes:g} minutes"
     _say(f"[2/6] training a reduced GCNet-S for {how} on {device} (config: tiny_synthetic; logs and checkpoints "
          f"in {work}, replacing an earlier demo's)")
-    if work.exists():
-        shutil.rmtree(work)
     train_cfg = copy.deepcopy(cfg)
     train_cfg.data.val_split = ""  # the demo evaluates below, in both forms
     return Trainer(train_cfg, work, progress=args.progress,
@@ -206,8 +202,6 @@ def _write_overlays(deployed, val_set, count: int, ov_dir: Path, device, info) -
     from gcnet.evaluation.inference import infer_logits
     from gcnet.fileio import atomic_path
 
-    if ov_dir.exists():  # an earlier demo's panels (the folder is the demo's): none left over to mislead
-        shutil.rmtree(ov_dir)
     ov_dir.mkdir()
     written = []
     with torch.no_grad():
@@ -232,9 +226,14 @@ MARKER = ".gcnet-demo"  # written first into a demo's folder: the licence to rep
 def _demo_folder(out: Path) -> Path:
     """The --out folder, created if missing and marked as the demo's: the demo replaces an earlier demo's
     files there, and refuses any other folder that is not empty."""
+    from gcnet.fileio import write_text
+
     check_own_dir(out, "--out", "the demo", MARKER, DEMO_ENTRIES)
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by gcnet demo, which replaces this folder's contents when run again\n")
+    write_text(out / MARKER, "written by gcnet demo, which replaces this folder's contents when run again\n")
+    for name in DEMO_ENTRIES:  # an earlier demo's output (of whatever type): replaced from scratch
+        entry = out / name
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink(missing_ok=True)
     return out
 
 

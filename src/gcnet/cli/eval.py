@@ -8,7 +8,7 @@ import json
 import textwrap
 from typing import Any
 
-from gcnet.cli.args import check_writable_file, non_negative_int, parse_size, positive_int
+from gcnet.cli.args import check_writable_file, non_negative_int, parse_size, positive_int, show_progress
 from gcnet.data.datasets import CONFIG_KINDS
 from gcnet.errors import ConfigError
 
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         dataset = _dataset(s, args.limit)
         dataset.info.check_model_classes(model.num_classes)
         if not args.skip_data_check:
-            check_datasets([dataset], progress=not args.no_progress)
+            check_datasets([dataset], progress=show_progress(args))
         if args.float64:
             model = model.double()
         forms = _forms(args, model)
@@ -215,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
             net = net.to(device).eval()
             res = evaluate(net, dataset, **kwargs, workers=args.workers, device=device,
                            amp_dtype=torch.bfloat16 if args.amp else None,
-                           progress=not args.no_progress, desc=f"eval ({name} form)")
+                           progress=show_progress(args), desc=f"eval ({name} form)")
             out["results"][name] = res
             if main:
                 tta = f", scales {','.join(f'{x:g}' for x in e.scales)}" + (" + flip" if e.flip else "")

@@ -17,6 +17,7 @@ from gcnet.cli.args import (
     check_writable_file,
     parse_size,
     positive_int,
+    show_progress,
 )
 from gcnet.cli.predict import add_model_args, model_from_args
 from gcnet.deploy.qat import FINETUNE_MIN_FRAMES, finetune_summary
@@ -113,8 +114,8 @@ def _check_args(args: argparse.Namespace, formats: list[str]) -> None:
                           "writes)")
     if args.name is not None and (not args.name.strip(".") or Path(args.name).name != args.name):
         raise ConfigError(f"--name {args.name!r} must be a plain file name (no folders); --out chooses the folder")
-    if args.tolerance < 0:
-        raise ConfigError("--tolerance must be >= 0 (a relative difference, e.g. 1e-3)")
+    if not 0 <= args.tolerance < float("inf"):  # NaN too: no comparison with it could fail
+        raise ConfigError("--tolerance must be a number >= 0 (a relative difference, e.g. 1e-3)")
     check_writable_dir(args.out, "--out")
     if args.json:
         check_writable_file(args.json, "--json")
@@ -210,7 +211,7 @@ def _quantize(deploy, out: Path, name: str, formats: list[str], args: argparse.N
         path = out / f"{name}_int8.xml"
         log(f"quantizing OpenVINO int8 (NNCF, {len(calibration)} images) -> {Path(args.out) / path.name}")
         built = build(deploy, "openvino", "int8", calibration=calibration, finetune_frames=frames, out=path,
-                      settings=settings, threads=args.threads, progress=False if args.no_progress else None)
+                      settings=settings, threads=args.threads, progress=show_progress(args))
         quant = built.report.get("quantization", {})
         report["exports"]["openvino-int8"] = {"format": "openvino", "precision": "int8", "path": str(path),
                                               "quantization": quant}
@@ -241,7 +242,7 @@ def _accuracy(deploy, out: Path, name: str, formats: list[str], args: argparse.N
     evaluated.update(int8_runtimes)
     log(f"evaluating {', '.join(evaluated)} on {args.eval_dataset}:{args.eval_split} ...")
     acc = compare_accuracy(evaluated, ds, reference="torch-fp32", limit=args.eval_limit,
-                           progress=not args.no_progress)
+                           progress=show_progress(args))
     print(f"{'runtime':<20}{'mIoU':>8}{'aAcc':>8}{'delta mIoU':>12}")
     for k, v in acc["results"].items():
         print(f"{k:<20}{v['mIoU']:>8.2f}{v['aAcc']:>8.2f}{v['delta_mIoU']:>+12.2f}")

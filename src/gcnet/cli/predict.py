@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gcnet.cli.args import check_writable_dir, fraction, parse_size, positive_int
+from gcnet.cli.args import check_writable_dir, fraction, parse_size, positive_int, show_progress
 from gcnet.errors import ConfigError
 
 
@@ -145,13 +145,16 @@ examples:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gcnet.deploy.predict import VIDEO_EXTENSIONS, InputError, Predictor, predict_paths
+    from gcnet.deploy.predict import VIDEO_EXTENSIONS, InputError, Predictor, collect_inputs, predict_paths
     from gcnet.errors import DatasetError
 
     check_writable_dir(args.out, "--out")
     if args.no_label and args.no_overlay and not any(
             Path(i).suffix.lower() in VIDEO_EXTENSIONS for i in args.inputs):
         raise ConfigError("--no-label and --no-overlay together leave nothing to write")
+    if not collect_inputs(args.inputs, recursive=not args.no_recursive, exclude=[args.out])[0]:
+        raise ConfigError(f"no images or videos in {', '.join(args.inputs)}; give image or video files, or folders "
+                          "holding them")
     source = model_from_args(args, allow_exported=True)
     runtime = runtime_from_args(args, source)
     info = _class_info(args, source, _num_classes(source, runtime))
@@ -163,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = predict_paths(predictor, args.inputs, args.out, info, recursive=not args.no_recursive,
                                 save_label=not args.no_label, save_overlay=not args.no_overlay, alpha=args.alpha,
-                                max_frames=args.max_frames, progress=not args.no_progress,
+                                max_frames=args.max_frames, progress=show_progress(args),
                                 fail_fast=args.fail_fast, label_text=label_text)
     except (InputError, DatasetError) as exc:
         print(f"gcnet predict: stopped (--fail-fast): {exc}", file=sys.stderr)

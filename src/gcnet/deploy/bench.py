@@ -667,7 +667,7 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
     work = Path(artifacts_dir or tmp.name)
     work.mkdir(parents=True, exist_ok=True)
     if artifacts_dir:
-        (work / ARTIFACTS_MARKER).write_text("written by gcnet bench, which replaces its files here when run again\n")
+        write_text(work / ARTIFACTS_MARKER, "written by gcnet bench, which replaces its files here when run again\n")
     try:
         x, input_desc = _bench_input(calib or eval, batch, h, w)
         np.save(work / "input.npy", x)

@@ -223,6 +223,8 @@ def collect_inputs(inputs: Iterable[str | os.PathLike], *, recursive: bool = Tru
                            and not is_excluded(f))
             root = p.resolve().name
             items += [InputItem(f, kind_of(f), f.relative_to(p).with_suffix(""), root) for f in files]
+            if not files:
+                missing.append((str(p), "a folder without images or videos"))
         elif p.is_file():
             items.append(InputItem(p, kind_of(p), Path(p.stem), p.resolve().parent.name))
         else:

@@ -142,8 +142,8 @@ def _writing_checkpoint(path: Path) -> Iterator[None]:
                 s in text for s in ("inline_container", "PytorchStreamWriter", "file write failed")):
             raise
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else text.strip().splitlines()[0][:160]
-        raise CheckpointError(f"could not write checkpoint {path}: disk full? ({reason}); the earlier "
-                              "checkpoints are intact") from None
+        raise CheckpointError(f"could not write checkpoint {path}: disk full? ({reason}); any earlier "
+                              "checkpoint is intact") from None
 
 
 class RunDir:
