@@ -68,15 +68,17 @@ def test_predict_folder_with_corrupt_file(checkpoint, tmp_path, capsys):
 
 
 def test_predict_usage_errors(checkpoint, tmp_path, capsys):
-    assert main(["predict", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (32, 32)).save(images / "a.png")
+    assert main(["predict", str(images), "--out", str(tmp_path / "o")]) == 2
     assert "no model given" in capsys.readouterr().err
-    assert main(["predict", str(tmp_path), "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert main(["predict", str(images), "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert main(["predict", str(images), "--checkpoint", str(checkpoint), "--dataset", "cityscapes"]) == 2
+    assert "classes" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["predict", str(tmp_path / "empty"), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")]) == 2
     assert "no images or videos in" in capsys.readouterr().err and not (tmp_path / "o").exists()
-    Image.new("RGB", (32, 32)).save(tmp_path / "empty" / "a.png")
-    assert main(["predict", str(tmp_path / "empty"), "--checkpoint", str(checkpoint), "--dataset", "cityscapes"]) == 2
-    assert "classes" in capsys.readouterr().err
 
 
 def test_export_torchscript(checkpoint, tmp_path):
