@@ -89,6 +89,9 @@ def test_export_torchscript(checkpoint, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["exports"]["torchscript"]["max_abs_diff"] < 1e-3
     assert (out / "tiny.ts").is_file()
+    assert main(["export", str(checkpoint), "--format", "torchscript", "--out", str(out), "--input-size", "64x96",
+                 "--name", "m.ts"]) == 0
+    assert (out / "m.ts").is_file() and not (out / "m.ts.ts").exists()  # the format's suffix is not doubled
 
 
 def test_export_errors(checkpoint, tmp_path, capsys):

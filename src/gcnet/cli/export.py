@@ -267,6 +267,8 @@ def run(args: argparse.Namespace) -> int:
     if eval_set is not None:
         eval_set.info.check_model_classes(deploy.num_classes)
     name = args.name or (Path(args.checkpoint).stem if args.checkpoint else f"{args.model.lower()}")
+    if Path(name).suffix in set(SUFFIX.values()) - {""}:  # --name m.onnx means m, not m.onnx.onnx
+        name = Path(name).stem
     out = Path(args.out)
     report: dict = {"model": deploy.config, "input_size": list(args.input_size), "exports": {}}
     settings = ExportSettings(input_size=args.input_size, opset=args.opset, dynamic=not args.static,
