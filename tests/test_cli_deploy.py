@@ -74,6 +74,8 @@ def test_predict_usage_errors(checkpoint, tmp_path, capsys):
     assert main(["predict", str(images), "--out", str(tmp_path / "o")]) == 2
     assert "no model given" in capsys.readouterr().err
     assert main(["predict", str(images), "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert main(["predict", str(images), "--checkpoint", str(checkpoint), "--num-classes", "7"]) == 2
+    assert "--num-classes goes with --model" in capsys.readouterr().err
     assert main(["predict", str(images), "--checkpoint", str(checkpoint), "--dataset", "cityscapes"]) == 2
     assert "classes" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()

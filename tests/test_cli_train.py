@@ -224,6 +224,16 @@ def test_resume_from_an_earlier_checkpoint_of_a_finished_run(tmp_path, capsys):
     assert {"iter_4.pth", "iter_6.pth", "latest.pth"} <= {p.name for p in moved.iterdir()}
 
 
+def test_resume_into_a_new_work_dir_takes_the_checkpoints_config(tmp_path, capsys):
+    work = tmp_path / "run"
+    assert _train(tmp_path, work, "--schedule.keep_ckpts", "0") == 0
+    before = {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()}
+    assert main(["train", "--resume", str(work / "iter_2.pth"), "--work-dir", str(tmp_path / "branch"),
+                 "--no-progress"]) == 0
+    assert _ckpt(tmp_path / "branch" / "latest.pth")["iteration"] == 6
+    assert {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()} == before  # the original run untouched
+
+
 def test_refused_resume_changes_nothing_and_names_the_checkpoint(tmp_path, capsys):
     work = tmp_path / "run"
     assert _train(tmp_path, work, "--schedule.iters", "2") == 0

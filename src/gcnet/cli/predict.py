@@ -35,6 +35,8 @@ def model_from_args(args: argparse.Namespace, *, required: bool = True, allow_ex
 
     if args.checkpoint and (args.model or args.weights):
         raise ConfigError("give either --checkpoint or --model/--weights, not both")
+    if args.checkpoint and args.num_classes:
+        raise ConfigError("--num-classes goes with --model; a --checkpoint carries its own classes")
     if args.checkpoint:
         path = resolve_checkpoint(args.checkpoint)  # a file, named weights or a URL (downloaded once)
         if path.suffix.lower() in (".onnx", ".xml"):

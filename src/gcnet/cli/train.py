@@ -131,10 +131,11 @@ def _resolve(args: argparse.Namespace):
         if not args.resume:
             raise ConfigError("give a CONFIG (a preset name or a .toml file; see --list-presets), "
                               "or --resume to continue a run")
-        run_dir = Path(work_dir) if work_dir else (Path(args.resume) if args.resume is not True else None)
-        if run_dir is not None and run_dir.is_file():
-            run_dir = run_dir.parent
-        if run_dir is None or not (run_dir / "config.toml").is_file():
+        resumed = Path(args.resume) if args.resume is not True else None
+        candidates = ([Path(work_dir)] if work_dir else []) + (
+            [resumed.parent if resumed.is_file() else resumed] if resumed else [])
+        run_dir = next((d for d in candidates if (d / "config.toml").is_file()), None)
+        if run_dir is None:
             raise ConfigError("--resume without CONFIG needs --work-dir (or a run folder) containing config.toml")
         source = run_dir / "config.toml"
         work_dir = work_dir or str(run_dir)
