@@ -256,8 +256,9 @@ def test_bench_keeps_artifacts_only_in_its_own_folder(tmp_path, capsys):
     kept = tmp_path / "artifacts"
     args = ["bench", "--quick", "--in-process", "--threads", "1", "--size", "32x64", "--forms", "torch-fp32",
             "--keep-artifacts", str(kept), "--no-progress"]
-    assert main(args) == 0 and (kept / "model_deploy.pt").is_file()
-    assert main(args) == 0  # its own folder: replaced
+    assert main([*args, "--forms", "torch-fp32-cl"]) == 0 and (kept / "out_torch-fp32-cl.npy").is_file()
+    assert main(args) == 0 and (kept / "model_deploy.pt").is_file()  # its own folder: replaced
+    assert not (kept / "out_torch-fp32-cl.npy").exists()  # no output of the earlier run's other forms left
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "model_deploy.pt").write_text("my model")

@@ -666,6 +666,9 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
     tmp = tempfile.TemporaryDirectory(prefix="gcnet-bench-") if not artifacts_dir else None
     work = Path(artifacts_dir or tmp.name)
     work.mkdir(parents=True, exist_ok=True)
+    if artifacts_dir and (work / ARTIFACTS_MARKER).is_file():  # an earlier bench's: its per-form outputs go
+        for stale in (*work.glob("out_*.npy"), *work.glob("result_*.json"), *work.glob("job_*.json")):
+            stale.unlink()
     if artifacts_dir:
         write_text(work / ARTIFACTS_MARKER, "written by gcnet bench, which replaces its files here when run again\n")
     try:
