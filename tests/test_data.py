@@ -521,3 +521,17 @@ def test_split_expressions_union_and_sequences(tmp_path):
         build_dataset("folder", root, "train[seq9]")
     with pytest.raises(DatasetError, match="expected NAME"):
         build_dataset("folder", root, "train[seq1")
+
+
+def test_an_existing_synthetic_dataset_is_used_as_it_is_and_other_settings_are_said(tmp_path):
+    from gcnet.engine.builders import build_datasets
+    from gcnet.engine.config import TrainConfig
+
+    make_synthetic_dataset(tmp_path / "data", num_train=3, num_val=1, size=(32, 48))
+    said: list[str] = []
+    same = [f'data.root="{(tmp_path / "data").as_posix()}"', "data.synthetic_train=3", "data.synthetic_size=[32, 48]"]
+    train_set, _, _ = build_datasets(TrainConfig.load("tiny_synthetic", same), said.append)
+    assert len(train_set) == 3 and said == []  # the settings it was made with: nothing to say
+    build_datasets(TrainConfig.load("tiny_synthetic", [*same, "data.synthetic_train=8"]), said.append)
+    assert len(said) == 1 and "(3 train images of 32x48) is used as it is" in said[0]
+    assert len(list((tmp_path / "data" / "images" / "train").iterdir())) == 3  # not regenerated over

@@ -233,7 +233,10 @@ def _demo_folder(out: Path) -> Path:
     write_text(out / MARKER, "written by gcnet demo, which replaces this folder's contents when run again\n")
     for name in DEMO_ENTRIES:  # an earlier demo's output (of whatever type): replaced from scratch
         entry = out / name
-        shutil.rmtree(entry) if entry.is_dir() else entry.unlink(missing_ok=True)
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink(missing_ok=True)
     return out
 
 
@@ -257,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
     work = out / "train"
     summary = _train(args, cfg, work, device)
     ckpt = work / "latest.pth"
-    _, val_set, _ = build_datasets(cfg, _say, train=False)
+    _, val_set, _ = build_datasets(cfg, lambda _msg: None, train=False)  # the data written in step 1
     model = load_model(ckpt).to(device).eval()
     deployed = copy.deepcopy(model).reparameterize().to(device).eval()
     result = {"train": {"iterations": summary["iterations"], "train_time_s": summary.get("train_time_s"),

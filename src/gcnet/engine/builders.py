@@ -31,7 +31,7 @@ def _ensure_synthetic(data: DataSection, seed: int, log: Callable[[str], None]) 
 
     root = Path(data.root)
     if (root / "images" / data.train_split).is_dir() and (root / "labels" / data.train_split).is_dir():
-        log(f"using the synthetic dataset in {root} (data.synthetic_* apply only where one is generated)")
+        _say_if_settings_differ(root / "images" / data.train_split, data, log)
         return
     if root.exists() and not root.is_dir():
         raise ConfigError(f"--data.root {root} is a file; the synthetic dataset is generated into a folder: "
@@ -48,6 +48,22 @@ def _ensure_synthetic(data: DataSection, seed: int, log: Callable[[str], None]) 
     with staging_folder(root) as stage:
         make_synthetic_dataset(stage, num_train=data.synthetic_train, num_val=data.synthetic_val, size=(h, w),
                                seed=seed)
+
+
+def _say_if_settings_differ(train_images: Path, data: DataSection, log: Callable[[str], None]) -> None:
+    """Say so where an existing synthetic dataset was made with other ``data.synthetic_*`` settings: it is
+    used as it is, never regenerated over."""
+    from PIL import Image
+
+    files = sorted(train_images.glob("*.png"))
+    size = None
+    if files:
+        with Image.open(files[0]) as first:
+            size = [first.height, first.width]
+    if len(files) != data.synthetic_train or size != list(data.synthetic_size):
+        log(f"note: the synthetic dataset in {train_images.parent.parent} ({len(files)} train images of "
+            f"{size[0] if size else '?'}x{size[1] if size else '?'}) is used as it is; data.synthetic_* apply only "
+            "where one is generated (give a new data.root for another)")
 
 
 def build_datasets(cfg: TrainConfig, log: Callable[[str], None] = print, *, train: bool = True, val: bool = True):
