@@ -449,6 +449,21 @@ def test_colorize_and_overlay():
         overlay(image, np.zeros((3, 2), int), info)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int64])
+def test_colorize_every_label_dtype_matches_the_palette(dtype):
+    """The fast lookups (OpenCV's LUT for uint8, np.take for uint16) give palette[label] exactly, on a
+    non-contiguous label map, out-of-range values drawn black."""
+    info = get_dataset_info("cityscapes")
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 40, size=(37, 2 * 53)).astype(dtype)[:, ::2]  # a strided view
+    expected = np.zeros(label.shape + (3,), np.uint8)
+    valid = label < info.num_classes
+    expected[valid] = info.palette_array()[label[valid].astype(int)]
+    colors = colorize(label, info)
+    assert colors.dtype == np.uint8 and colors.shape == label.shape + (3,)
+    np.testing.assert_array_equal(colors, expected)
+
+
 # ------------------------------------------------------------------------------------------- synthetic
 def test_synthetic_dataset(tmp_path):
     root = make_synthetic_dataset(tmp_path / "a", num_train=6, num_val=2, size=(64, 80), seed=3)

@@ -210,6 +210,17 @@ def get_dataset_info(name: str) -> DatasetInfo:
 
 
 # ------------------------------------------------------------------------------------------ visualisation
+def _gather(table: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """``table[label]`` for uint8/uint16 labels and an ``(N, 3)`` uint8 table, without numpy's slow
+    fancy indexing (24 ms for a 1024x2048 frame): OpenCV's LUT for uint8 (2 ms), ``np.take`` (6 ms)
+    for uint16."""
+    import cv2
+
+    if label.dtype == np.uint8:
+        return cv2.LUT(cv2.cvtColor(np.ascontiguousarray(label), cv2.COLOR_GRAY2RGB), table[:, None])
+    return np.take(table, label, axis=0)
+
+
 def _lookup(label: np.ndarray, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray | None]:
     """Palette colours of ``label`` (black where invalid) and the invalid mask (None if all valid)."""
     label = np.asarray(label)
@@ -220,7 +231,7 @@ def _lookup(label: np.ndarray, info: DatasetInfo) -> tuple[np.ndarray, np.ndarra
         table = np.zeros((256 if label.dtype == np.uint8 else 65536, 3), np.uint8)
         table[: min(len(table), info.num_classes)] = palette[: len(table)]
         invalid = label >= info.num_classes
-        return table[label], (invalid if invalid.any() else None)
+        return _gather(table, label), (invalid if invalid.any() else None)
     invalid = (label < 0) | (label >= info.num_classes)
     colors = palette[np.where(invalid, 0, label).astype(np.intp)]
     colors[invalid] = 0
