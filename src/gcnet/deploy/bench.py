@@ -318,28 +318,28 @@ def _worker_main(job_path: str) -> int:
 
 # ------------------------------------------------------------------------------------------ driver
 def machine_info(threads: int) -> dict:
-    cpu = platform.processor() or platform.machine()
+    """The CPU (model name, family/model numbers, which tell CPU generations with one name apart, e.g.
+    an AMD EPYC Zen 4 from a Zen 5), its relevant ISA extensions, the thread counts and the platform."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                key, _, value = line.partition(":")
+                if not key.strip():
+                    break  # the first processor's block is enough
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    info = {"cpu": cpu, "logical_cpus": os.cpu_count(), "usable_cpus": default_threads(), "threads": threads,
-            "platform": platform.platform(), "hostname_hash": None}
-    flags = ""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0]
-    except (OSError, IndexError):
-        pass
-    info["isa"] = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-                   if f" {f}" in flags]
+    info = {"cpu": fields.get("model name") or platform.processor() or platform.machine(),
+            "cpu_family_model": f"{fields['cpu family']}/{fields['model']}" if "cpu family" in fields else None,
+            "logical_cpus": os.cpu_count(), "usable_cpus": default_threads(), "threads": threads,
+            "platform": platform.platform()}
+    flags = f" {fields.get('flags', '')} "
+    info["isa"] = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8")
+                   if f" {f} " in flags]
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name(0)
         info["cuda_version"] = torch.version.cuda
-    del info["hostname_hash"]
     return info
 
 
@@ -733,7 +733,9 @@ def format_report(report: dict) -> str:
     cfg = report["config"]
     m = report["machine"]
     title = (f"{cfg['model']} {cfg['input_size'][0]}x{cfg['input_size'][1]} batch {cfg['batch']} | "
-             f"{m['cuda_device'] + ' + ' if m.get('cuda_device') else ''}{m['cpu']}, {m['threads']} threads | "
+             f"{m['cuda_device'] + ' + ' if m.get('cuda_device') else ''}{m['cpu']}"
+             f"{' (family/model ' + m['cpu_family_model'] + ')' if m.get('cpu_family_model') else ''}"
+             f" {'/'.join(m.get('isa', []))}, {m['threads']} threads | "
              f"{cfg['weights']} | {report['date']}")
     lines = [title]
     has_eval = any("mIoU" in r for r in report["results"])
