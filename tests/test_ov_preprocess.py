@@ -46,3 +46,31 @@ def test_openvino_runtime_frames_and_predictor_use_the_uint8_graph() -> None:
     assert any(key[0] for key in runtime._requests), "the uint8 graph was compiled"
     labels = Predictor(runtime)(image)
     assert (labels == reference_upsample_argmax(torch.from_numpy(ref), (64, 96))).mean() >= 0.999
+
+
+def test_frames_in_flight_match_one_at_a_time() -> None:
+    """Several OpenVINO requests in flight (throughput mode): the same labels as one image at a time, in the
+    images' order, across a change of size; closing early waits for the requests; a bad image is named."""
+    import itertools
+
+    from gcnet.deploy.pipeline import build
+    from gcnet.deploy.predict import Predictor
+
+    torch.manual_seed(0)
+    model = gcnet.build_model("gcnet-s", num_classes=4, channels=8, ppm_channels=16, head_channels=16,
+                              num_blocks=[1, 1, [2, 1], [2, 1], [2, 2]]).eval()
+    predictor = Predictor(build(model, "openvino", "fp32").runtime)
+    rng = np.random.default_rng(2)
+    sizes = [(64, 96), (64, 96), (64, 96), (48, 80), (48, 80), (64, 96)]
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    pairs = list(predictor.pipelined(iter(images), in_flight=2))
+    assert [image is orig for (image, _), orig in zip(pairs, images)] == [True] * len(images)
+    assert all(np.array_equal(labels, predictor(image)) for image, labels in pairs)
+    assert any(key[2] == 2 for key in predictor.runtime._requests), "the throughput compile ran"
+
+    endless = predictor.pipelined(itertools.repeat(images[0]), in_flight=3)
+    next(endless)
+    endless.close()  # returns once the two requests still in flight are done
+
+    with pytest.raises(ValueError, match="HxWx3"):
+        list(predictor.pipelined(iter([images[0], images[1][..., 0]])))

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -254,10 +255,13 @@ class OpenVINORuntime(Runtime):
         self._compiled: dict[tuple, Any] = {}
         self._requests: dict[tuple, Any] = {}
 
-    def _request(self, shape: tuple, uint8: bool = False):
-        key = (uint8, shape if self.static_shapes else ())
-        req = self._requests.get(key)
-        if req is None:
+    def _requests_for(self, shape: tuple, uint8: bool, in_flight: int = 1) -> list:
+        """``in_flight`` infer requests of the model compiled for ``shape`` (cached per shape, input type
+        and count): one request in latency mode, or one per stream in throughput mode, the threads
+        shared between ``in_flight`` streams."""
+        key = (uint8, shape if self.static_shapes else (), in_flight)
+        requests = self._requests.get(key)
+        if requests is None:
             model = self.model.clone()
             if uint8:
                 from gcnet.deploy.ov_preprocess import with_uint8_nhwc_input
@@ -265,16 +269,19 @@ class OpenVINORuntime(Runtime):
                 model = with_uint8_nhwc_input(model)
             if self.static_shapes:
                 model.reshape({model.inputs[0].any_name: list(shape)})
-            compiled = self.core.compile_model(model, "CPU", self.config)
-            if len(self._requests) >= self.max_shapes:  # forget the oldest shape
+            config = self.config
+            if in_flight > 1:
+                config = {**config, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": str(in_flight)}
+            compiled = self.core.compile_model(model, "CPU", config)
+            if len(self._requests) >= self.max_shapes:  # forget the oldest compile
                 oldest = next(iter(self._requests))
                 del self._requests[oldest], self._compiled[oldest]
             self._compiled[key] = compiled
-            req = self._requests[key] = compiled.create_infer_request()
-        return req
+            requests = self._requests[key] = [compiled.create_infer_request() for _ in range(in_flight)]
+        return requests
 
     def _infer(self, x: np.ndarray, uint8: bool) -> np.ndarray:
-        req = self._request(tuple(x.shape), uint8)
+        req = self._requests_for(tuple(x.shape), uint8)[0]
         req.infer([x], share_inputs=True)
         return np.array(req.get_output_tensor(0).data, copy=True)
 
@@ -285,6 +292,43 @@ class OpenVINORuntime(Runtime):
         """Logits of RGB uint8 frames ``(N, H, W, 3)``: conversion, normalisation and layout run
         inside the compiled graph (see :mod:`gcnet.deploy.ov_preprocess`)."""
         return self._infer(np.ascontiguousarray(images, dtype=np.uint8), uint8=True)
+
+    def frames_in_flight(self, images: Iterable[np.ndarray], in_flight: int = 2
+                         ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(image, logits)`` for each RGB uint8 ``(H, W, 3)`` image, in order, as :meth:`frames` gives
+        them, with up to ``in_flight`` images inferred at once (throughput mode: ``in_flight`` streams
+        share the threads). On few cores one stream per core keeps them busier than one stream of all
+        threads; each image then waits longer for its own result (about ``in_flight`` x the latency)."""
+        pending: deque[tuple[Any, np.ndarray, np.ndarray]] = deque()  # (request, image, input), in order
+        free: deque = deque()
+        shape = None
+
+        def collect() -> tuple[np.ndarray, np.ndarray]:
+            req, image, _ = pending.popleft()
+            req.wait()
+            free.append(req)
+            return image, np.array(req.get_output_tensor(0).data, copy=True)
+
+        try:
+            for image in images:
+                if image.ndim != 3 or image.shape[2] != 3:
+                    raise ValueError(f"expected an HxWx3 RGB image, got shape {image.shape}")
+                x = np.ascontiguousarray(image, dtype=np.uint8)[None]
+                if x.shape != shape:  # a new size: finish the old one's frames, then switch compiles
+                    while pending:
+                        yield collect()
+                    shape, free = x.shape, deque(self._requests_for(x.shape, True, in_flight))
+                done = None if free else collect()
+                req = free.popleft()
+                req.start_async([x], share_inputs=True)  # before the caller works on ``done``
+                pending.append((req, image, x))
+                if done is not None:
+                    yield done
+            while pending:
+                yield collect()
+        finally:  # never leave a request running on an input that is about to be freed
+            for req, _, _ in pending:
+                req.wait()
 
 
 def is_quantized_openvino(model: Any) -> bool:
