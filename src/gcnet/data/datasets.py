@@ -139,7 +139,8 @@ def read_image(path: PathLike) -> np.ndarray:
         if mode == "F" or mode == "I" or mode.startswith("I;"):
             grey = _to_uint8(np.array(im), path, mode)  # 16/32-bit integer or float greyscale
             return np.repeat(grey[..., None], 3, axis=2)
-        return np.array(im.convert("RGB"), dtype=np.uint8)  # 16-bit RGB(A): Pillow keeps the high byte
+        rgb = im if mode == "RGB" else im.convert("RGB")  # convert() would copy an RGB image whole
+        return np.array(rgb, dtype=np.uint8)  # 16-bit RGB(A): Pillow keeps the high byte
 
 
 def read_label_file(path: PathLike) -> np.ndarray:
