@@ -67,6 +67,8 @@ def test_frames_in_flight_match_one_at_a_time() -> None:
     assert [image is orig for (image, _), orig in zip(pairs, images)] == [True] * len(images)
     assert all(np.array_equal(labels, predictor(image)) for image, labels in pairs)
     assert any(key[2] == 2 for key in predictor.runtime._requests), "the throughput compile ran"
+    one_at_a_time = list(predictor.pipelined(iter(images), in_flight=1))  # latency mode, a background thread
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(pairs, one_at_a_time))
 
     endless = predictor.pipelined(itertools.repeat(images[0]), in_flight=3)
     next(endless)

@@ -122,6 +122,8 @@ class Predictor:
         (:meth:`~gcnet.deploy.runtimes.OpenVINORuntime.frames_in_flight`, one stream per core: 4-7%
         more frames/s than one stream on 2 cores); any other runtime pre-processes and infers the next image
         on a background thread (which also pulls ``images``) while this one's logits become labels here."""
+        if in_flight < 1:
+            raise ValueError(f"in_flight must be at least 1, got {in_flight}")
         if isinstance(self.runtime, OpenVINORuntime) and not self.input_size and in_flight > 1:
             ahead = self.runtime.frames_in_flight(images, in_flight)
         else:
@@ -471,7 +473,7 @@ def stream(source: str | os.PathLike | int | FrameSource, model: Any, *, runtime
            precision: str = "fp32", calibration: Iterable[np.ndarray] | None = None,
            finetune_frames: Sequence | None = None, threads: int | None = None,
            input_size: Sequence[int] | None = None, max_frames: int | None = None,
-           depth: int = 2) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+           depth: int = 2, in_flight: int = 2) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(frame, labels)`` for every frame of a video file, an image folder or a camera index.
 
     ``model``: anything :func:`gcnet.deploy.pipeline.build` takes (a GCNet module, a checkpoint path,
@@ -482,7 +484,9 @@ def stream(source: str | os.PathLike | int | FrameSource, model: Any, *, runtime
     :func:`~gcnet.deploy.pipeline.build`); or a :class:`Runtime`; or a ready ``frame -> labels``
     callable such as a :class:`Predictor`. Frames are RGB uint8; labels are class maps at the frame's
     size. Decoding runs ahead on a background thread, and with a :class:`Predictor` (any model but a
-    callable) so does the model, one frame ahead of the labels (:meth:`Predictor.pipelined`).
+    callable) so does the model (:meth:`Predictor.pipelined`): OpenVINO infers ``in_flight`` frames at once
+    (more frames/s; each frame's labels come about ``in_flight`` model runs after it), other runtimes one
+    frame ahead of the labels. ``in_flight=1`` for the lowest latency, e.g. from a camera.
     """
     if isinstance(model, (torch.nn.Module, str, os.PathLike)):
         model = build(model, runtime, precision, calibration=calibration, finetune_frames=finetune_frames,
@@ -492,7 +496,8 @@ def stream(source: str | os.PathLike | int | FrameSource, model: Any, *, runtime
     src = source if isinstance(source, FrameSource) else open_source(source, max_frames=max_frames)
     frames = prefetch(src, depth)
     rgbs = (frame.rgb for frame in frames)
-    labelled = model.pipelined(rgbs) if isinstance(model, Predictor) else ((rgb, model(rgb)) for rgb in rgbs)
+    labelled = (model.pipelined(rgbs, in_flight=in_flight) if isinstance(model, Predictor)
+                else ((rgb, model(rgb)) for rgb in rgbs))
     try:
         yield from labelled
     finally:
