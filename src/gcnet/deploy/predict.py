@@ -119,7 +119,7 @@ class Predictor:
     def pipelined(self, images: Iterable[np.ndarray], in_flight: int = 2) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(image, labels)`` for each of ``images``, as :meth:`__call__` gives them, with the model ahead
         of the labels: an OpenVINO runtime infers ``in_flight`` images at once
-        (:meth:`~gcnet.deploy.runtimes.OpenVINORuntime.frames_in_flight`, one stream per core: 4-7%
+        (:meth:`~gcnet.deploy.runtimes.OpenVINORuntime.frames_in_flight`, one stream per core: a few %
         more frames/s than one stream on 2 cores); any other runtime pre-processes and infers the next image
         on a background thread (which also pulls ``images``) while this one's logits become labels here."""
         if in_flight < 1:
