@@ -74,5 +74,18 @@ def test_frames_in_flight_match_one_at_a_time() -> None:
     next(endless)
     endless.close()  # returns once the two requests still in flight are done
 
+    def failing(n):  # a source that fails after n images: those n still come out, then the error
+        yield from images[:n]
+        raise OSError("the source broke")
+
+    for in_flight in (2, 3):
+        got = []
+        with pytest.raises(OSError, match="source broke"):
+            for image, _ in predictor.pipelined(failing(3), in_flight=in_flight):
+                got.append(image)
+        assert len(got) == 3 and all(a is b for a, b in zip(got, images))
+    got = []
     with pytest.raises(ValueError, match="HxWx3"):
-        list(predictor.pipelined(iter([images[0], images[1][..., 0]])))
+        for image, _ in predictor.pipelined(iter([images[0], images[1], images[2][..., 0]])):
+            got.append(image)
+    assert len(got) == 2

@@ -326,6 +326,10 @@ class OpenVINORuntime(Runtime):
                     yield done
             while pending:
                 yield collect()
+        except Exception:  # a bad image or a failing source: the images before it come out first
+            while pending:
+                yield collect()
+            raise
         finally:  # never leave a request running on an input that is about to be freed
             for req, _, _ in pending:
                 req.wait()
