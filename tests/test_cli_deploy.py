@@ -459,3 +459,26 @@ def test_predict_truncated_video_fails_with_frame_counts(checkpoint, tmp_path, c
     assert "wrote 0 file(s)" in captured.out
     assert (out / "clip_overlay.mp4").read_bytes() == earlier
     assert [p.name for p in out.iterdir()] == ["clip_overlay.mp4"]
+
+
+@pytest.mark.slow
+@pytest.mark.deploy
+def test_predict_with_a_broken_openvino_ir_names_it(checkpoint, tmp_path):
+    """An IR without its .bin, with a truncated .bin, or a text file named .xml: one line naming the file,
+    exit 2, nothing written."""
+    result = run_cli(["export", "--checkpoint", str(checkpoint), "--format", "openvino", "--out", str(tmp_path / "ir"),
+                      "--name", "m", "--input-size", "64x96"])
+    assert result.returncode == 0, result.stderr
+    xml = tmp_path / "ir" / "m.xml"
+    (tmp_path / "no_bin.xml").write_bytes(xml.read_bytes())
+    (tmp_path / "short.xml").write_bytes(xml.read_bytes())
+    (tmp_path / "short.bin").write_bytes(xml.with_suffix(".bin").read_bytes()[:1000])
+    (tmp_path / "text.xml").write_text("hello")
+    image = tmp_path / "a.png"
+    Image.new("RGB", (96, 64)).save(image)
+    for name, reason in [("no_bin.xml", "bin file cannot be found"), ("short.xml", "Incorrect weights"),
+                         ("text.xml", "Unable to read the model")]:
+        result = run_cli(["predict", str(image), "--checkpoint", str(tmp_path / name), "--out", str(tmp_path / "o")])
+        assert result.returncode == 2, result.stderr
+        assert f"openvino cannot read {tmp_path / name}: " in result.stderr and reason in result.stderr
+        assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.onnx import _constants as onnx_constants
 
-from gcnet.deploy.runtimes import OpenVINORuntime, is_quantized_openvino
+from gcnet.deploy.runtimes import OpenVINORuntime, is_quantized_openvino, read_openvino
 from gcnet.errors import GCNetError
 from gcnet.fileio import atomic_path
 from gcnet.optional import require
@@ -338,10 +338,8 @@ def to_openvino(source: nn.Module | str | os.PathLike, *, input_size: Sequence[i
     gcnet checkpoint (its deploy form, converted directly from PyTorch)."""
     ov = require("openvino")
     suffix = Path(source).suffix.lower() if isinstance(source, (str, os.PathLike)) else ""
-    if suffix == ".xml":
-        return ov.Core().read_model(str(source))
-    if suffix == ".onnx":
-        return ov.convert_model(str(source))
+    if suffix in (".xml", ".onnx"):
+        return read_openvino(source, convert=suffix == ".onnx")
     model = load_for_deploy(source)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -236,7 +236,7 @@ class OpenVINORuntime(Runtime):
         if precision not in PRECISIONS["openvino"]:
             raise GCNetError(f"openvino runtime: unsupported precision {precision!r}")
         self.core = ov.Core()
-        self.model = self.core.read_model(str(model)) if isinstance(model, (str, os.PathLike)) else model
+        self.model = read_openvino(model) if isinstance(model, (str, os.PathLike)) else model
         if precision == "int8" and not is_quantized_openvino(self.model):
             raise GCNetError("openvino int8 needs a quantized model (no FakeQuantize nodes found); "
                              "quantize it with gcnet.deploy.export.quantize_openvino or `gcnet export "
@@ -333,6 +333,17 @@ class OpenVINORuntime(Runtime):
         finally:  # never leave a request running on an input that is about to be freed
             for req, _, _ in pending:
                 req.wait()
+
+
+def read_openvino(path: str | os.PathLike, convert: bool = False) -> Any:
+    """An ``openvino.Model`` read from an IR ``.xml`` (``convert``: converted from an ONNX file); a file
+    OpenVINO cannot read (no or a truncated ``.bin``, not a model) raises GCNetError naming it."""
+    ov = require("openvino")
+    try:
+        return ov.convert_model(str(path)) if convert else ov.Core().read_model(str(path))
+    except Exception as exc:  # OpenVINO raises RuntimeError with its C++ call chain; its last line says why
+        reason = [line for line in str(exc).splitlines() if line.strip()]
+        raise GCNetError(f"openvino cannot read {path}: {reason[-1] if reason else type(exc).__name__}") from exc
 
 
 def is_quantized_openvino(model: Any) -> bool:
