@@ -482,3 +482,16 @@ def test_predict_with_a_broken_openvino_ir_names_it(checkpoint, tmp_path):
         assert result.returncode == 2, result.stderr
         assert f"openvino cannot read {tmp_path / name}: " in result.stderr and reason in result.stderr
         assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()
+
+
+def test_predict_with_a_folder_where_an_output_goes(checkpoint, tmp_path, capsys):
+    """A folder named like an output file: one line naming it, exit 2; the folder is left as it was."""
+    Image.new("RGB", (96, 64)).save(tmp_path / "a.png")
+    blocked = tmp_path / "o" / "a_overlay.png"
+    blocked.mkdir(parents=True)
+    (blocked / "keep.txt").write_text("mine")
+    assert main(["predict", str(tmp_path / "a.png"), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {blocked}: a folder of that name is in the way" in err and "Traceback" not in err
+    assert (blocked / "keep.txt").read_text() == "mine"

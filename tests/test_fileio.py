@@ -89,3 +89,15 @@ def test_with_default_permissions(tmp_path: Path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(fileio.with_default_permissions(f).stat().st_mode) == 0o666 & ~mask
+
+
+def test_atomic_path_refuses_a_folder_in_the_way_before_the_work(tmp_path):
+    (tmp_path / "out.png").mkdir()
+    (tmp_path / "m.bin").mkdir()
+    ran = []
+    for name, companions in (("out.png", ()), ("m.xml", (".bin",))):
+        with pytest.raises(IsADirectoryError) as info:
+            with fileio.atomic_path(tmp_path / name, companions=companions):
+                ran.append(name)
+        assert info.value.filename in (str(tmp_path / "out.png"), str(tmp_path / "m.bin"))
+    assert not ran and sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "out.png"]

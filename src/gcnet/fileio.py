@@ -9,6 +9,7 @@ never destroys the previous version. A leaf module: it imports nothing from gcne
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -63,6 +64,9 @@ def atomic_path(path: str | os.PathLike, check: Callable[[Path], None] | None = 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
     extra = [(tmp.with_suffix(s), path.with_suffix(s)) for s in companions]
+    for final in [path, *(f for _, f in extra)]:
+        if final.is_dir():  # refused before the work, not by the rename after it
+            raise IsADirectoryError(errno.EISDIR, "a folder is in the way of this file", str(final))
     try:
         yield tmp
         for produced in [tmp, *(t for t, _ in extra)]:
