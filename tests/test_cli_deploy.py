@@ -80,7 +80,14 @@ def test_predict_usage_errors(checkpoint, tmp_path, capsys):
     assert "classes" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["predict", str(tmp_path / "empty"), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")]) == 2
-    assert "no images or videos in" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    err = capsys.readouterr().err
+    assert "no images or videos to predict" in err and "a folder without images" in err and not (tmp_path / "o").exists()
+    assert main(["predict", str(tmp_path / "missing.png"), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")]) == 2
+    assert "missing.png: no such file or directory" in capsys.readouterr().err
+    for out in (images, tmp_path):  # the input folder itself, or a folder holding it
+        assert main(["predict", str(images), "--checkpoint", str(checkpoint), "--out", str(out)]) == 2
+        assert f"--out {out} is or holds the input folder {images}" in capsys.readouterr().err
+    assert sorted(p.name for p in images.iterdir()) == ["a.png"]
 
 
 def test_export_torchscript(checkpoint, tmp_path):

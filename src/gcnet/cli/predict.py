@@ -154,8 +154,16 @@ def run(args: argparse.Namespace) -> int:
     if args.no_label and args.no_overlay and not any(
             Path(i).suffix.lower() in VIDEO_EXTENSIONS for i in args.inputs):
         raise ConfigError("--no-label and --no-overlay together leave nothing to write")
-    if not collect_inputs(args.inputs, recursive=not args.no_recursive, exclude=[args.out])[0]:
-        raise ConfigError(f"no images or videos in {', '.join(args.inputs)}; give image or video files, or folders "
+    out = Path(args.out).resolve()
+    for folder in (Path(i) for i in args.inputs if Path(i).is_dir()):
+        if out == folder.resolve() or out in folder.resolve().parents:
+            raise ConfigError(f"--out {args.out} is or holds the input folder {folder}: the outputs would mix with the "
+                              f"inputs (and could replace files named like them); choose another --out, e.g. "
+                              f"{folder / 'predictions'}")
+    items, missing = collect_inputs(args.inputs, recursive=not args.no_recursive, exclude=[args.out])
+    if not items:
+        reasons = "; ".join(f"{path}: {reason}" for path, reason in missing)
+        raise ConfigError(f"no images or videos to predict ({reasons}); give image or video files, or folders "
                           "holding them")
     source = model_from_args(args, allow_exported=True)
     runtime = runtime_from_args(args, source)
