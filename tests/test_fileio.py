@@ -101,3 +101,24 @@ def test_atomic_path_refuses_a_folder_in_the_way_before_the_work(tmp_path):
                 ran.append(name)
         assert info.value.filename in (str(tmp_path / "out.png"), str(tmp_path / "m.bin"))
     assert not ran and sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "out.png"]
+
+
+def test_a_failed_write_removes_the_folders_it_made(tmp_path):
+    """atomic_path and staging_folder make missing parent folders; a failure removes those again (not a folder
+    that was there before, nor one that meanwhile holds something else)."""
+    def refuse(tmp):
+        raise ValueError("refused")
+
+    with pytest.raises(ValueError):
+        with fileio.atomic_path(tmp_path / "a" / "b" / "f.txt", check=refuse) as tmp:
+            tmp.write_text("x")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError):
+        with fileio.staging_folder(tmp_path / "c" / "d") as stage:
+            (stage / "f.txt").write_text("x")
+            (tmp_path / "c" / "other.txt").write_text("someone else's")
+            raise ValueError("failed")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["c", "c/other.txt"]
+    with fileio.atomic_path(tmp_path / "e" / "f.txt") as tmp:
+        tmp.write_text("kept")
+    assert (tmp_path / "e" / "f.txt").read_text() == "kept"

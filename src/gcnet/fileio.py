@@ -49,6 +49,26 @@ def _fsync(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def _make_folder(folder: Path) -> list[Path]:
+    """``mkdir -p folder``; returns the folders it made, innermost first, for :func:`_remove_made`."""
+    made = []
+    while not folder.exists() and folder != folder.parent:
+        made.append(folder)
+        folder = folder.parent
+    if made:
+        made[0].mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def _remove_made(made: list[Path]) -> None:
+    """Remove the folders :func:`_make_folder` made, innermost first, as long as they are empty."""
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, check: Callable[[Path], None] | None = None,
                 companions: tuple[str, ...] = ()) -> Iterator[Path]:
@@ -58,15 +78,15 @@ def atomic_path(path: str | os.PathLike, check: Callable[[Path], None] | None = 
     suffixes of files the writer puts beside the temporary file (OpenVINO writes ``.bin`` next to
     ``.xml``): each must exist and is renamed to ``path`` with that suffix first, so the main file
     only ever appears next to complete companions. On any exception (or a check failure) every
-    temporary file is removed and the existing files are left untouched.
+    temporary file, and every folder made for ``path``, is removed and the existing files are left untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
     extra = [(tmp.with_suffix(s), path.with_suffix(s)) for s in companions]
     for final in [path, *(f for _, f in extra)]:
         if final.is_dir():  # refused before the work, not by the rename after it
             raise IsADirectoryError(errno.EISDIR, "a folder is in the way of this file", str(final))
+    made, done = _make_folder(path.parent), False
     try:
         yield tmp
         for produced in [tmp, *(t for t, _ in extra)]:
@@ -77,10 +97,13 @@ def atomic_path(path: str | os.PathLike, check: Callable[[Path], None] | None = 
         for produced, final in [*extra, (tmp, path)]:
             _fsync(produced)
             os.replace(produced, final)
+        done = True
     finally:
         for produced in [tmp, *(t for t, _ in extra)]:
             with contextlib.suppress(OSError):
                 produced.unlink()
+        if not done:
+            _remove_made(made)
 
 
 @contextlib.contextmanager
@@ -111,11 +134,10 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def staging_folder(out: str | os.PathLike) -> Iterator[Path]:
     """A hidden folder inside ``out`` for a command that writes several files (or folders): they
     replace their namesakes in ``out`` only if the whole block succeeds, so a failure anywhere
-    leaves ``out`` as it was (and removes ``out`` again if the block created it). A staging folder left by
-    a killed earlier run is removed first."""
+    leaves ``out`` as it was (and removes ``out`` and its parents again if the block made them). A staging
+    folder left by a killed earlier run is removed first."""
     out = Path(out)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    made = _make_folder(out)
     remove_stale_temps(out)
     stage = temp_name(out / "stage")  # names this process, so a live run's folder is never taken for stale
     stage.mkdir()
@@ -127,9 +149,8 @@ def staging_folder(out: str | os.PathLike) -> Iterator[Path]:
         done = True
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-        if created and not done:
-            with contextlib.suppress(OSError):
-                out.rmdir()
+        if not done:
+            _remove_made(made)
 
 
 def _move_into_place(src: Path, dst: Path) -> None:

@@ -119,7 +119,10 @@ def _forms(args: argparse.Namespace) -> list[str]:
 
 
 def _datasets(args: argparse.Namespace) -> tuple[dict | None, dict | None]:
-    """(calibration, evaluation) dataset specs of the run, or None."""
+    """(calibration, evaluation) dataset specs of the run, or None; each found on disk before any work starts
+    (a missing root is said before a --keep-artifacts folder is made)."""
+    from gcnet.data.datasets import build_dataset
+
     calib = ev = None
     if args.calib_dataset:
         if not args.calib_root:
@@ -130,6 +133,9 @@ def _datasets(args: argparse.Namespace) -> tuple[dict | None, dict | None]:
         if not args.eval_root:
             raise ConfigError("--eval-dataset needs --eval-root")
         ev = {"kind": args.eval_dataset, "root": args.eval_root, "split": args.eval_split, "limit": args.eval_limit}
+    for spec in (calib, ev):
+        if spec:
+            build_dataset(spec["kind"], spec["root"], spec["split"])
     return calib, ev
 
 
@@ -143,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         check_writable_file(args.json, "--json")
     if args.keep_artifacts:
         check_own_dir(args.keep_artifacts, "--keep-artifacts", "gcnet bench", ARTIFACTS_MARKER)
+    calib, ev = _datasets(args)
     if args.variant and (args.model or args.checkpoint):
         raise ConfigError("give the variant either positionally or with --model/--checkpoint, not both")
     variant = (args.variant or args.model or "gcnet-s").lower()
@@ -153,7 +160,6 @@ def run(args: argparse.Namespace) -> int:
     iters = args.iters if args.iters is not None else (QUICK["iters"] if args.quick else 10)
     min_time = args.min_time if args.min_time is not None else (QUICK["min_time"] if args.quick else 1.0)
     forms = _forms(args)
-    calib, ev = _datasets(args)
     quant = {"preset": args.quant_preset, "bias_correction": args.bias_correction, "float_convs": args.float_convs,
              "finetune_iters": args.finetune_iters}
     with tempfile.TemporaryDirectory(prefix="gcnet-bench-w-") as scratch:
