@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from gcnet.errors import GCNetError
 
@@ -65,11 +69,43 @@ def resource_message(exc: BaseException) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c(terminated: list[int]) -> Iterator[None]:
+    """Handle SIGTERM (``kill``, ``timeout``, a job scheduler) as Ctrl-C, so that the same clean-up runs:
+    temporary files removed, a checkpoint being written finished first. Only where Ctrl-C raises
+    KeyboardInterrupt in this, the main, thread (not where the shell made this process ignore it)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+
+    def on_term(signum, frame) -> None:
+        terminated.append(signum)
+        signal.raise_signal(signal.SIGINT)  # through whatever SIGINT handler is in place now
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "train":
         _Parser(prog=f"gcnet {args.command}").error(f"unrecognized arguments: {' '.join(extra)}")
+    terminated: list[int] = []
+    try:
+        with _sigterm_as_ctrl_c(terminated):
+            return _run(args, extra)
+    except KeyboardInterrupt:
+        print(f"gcnet {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
+
+
+def _run(args: argparse.Namespace, extra: list[str]) -> int:
+    """Run the subcommand; a user's mistake or the machine's limits become one line and exit status 2."""
     try:
         if extra:  # train: nested keys (--model.overrides.channels 8) and a clear message for unknown keys
             from gcnet.engine.config import parse_override_args
@@ -85,9 +121,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"gcnet {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"gcnet {args.command}: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

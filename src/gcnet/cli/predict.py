@@ -63,9 +63,9 @@ def model_from_args(args: argparse.Namespace, *, required: bool = True, allow_ex
 
 def add_runtime_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("runtime")
-    g.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino"), default="torch",
-                   help="inference engine (torch for gcnet checkpoints; an .onnx/.xml checkpoint picks "
-                        "onnxruntime/openvino automatically)")
+    g.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino"), default=None,
+                   help="inference engine (default: torch for gcnet checkpoints, onnxruntime for an .onnx file, "
+                        "openvino for an .xml IR; an .onnx file also runs on openvino)")
     g.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"), default="fp32",
                    help="fp32; bf16 (torch autocast / OpenVINO); fp16 (torch on CUDA); int8 needs an "
                         "already-quantized model from `gcnet export --precision int8`")
@@ -74,15 +74,15 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
 
 
 def runtime_from_args(args: argparse.Namespace, source):
-    """The runtime for ``gcnet predict``: ``--runtime`` (an .xml source means openvino, an .onnx
-    source onnxruntime unless openvino is asked), ``--precision``, ``--device``, ``--threads``."""
+    """The runtime for ``gcnet predict``: ``--runtime``, by default the one the source's file type
+    asks for (an .xml IR openvino, an .onnx file onnxruntime, else torch); ``--precision``, ``--device``,
+    ``--threads``. A runtime that cannot run the source is refused by the pipeline, naming both."""
     import torch
 
     from gcnet.deploy.pipeline import build
 
-    kind = args.runtime
-    if isinstance(source, Path):
-        kind = "openvino" if source.suffix.lower() == ".xml" else ("onnxruntime" if kind == "torch" else kind)
+    suffix = source.suffix.lower() if isinstance(source, Path) else ""
+    kind = args.runtime or {".xml": "openvino", ".onnx": "onnxruntime"}.get(suffix, "torch")
     device = args.device
     if device == "auto":
         device = "cuda" if (kind == "torch" and torch.cuda.is_available()) else "cpu"
