@@ -145,3 +145,14 @@ def test_collect_inputs_gives_same_names_distinct_outputs(tmp_path):
     assert stems == {"x/a.png": "x/a", "y/a.png": "y/a", "y/b.png": "b", "z/x/a.png": "x/a-2"}
     assert not missing
     assert all(("same name" in i.note) == (i.path.name == "a.png") for i in items)
+
+
+def test_predictor_and_stream_refuse_sizes_and_counts_that_cannot_work(predictor, tmp_path):
+    import gcnet
+
+    for bad in [(0, 0), (64,), (64, 96, 3)]:
+        with pytest.raises(ValueError, match="input_size must be"):
+            Predictor(predictor.runtime, input_size=bad)
+    _image(tmp_path / "a.png")
+    with pytest.raises(ValueError, match="max_frames must be at least 1"):
+        next(gcnet.stream(tmp_path, predictor, max_frames=0))

@@ -124,8 +124,9 @@ def _settings(args: argparse.Namespace, train_cfg: dict | None) -> dict[str, Any
     kind = args.dataset or (cfg.data.kind if cfg else None)
     root = args.data_root or (cfg.data.root if cfg else None)
     if not kind or not root:
-        raise ConfigError("which data? pass --dataset and --data-root (this checkpoint has no training config "
-                          "inside to take them from)")
+        missing = " and ".join(f for f, given in (("--dataset", kind), ("--data-root", root)) if not given)
+        raise ConfigError(f"which data? pass {missing} (this checkpoint has no training config inside to take "
+                          "them from)")
     same_dataset = cfg is not None and args.dataset in (None, cfg.data.kind)
     e = cfg.eval if cfg else EvalSection()
     e = dataclasses.replace(e, mode=args.mode or e.mode, crop_size=list(args.crop or e.crop_size),

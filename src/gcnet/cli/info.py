@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("models", nargs="*", default=list_models(), metavar="MODEL",
                    help=f"variants to report ({', '.join(list_models())})")
-    p.add_argument("--size", type=parse_size, default=(1024, 2048), help="input size HxW")
+    p.add_argument("--size", type=parse_size, default="1024x2048", metavar="HxW",  # argparse parses a str default
+                   help="input size")
     p.add_argument("--num-classes", type=positive_int, default=19, help="number of classes")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)

@@ -86,6 +86,8 @@ class Predictor:
             runtime = build(runtime, "torch").runtime
         self.runtime = runtime
         self.input_size = tuple(int(s) for s in input_size) if input_size else None
+        if self.input_size and (len(self.input_size) != 2 or min(self.input_size) < 1):
+            raise ValueError(f"input_size must be (height, width) of positive sizes, got {input_size}")
         self.num_classes: int | None = None
 
     def prepare(self, image: np.ndarray) -> np.ndarray | torch.Tensor:

@@ -127,7 +127,10 @@ class ImageFolderSource(FrameSource):
 
 
 def open_source(source: str | os.PathLike | int, max_frames: int | None = None) -> FrameSource:
-    """A camera index (``0`` or ``"0"``), a video file, an image file or a folder of images."""
+    """A camera index (``0`` or ``"0"``), a video file, an image file or a folder of images; ``max_frames``
+    (at least 1) stops a video or camera after that many frames."""
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be at least 1 (or None for every frame), got {max_frames}")
     if isinstance(source, int) or (isinstance(source, str) and source.isdigit()):
         return VideoSource(int(source), max_frames=max_frames)
     path = Path(source)
