@@ -156,3 +156,14 @@ def test_predictor_and_stream_refuse_sizes_and_counts_that_cannot_work(predictor
     _image(tmp_path / "a.png")
     with pytest.raises(ValueError, match="max_frames must be at least 1"):
         next(gcnet.stream(tmp_path, predictor, max_frames=0))
+
+
+def test_overlay_png_is_lossless_rgb(tmp_path):
+    """Overlays are encoded by OpenCV (RGB in, RGB back out of any PNG reader), label PNGs by PIL (palette)."""
+    from gcnet.deploy.predict import save_png
+
+    rgb = np.random.default_rng(3).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    path = save_png(rgb, tmp_path / "a_overlay.png")
+    with Image.open(path) as im:
+        assert im.mode == "RGB" and np.array_equal(np.array(im), rgb)
+    assert [p.name for p in tmp_path.iterdir()] == ["a_overlay.png"]

@@ -147,11 +147,23 @@ class Predictor:
 
 
 # -------------------------------------------------------------------------------------------- I/O
-def save_png(image: Image.Image, path: Path) -> Path:
+def save_png(image: Image.Image | np.ndarray, path: Path) -> Path:
     """Write a PNG atomically (temporary name, renamed when complete), at zlib level 1 (OpenCV's
-    default: several times faster to write than PIL's level 6 for a few % more bytes)."""
+    default: several times faster to write than PIL's level 6 for a few % more bytes). An RGB array
+    (an overlay) is encoded by OpenCV with the Sub filter and run-length matching: 1.8x faster than
+    PIL for a 1024x2048 photo, about as small."""
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG", compress_level=1)
+        if isinstance(image, Image.Image):
+            image.save(tmp, format="PNG", compress_level=1)
+        else:
+            import cv2
+
+            params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB,
+                      cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+            ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
+            if not ok:
+                raise GCNetError(f"OpenCV could not encode {path} as PNG")
+            tmp.write_bytes(data)
     return path
 
 
@@ -258,7 +270,7 @@ def write_image_outputs(image: np.ndarray, label: np.ndarray, base: Path, info: 
         written.append(save_png(label_image(label, info), base.with_name(base.name + "_label.png")))
     if save_overlay:
         ov = overlay(image, label, info, alpha=alpha)
-        written.append(save_png(Image.fromarray(ov), base.with_name(base.name + "_overlay.png")))
+        written.append(save_png(ov, base.with_name(base.name + "_overlay.png")))
     return written
 
 
