@@ -24,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gcnet.data.metadata import DatasetInfo, default_palette
 from gcnet.deploy.bench import machine_info
-from gcnet.deploy.predict import Predictor, predict_video, stream
+from gcnet.deploy.predict import Predictor, default_info, predict_video, stream
 from gcnet.deploy.runtimes import OpenVINORuntime, default_threads, is_quantized_openvino
 from gcnet.deploy.sources import open_source
 
@@ -43,9 +42,9 @@ class FixedPredictor(Predictor):
 
 
 def annotated(predictor: Predictor, video: Path, frames: int, num_classes: int) -> int:
-    info = DatasetInfo(f"{num_classes}-class", tuple(f"c{i}" for i in range(num_classes)), default_palette(num_classes))
     with tempfile.TemporaryDirectory() as tmp:
-        _, stats = predict_video(predictor, video, tmp, "out", info, max_frames=frames, progress=False)
+        _, stats = predict_video(predictor, video, tmp, "out", default_info(num_classes), max_frames=frames,
+                                 progress=False)
     return stats["frames"]
 
 
