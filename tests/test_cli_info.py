@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from helpers import run_gcnet as run_cli
@@ -122,3 +124,14 @@ def test_running_out_of_memory_or_disk_is_one_line_not_a_traceback():
         torch.save({"x": torch.zeros(10_000)}, "/dev/full")
     assert "disk full?" in resource_message(zipped.value)
     assert resource_message(RuntimeError("shape mismatch")) is None  # a bug keeps its traceback
+
+
+def test_import_gcnet_leaves_torch_for_first_use():
+    """``import gcnet`` and the CLI module load without torch (seconds saved on ``--help``, and Ctrl-C during
+    torch's import is the CLI's clean "interrupted"); every public name still resolves on first use."""
+    code = ("import sys, gcnet, gcnet.cli; assert 'torch' not in sys.modules, 'torch imported'; "
+            "assert all(getattr(gcnet, n) is not None for n in gcnet.__all__); "
+            "assert set(gcnet.__all__) == {*gcnet._EXPORTS, '__version__'} and set(gcnet.__all__) <= set(dir(gcnet)); "
+            "print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

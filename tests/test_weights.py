@@ -290,6 +290,31 @@ def test_predict_colours_named_weights_from_their_metadata(served, server, home,
     assert palette[: 3 * 19] == _palette(CITYSCAPES) and "generic" not in capsys.readouterr().err
 
 
+def test_stream_and_deploy_build_take_a_weights_name(served, server, home, register, tmp_path):
+    """``gcnet.stream(source, "name")`` and ``gcnet.deploy.build("name", ...)``: a name, like a path."""
+    from gcnet.deploy.pipeline import build
+
+    register("test-s", f"{server.url}/gcnet-s.pth")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    Image.fromarray(np.zeros((48, 64, 3), dtype=np.uint8)).save(frames / "a.png")
+    assert build("test-s", "torch").runtime is not None
+    ((frame, labels),) = list(gcnet.stream(frames, "test-s"))
+    assert frame.shape == (48, 64, 3) and labels.shape == (48, 64)
+
+
+@pytest.mark.parametrize("fuse", [False, True], ids=["training-form", "deploy-form"])
+def test_predict_model_and_weights_take_either_form_of_the_authors_weights(served, tmp_path, fuse):
+    """``--model VARIANT --weights FILE``: the authors' training-form and ``switch_to_deploy`` files alike."""
+    model = gcnet.build_model("gcnet-s", 19)
+    model.load_state_dict(served["state"])
+    if fuse:
+        model.eval().fuse_gcblocks()
+    save_mmengine(tmp_path / "authors.pth", model.state_dict())
+    labels, _ = _predict(tmp_path, "--model", "gcnet-s", "--weights", str(tmp_path / "authors.pth"))
+    assert labels.shape == (48, 64)
+
+
 def test_predict_uses_the_checkpoint_metadata_and_never_guesses(tmp_path, capsys):
     info = DatasetInfo("mine", ("a", "b", "c", "d"), ((9, 9, 9), (200, 0, 0), (0, 200, 0), (0, 0, 200)))
     gcnet.save_checkpoint(tmp_path / "own.pth", trained_tiny(4), dataset=info)

@@ -6,31 +6,54 @@
 >>> gcnet.list_weights()                                                # named weights and their metadata
 """
 
-from gcnet.checkpoint import (
-    checkpoint_dataset_info,
-    load_model,
-    load_weights,
-    read_checkpoint,
-    save_checkpoint,
-    save_pretrained,
-)
-from gcnet.hub import build_model, from_pretrained
-from gcnet.models import VARIANTS, GCNet, list_models
-from gcnet.models.complexity import model_complexity, model_info
-from gcnet.weights import Weights, get_weights, list_weights
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
-__all__ = [
+
+# Public name -> the module that defines it. Imported on first use, so that ``import gcnet`` (and the
+# command line's ``--help``) does not wait seconds for torch, and Ctrl-C during that wait is a clean exit.
+_EXPORTS = {
+    "checkpoint_dataset_info": "gcnet.checkpoint", "load_model": "gcnet.checkpoint",
+    "load_weights": "gcnet.checkpoint", "read_checkpoint": "gcnet.checkpoint",
+    "save_checkpoint": "gcnet.checkpoint", "save_pretrained": "gcnet.checkpoint",
+    "build_model": "gcnet.hub", "from_pretrained": "gcnet.hub",
+    "VARIANTS": "gcnet.models", "GCNet": "gcnet.models", "list_models": "gcnet.models",
+    "model_complexity": "gcnet.models.complexity", "model_info": "gcnet.models.complexity",
+    "Weights": "gcnet.weights", "get_weights": "gcnet.weights", "list_weights": "gcnet.weights",
+    "stream": "gcnet.deploy.predict",
+}
+__all__ = [  # literal, for linters: the names of _EXPORTS
     "VARIANTS", "GCNet", "build_model", "list_models", "load_model", "load_weights", "read_checkpoint",
     "save_checkpoint", "save_pretrained", "from_pretrained", "checkpoint_dataset_info", "Weights",
     "get_weights", "list_weights", "model_complexity", "model_info", "stream", "__version__",
 ]
 
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from gcnet.checkpoint import (
+        checkpoint_dataset_info,
+        load_model,
+        load_weights,
+        read_checkpoint,
+        save_checkpoint,
+        save_pretrained,
+    )
+    from gcnet.deploy.predict import stream
+    from gcnet.hub import build_model, from_pretrained
+    from gcnet.models import VARIANTS, GCNet, list_models
+    from gcnet.models.complexity import model_complexity, model_info
+    from gcnet.weights import Weights, get_weights, list_weights
+
 
 def __getattr__(name: str):
-    """``gcnet.stream`` is imported on first use (it pulls in the deploy runtimes)."""
-    if name == "stream":
-        from gcnet.deploy.predict import stream
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'gcnet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-        return stream
-    raise AttributeError(f"module 'gcnet' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -347,13 +347,20 @@ def _load_state(model: GCNet, state_dict: StateDict, name: str, strict: bool = T
     return model
 
 
+def model_from_weights(variant: str, num_classes: int, source: Source | dict, name: str | None = None) -> GCNet:
+    """``variant`` for ``num_classes`` classes, built in the form ``source``'s weights are in (training form
+    for training-form weights, deploy form for reparameterized ones: the authors' ``switch_to_deploy``
+    files and ours), with those weights loaded. ``CheckpointError`` lists what differs."""
+    name = name or _spec_name(source)
+    state = extract_state_dict(source if isinstance(source, dict) else read_checkpoint(source), name)
+    return _load_state(build_model(variant, num_classes, deploy=state_dict_form(state) != "train"), state, name)
+
+
 def check_weights(source: Source, variant: str, num_classes: int, name: str | None = None) -> None:
     """Raise ``CheckpointError`` (with what differs) unless ``source`` holds ``variant`` weights for
     ``num_classes`` classes, in any form (keys and shapes are compared)."""
     name = name or _spec_name(source)
-    state = extract_state_dict(read_checkpoint(source), name)
-    _load_state(build_model(variant, num_classes, deploy=state_dict_form(state) != "train"), state,
-                f"{name} (expected {variant} weights for {num_classes} classes)")
+    model_from_weights(variant, num_classes, source, f"{name} (expected {variant} weights for {num_classes} classes)")
 
 
 def verify_weights(name: str | Weights) -> str:
@@ -447,17 +454,15 @@ def load_model(source: Source, map_location: str | torch.device = "cpu") -> GCNe
     folder (the config is inside) or from named weights (the registry knows the model)."""
     obj = read_checkpoint(source, map_location)
     entry, name = find_weights(source), _spec_name(source)
-    if isinstance(obj, dict) and obj.get("format") == FORMAT and "config" in obj:
-        config, state = obj["config"], obj["state_dict"]
-        deploy = bool(obj.get("deployed"))
-    elif entry is not None:
-        state = extract_state_dict(obj, name)
-        config, deploy = {"name": entry.variant, "num_classes": entry.num_classes}, state_dict_form(state) != "train"
-    else:
+    ours = isinstance(obj, dict) and obj.get("format") == FORMAT and "config" in obj
+    if not ours and entry is not None:
+        return model_from_weights(entry.variant, entry.num_classes, obj, name).to(map_location).eval()
+    if not ours:
         raise CheckpointError(f"{name}: not a gcnet checkpoint (no model config inside); for the authors' "
                               "files use build_model(...) then load_weights(model, path)")
+    state = obj["state_dict"]
     try:
-        model = _model_from_config(config, deploy)
+        model = _model_from_config(obj["config"], bool(obj.get("deployed")))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{name}: invalid model config inside the checkpoint: {exc}") from exc
     _load_state(model, extract_state_dict(state, name) if isinstance(state, dict) else state, name)

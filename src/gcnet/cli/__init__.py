@@ -91,16 +91,17 @@ def _sigterm_as_ctrl_c(terminated: list[int]) -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "train":
-        _Parser(prog=f"gcnet {args.command}").error(f"unrecognized arguments: {' '.join(extra)}")
     terminated: list[int] = []
+    prog = "gcnet"
     try:
         with _sigterm_as_ctrl_c(terminated):
+            args, extra = build_parser().parse_known_args(argv)  # imports torch: seconds, Ctrl-C included
+            prog = f"gcnet {args.command}"
+            if extra and args.command != "train":
+                _Parser(prog=prog).error(f"unrecognized arguments: {' '.join(extra)}")
             return _run(args, extra)
     except KeyboardInterrupt:
-        print(f"gcnet {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        print(f"{prog}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130
 
 

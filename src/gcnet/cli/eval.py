@@ -93,26 +93,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _load(args: argparse.Namespace):
     """(model, train_config or None) from the checkpoint."""
-    from gcnet.checkpoint import extract_state_dict, load_weights, read_checkpoint, state_dict_form
-    from gcnet.models.gcnet import build_model
+    from gcnet.checkpoint import FORMAT, load_model, model_from_weights, read_checkpoint
     from gcnet.weights import find_weights
 
     obj = read_checkpoint(args.checkpoint)  # a file, named weights or a URL
     train_cfg = obj.get("train_config") if isinstance(obj, dict) else None
-    if (isinstance(obj, dict) and obj.get("format") == "gcnet" and "config" in obj) or find_weights(args.checkpoint):
-        from gcnet.checkpoint import load_model
-
-        model = load_model(args.checkpoint)
-        return model, train_cfg
+    if (isinstance(obj, dict) and obj.get("format") == FORMAT and "config" in obj) or find_weights(args.checkpoint):
+        return load_model(args.checkpoint), train_cfg
     if not args.model or not args.num_classes:
         raise ConfigError(f"{args.checkpoint} has no model config inside (the authors' format?): pass --model "
                           "(gcnet-s/m/l) and --num-classes")
-    sd = extract_state_dict(obj, str(args.checkpoint))
     try:
-        model = build_model(args.model, num_classes=args.num_classes, deploy=state_dict_form(sd) != "train")
-    except ValueError as exc:
+        model = model_from_weights(args.model, args.num_classes, obj, str(args.checkpoint))
+    except ValueError as exc:  # an unknown variant
         raise ConfigError(str(exc)) from None
-    load_weights(model, sd)
     return model.eval(), None
 
 

@@ -31,7 +31,7 @@ def add_model_args(p: argparse.ArgumentParser, *, allow_exported: bool = True, r
 def model_from_args(args: argparse.Namespace, *, required: bool = True, allow_exported: bool = False):
     """The model (torch module) or exported file path selected by the model arguments."""
     import gcnet
-    from gcnet.checkpoint import resolve_checkpoint
+    from gcnet.checkpoint import model_from_weights, resolve_checkpoint
 
     if args.checkpoint and (args.model or args.weights):
         raise ConfigError("give either --checkpoint or --model/--weights, not both")
@@ -50,12 +50,11 @@ def model_from_args(args: argparse.Namespace, *, required: bool = True, allow_ex
     if args.model:
         if args.model.lower() not in gcnet.list_models():
             raise ConfigError(f"unknown model {args.model!r}; choose from {', '.join(gcnet.list_models())}")
-        model = gcnet.build_model(args.model.lower(), args.num_classes or 19)
-        if args.weights:
-            gcnet.load_weights(model, args.weights)  # a file, named weights or a URL
-        elif required:
+        if args.weights:  # a file, named weights or a URL; in the form they are in
+            return model_from_weights(args.model.lower(), args.num_classes or 19, args.weights).eval()
+        if required:
             raise ConfigError("--model needs --weights FILE (or use --checkpoint)")
-        return model.eval()
+        return gcnet.build_model(args.model.lower(), args.num_classes or 19).eval()
     if required:
         raise ConfigError("no model given: use --checkpoint FILE or --model VARIANT --weights FILE")
     return None

@@ -90,9 +90,9 @@ def _check_request(runtime: str, precision: str, device: str, source: Source) ->
         raise GCNetError(f"runtime {runtime!r} runs on CPU only here; use runtime='torch' for CUDA")
     if not isinstance(source, (str, os.PathLike)):
         return ""
-    if not Path(source).exists():
-        raise GCNetError(f"model file not found: {source}")
     suffix = Path(source).suffix.lower()
+    if suffix in (".onnx", ".xml") and not Path(source).exists():  # a checkpoint may also be a name or URL
+        raise GCNetError(f"model file not found: {source}")
     if runtime == "torch" and suffix in (".onnx", ".xml"):
         raise GCNetError(f"the torch runtime needs a GCNet module or checkpoint, not {source}")
     if runtime == "onnxruntime" and suffix == ".xml":
@@ -171,7 +171,7 @@ def build(source: Source, runtime: str = "torch", precision: str = "fp32", *,
     ``source``: a GCNet module (a reparameterized copy is used if it is in training form; the
     caller's module is not changed; ``reparameterize=False`` keeps the training form for the torch
     runtime, e.g. to time it),
-    a gcnet checkpoint, an ONNX file or an OpenVINO ``.xml``. Conversions happen on the way: ONNX
+    a gcnet checkpoint (a file, named weights or a URL), an ONNX file or an OpenVINO ``.xml``. Conversions happen on the way: ONNX
     export, OpenVINO conversion, and for ``precision="int8"`` on a float model int8 quantization
     calibrated on ``calibration`` (float32 NCHW arrays; a few real images are enough): for OpenVINO from
     a module or checkpoint with a short quantization-aware fine-tune (as ``settings`` say) on crops of
