@@ -22,6 +22,7 @@ from gcnet.data.metadata import DatasetInfo, overlay
 from gcnet.deploy.postprocess import upsample_argmax
 from gcnet.deploy.predict import Predictor, predict_video, stream
 from gcnet.deploy.runtimes import Runtime
+from gcnet.deploy.sources import VideoSource, open_video_writer
 
 STAGES = ("decode", "pre", "model", "post", "overlay", "encode")
 
@@ -33,7 +34,7 @@ def make_video(path: str | Path, frame: np.ndarray, frames: int = 30, fps: float
 
     path = Path(path)
     h, w = frame.shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    writer = open_video_writer(path, fps, (w, h))
     bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
     for i in range(frames):
         writer.write(np.roll(bgr, 4 * i, axis=1))
@@ -44,22 +45,23 @@ def make_video(path: str | Path, frame: np.ndarray, frames: int = 30, fps: float
 def stage_times(runtime: Runtime, video: str | Path, info: DatasetInfo, frames: int,
                 clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
     """Seconds per stage for each of the first ``frames`` frames, one stage after the other, through the
-    :class:`Predictor` that ``gcnet predict`` uses (a runtime that normalises inside its graph has ~0 pre)."""
+    :class:`VideoSource` and :class:`Predictor` that ``gcnet predict`` uses (decode: the source's next frame;
+    a runtime that normalises inside its graph has ~0 pre)."""
     import cv2
 
     predictor = Predictor(runtime)
-
     times: dict[str, list[float]] = {s: [] for s in STAGES}
-    cap = cv2.VideoCapture(str(video))
+    source = VideoSource(video)
+    decoded = iter(source)
     with tempfile.TemporaryDirectory(prefix="gcnet-e2e-") as tmp:
         writer = None
         try:
             for _ in range(frames):
                 t0 = clock()
-                ok, bgr = cap.read()
-                if not ok:
+                frame = next(decoded, None)
+                if frame is None:
                     break
-                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                rgb = frame.rgb
                 t1 = clock()
                 with torch.inference_mode():
                     x = predictor.prepare(rgb)
@@ -71,14 +73,14 @@ def stage_times(runtime: Runtime, video: str | Path, info: DatasetInfo, frames: 
                 out = cv2.cvtColor(overlay(rgb, labels, info), cv2.COLOR_RGB2BGR)
                 t4 = clock()
                 if writer is None:
-                    writer = cv2.VideoWriter(str(Path(tmp) / "out.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 25.0,
-                                             (out.shape[1], out.shape[0]))
+                    writer = open_video_writer(Path(tmp) / "out.mp4", 25.0, (out.shape[1], out.shape[0]))
                 writer.write(out)
                 t5 = clock()
                 for name, dt in zip(STAGES, (t1 - t0, t_pre - t1, t2 - t_pre, t3 - t2, t4 - t3, t5 - t4)):
                     times[name].append(dt)
         finally:
-            cap.release()
+            decoded.close()
+            source.close()
             if writer is not None:
                 writer.release()
     return times

@@ -44,6 +44,7 @@ from gcnet.deploy.sources import (
     TruncatedVideoError,
     VideoSource,
     open_source,
+    open_video_writer,
     prefetch,
 )
 from gcnet.errors import DatasetError, GCNetError
@@ -321,9 +322,7 @@ def _annotate_frames(frames: Iterable[np.ndarray], path: Path, predictor: Predic
         out = cv2.cvtColor(overlay(rgb, label, info, alpha=alpha), cv2.COLOR_RGB2BGR)
         _draw_text(out, text)
         if writer is None:
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps_in, (out.shape[1], out.shape[0]))
-            if not writer.isOpened():
-                raise InputError("cannot write an mp4v video (no mp4v encoder in this OpenCV build?)")
+            writer = open_video_writer(path, fps_in, (out.shape[1], out.shape[0]))
         writer.write(out)
         if bar is not None:
             bar.update(1)

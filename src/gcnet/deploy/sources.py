@@ -23,7 +23,7 @@ from gcnet.errors import GCNetError
 from gcnet.fileio import IMAGE_EXTENSIONS, is_image_file
 
 __all__ = ["Frame", "FrameSource", "VideoSource", "ImageFolderSource", "TruncatedVideoError", "SourceError",
-           "open_source", "prefetch", "BackgroundConsumer", "VIDEO_EXTENSIONS"]
+           "open_source", "open_video_writer", "prefetch", "BackgroundConsumer", "VIDEO_EXTENSIONS"]
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})
 # containers whose header/index gives the exact frame count; others give an estimate from the duration
@@ -31,7 +31,7 @@ EXACT_COUNT_EXTENSIONS = frozenset({".avi", ".mp4", ".mov", ".m4v"})
 
 
 class SourceError(GCNetError):
-    """A stream source cannot be opened or read."""
+    """A stream source cannot be opened or read, or a video file cannot be written."""
 
 
 class TruncatedVideoError(SourceError):
@@ -139,6 +139,17 @@ def open_source(source: str | os.PathLike | int, max_frames: int | None = None) 
     if path.is_dir() or path.suffix.lower() in IMAGE_EXTENSIONS:
         return ImageFolderSource(path)
     return VideoSource(path, max_frames=max_frames)
+
+
+def open_video_writer(path: str | os.PathLike, fps: float, size: tuple[int, int]) -> Any:
+    """An OpenCV writer of an mp4v video of BGR frames of ``size`` (width, height) at ``fps``: the one
+    video format gcnet writes (predict, bench end-to-end)."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    if not writer.isOpened():
+        raise SourceError(f"cannot write an mp4v video to {path} (no mp4v encoder in this OpenCV build?)")
+    return writer
 
 
 _DONE = object()
