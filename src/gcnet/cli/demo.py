@@ -245,8 +245,8 @@ def run(args: argparse.Namespace) -> int:
 
     from gcnet.checkpoint import load_model
     from gcnet.data.metadata import get_dataset_info
+    from gcnet.distributed import resolve_device
     from gcnet.engine.builders import build_datasets
-    from gcnet.engine.distributed import resolve_device
     from gcnet.fileio import write_text
 
     if args.threads:

@@ -177,7 +177,7 @@ def _compare_forms(results: dict[str, Any], float64: bool) -> bool:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from gcnet.engine import distributed as gdist
+    from gcnet import distributed as gdist
     from gcnet.engine.builders import check_datasets
     from gcnet.evaluation.inference import evaluate
     from gcnet.evaluation.metrics import format_table

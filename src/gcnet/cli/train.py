@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import textwrap
 
 from gcnet.cli.args import check_writable_dir, non_negative_int, positive_int
+from gcnet.distributed import env_world_size
 from gcnet.engine.config import SCHEMA, TrainConfig, dumps_toml, list_presets
 from gcnet.errors import ConfigError
 
@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         print(dumps_toml(cfg.to_dict()), end="")
         return 0
     check_writable_dir(work_dir, "--work-dir")
-    if args.launcher == "torchrun" and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if args.launcher == "torchrun" and env_world_size() <= 1:
         return _torchrun(args, work_dir, overrides)
 
     from gcnet.engine.trainer import Trainer

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gcnet.engine import distributed as gdist
+from gcnet import distributed as gdist
 from gcnet.engine.config import DataSection, LossSection, ModelSection, OptimSection, TrainConfig
 from gcnet.errors import CheckpointError, ConfigError, DatasetError
 

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from gcnet import distributed as gdist
 from gcnet.data.metadata import DatasetInfo
-from gcnet.engine import distributed as gdist
 from gcnet.engine.builders import (
     build_criterion,
     build_datasets,

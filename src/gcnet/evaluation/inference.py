@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gcnet.distributed import all_reduce_sum, rank_and_world
+
 __all__ = ["evaluate", "infer_logits", "predict", "slide_logits"]
 
 
@@ -162,12 +164,6 @@ def _is_dataset(data: Any) -> bool:
     return False
 
 
-def _dist_info() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def _runtime_forward(runtime: Callable) -> Callable[[Tensor], Tensor]:
     """``Tensor -> Tensor`` logits of a deploy runtime: a PyTorch runtime's ``forward_tensor`` (no
     host copies), or the ``ndarray -> ndarray`` call of any other runtime."""
@@ -188,7 +184,7 @@ def _eval_loader(data: Any, batch_size: int, workers: int, limit: int | None, us
         return data, None
     indices = list(range(len(data) if limit is None else min(limit, len(data))))
     if use_dist:
-        rank, world = _dist_info()
+        rank, world = rank_and_world()
         indices = indices[rank::world]
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, indices), batch_size=batch_size,
                                          shuffle=False, num_workers=workers, collate_fn=_collate_eval,
@@ -294,7 +290,7 @@ def evaluate(
     num_classes, ignore_index, class_names = _label_info(model, data, num_classes, ignore_index, class_names)
     forward, device, in_dtype = _forward_of(model, device)
 
-    rank, world = _dist_info()
+    rank, world = rank_and_world()
     use_dist = world > 1 if distributed is None else (distributed and world > 1)
     loader, total = _eval_loader(data, batch_size, workers, limit, use_dist)
     cm = ConfusionMatrix(num_classes, ignore_index)
@@ -317,8 +313,6 @@ def evaluate(
         if is_module:
             model.train(was_training)
     if use_dist:
-        from gcnet.engine.distributed import all_reduce_sum
-
         cm.all_reduce()
         n_images = int(all_reduce_sum(torch.tensor([n_images], dtype=torch.long)).item())
     results = dict(cm.compute())

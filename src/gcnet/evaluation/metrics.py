@@ -15,6 +15,8 @@ from typing import Union
 import numpy as np
 import torch
 
+from gcnet.distributed import all_reduce_sum
+
 __all__ = ["ConfusionMatrix", "format_table"]
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
@@ -67,8 +69,6 @@ class ConfusionMatrix:
 
     def all_reduce(self) -> None:
         """Sum the matrix over all processes when ``torch.distributed`` is initialised (no-op otherwise)."""
-        from gcnet.engine.distributed import all_reduce_sum
-
         all_reduce_sum(self.matrix)
 
     def compute(self) -> dict:

@@ -1,9 +1,10 @@
-"""Device choice and small helpers for multi-process training with ``torchrun`` (DistributedDataParallel).
+"""Device choice and small helpers for multi-process training and evaluation with ``torchrun`` (DDP).
 
 ``torchrun --nproc_per_node N -m gcnet.cli train ...`` sets ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_from_env` reads them and
 initialises the process group (``nccl`` on CUDA, ``gloo`` on CPU). Single-process runs never
-touch ``torch.distributed``.
+touch ``torch.distributed``. A leaf module (only :mod:`gcnet.errors` below it), so that both
+:mod:`gcnet.engine` and :mod:`gcnet.evaluation` can use it.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ __all__ = [
     "broadcast_buffers",
     "cleanup",
     "env_world_size",
+    "group_active",
     "init_from_env",
     "is_main",
     "on_main",
+    "rank_and_world",
     "resolve_device",
 ]
 
@@ -68,7 +71,18 @@ class DistInfo:
         return self.rank == 0
 
 
+def group_active() -> bool:
+    """True inside an initialised ``torch.distributed`` process group (the one place that asks)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the process group; (0, 1) without one (a single process)."""
+    return (dist.get_rank(), dist.get_world_size()) if group_active() else (0, 1)
+
+
 def env_world_size() -> int:
+    """The ``WORLD_SIZE`` torchrun sets (1 when unset or not a number): >1 means a multi-process launch."""
     try:
         return int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
@@ -89,7 +103,7 @@ def init_from_env(device_type: str = "cpu", backend: str | None = None, timeout_
         backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
+    if not group_active():
         from datetime import timedelta
 
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
@@ -98,18 +112,20 @@ def init_from_env(device_type: str = "cpu", backend: str | None = None, timeout_
 
 
 def is_main() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    """True on rank 0 and in single-process runs."""
+    return rank_and_world()[0] == 0
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    """Wait for every rank (no-op in single-process runs)."""
+    if group_active():
         dist.barrier()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """In-place sum over ranks (no-op without a process group). CPU tensors work with every
     backend: NCCL reduces only GPU tensors, so under NCCL they travel through the current GPU."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if rank_and_world()[1] > 1:
         if t.device.type == "cpu" and dist.get_backend() == "nccl":
             buf = t.to(torch.device("cuda", torch.cuda.current_device()))
             dist.all_reduce(buf, op=dist.ReduceOp.SUM)
@@ -121,7 +137,7 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 def all_true(flag: bool) -> bool:
     """True when ``flag`` is true on every rank (a collective: every rank must call it)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if rank_and_world()[1] == 1:
         return flag
     return int(all_reduce_sum(torch.tensor([0 if flag else 1])).item()) == 0
 
@@ -143,12 +159,13 @@ def on_main(fn: Callable[[], T]) -> T | None:
 def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
     """Copy buffers (BatchNorm running statistics) from rank ``src`` to every rank, so that
     validation and checkpoints see the same model everywhere."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if rank_and_world()[1] == 1:
         return
     for buf in module.buffers():
         dist.broadcast(buf.data, src)
 
 
 def cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
+    """Destroy the process group, if any (at the end of a torchrun process)."""
+    if group_active():
         dist.destroy_process_group()
