@@ -25,6 +25,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "gcnet-l": dict(channels=64, ppm_channels=128, num_blocks=[5, 5, [5, 5], [5, 5], [3, 3]], head_channels=256),
 }
 DEFAULTS: dict[str, Any] = dict(num_paths=2, num_1x1_convs=2, align_corners=False)
+# ``GCNet(...)``'s argument defaults: gcnet-s, read from the table above rather than restated.
+_GCNET_DEFAULTS: dict[str, Any] = {**VARIANTS["gcnet-s"], **DEFAULTS}
 
 
 def _check_num_blocks(num_blocks: list) -> list:
@@ -138,15 +140,17 @@ class GCNet(nn.Module):
     ``(logits, aux_logits)``. After ``reparameterize()`` the model is in the *deploy* form, a plain
     conv network (one 3x3 conv per GCBlock, BatchNorms after convs folded, no auxiliary head)
     returning logits only; ``deploy=True`` builds that form directly and ``is_deploy`` tells which
-    form a model is in.
+    form a model is in. Arguments left out take gcnet-s's values (``VARIANTS`` and ``DEFAULTS``).
     """
 
-    def __init__(self, num_classes: int = 19, channels: int = 32, ppm_channels: int = 128,
-                 num_blocks: list | None = None, head_channels: int = 64, num_paths: int = 2,
-                 num_1x1_convs: int = 2, align_corners: bool = False, deploy: bool = False,
+    def __init__(self, num_classes: int = 19, channels: int = _GCNET_DEFAULTS["channels"],
+                 ppm_channels: int = _GCNET_DEFAULTS["ppm_channels"], num_blocks: list | None = None,
+                 head_channels: int = _GCNET_DEFAULTS["head_channels"], num_paths: int = _GCNET_DEFAULTS["num_paths"],
+                 num_1x1_convs: int = _GCNET_DEFAULTS["num_1x1_convs"],
+                 align_corners: bool = _GCNET_DEFAULTS["align_corners"], deploy: bool = False,
                  name: str = "custom") -> None:
         super().__init__()
-        num_blocks = _check_num_blocks(num_blocks if num_blocks is not None else VARIANTS["gcnet-s"]["num_blocks"])
+        num_blocks = _check_num_blocks(num_blocks if num_blocks is not None else _GCNET_DEFAULTS["num_blocks"])
         if num_classes < 1 or channels < 1 or ppm_channels < 1 or head_channels < 1:
             raise ValueError("num_classes, channels, ppm_channels and head_channels must be positive")
         self.config: dict[str, Any] = dict(
