@@ -13,6 +13,7 @@ from gcnet.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_model, load_weights
 from gcnet.errors import CheckpointError
 from gcnet.models.gcnet import GCNet
 from gcnet.models.gcnet import build_model as _build_model
+from gcnet.optional import require
 from gcnet.weights import Weights, get_weights
 
 __all__ = ["build_model", "from_pretrained"]
@@ -49,11 +50,8 @@ def from_pretrained(name_or_path: str | os.PathLike, *, revision: str | None = N
 
 
 def _download_repo(repo_id: str, revision: str | None) -> Path:
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        raise CheckpointError(f"{repo_id}: no such folder; to load it from the Hugging Face Hub install "
-                         "huggingface_hub (pip install huggingface_hub)") from None
+    hf_hub_download = require("huggingface_hub", f"{repo_id}: no such folder; loading it from the Hugging Face Hub",
+                              error=CheckpointError).hf_hub_download
     try:
         hf_hub_download(repo_id, CONFIG_NAME, revision=revision)
         return Path(hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision)).parent

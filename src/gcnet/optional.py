@@ -1,5 +1,5 @@
-"""Optional dependencies (onnx, onnxruntime, openvino, nncf, opencv): import on first use with an
-install hint. A leaf module: it imports nothing from gcnet but the error class."""
+"""Optional dependencies (onnx, onnxruntime, openvino, nncf, gdown, huggingface_hub): import on first use
+with an install hint. A leaf module: it imports nothing from gcnet but the error class."""
 
 from __future__ import annotations
 
@@ -9,23 +9,26 @@ from typing import Any
 
 from gcnet.errors import GCNetError
 
-PIP_NAMES = {"openvino": "openvino", "onnxruntime": "onnxruntime", "onnx": "onnx", "nncf": "nncf",
-             "cv2": "opencv-python-headless"}
+# the gcnet extra (``pip install 'gcnet[extra]'``) that installs each optional dependency
+EXTRAS = {"openvino": "deploy", "onnxruntime": "deploy", "onnx": "deploy", "nncf": "deploy", "gdown": "gdrive",
+          "huggingface_hub": "hub"}
 
 
 class RuntimeUnavailableError(GCNetError):
-    """An optional dependency (onnxruntime, openvino, nncf, opencv) is not installed, or CUDA is missing."""
+    """An optional dependency (onnxruntime, openvino, nncf, gdown, ...) is not installed, or CUDA is missing."""
 
 
-def require(module: str) -> Any:
-    """Import an optional dependency or raise :class:`RuntimeUnavailableError` with an install hint."""
+def require(module: str, purpose: str = "", error: type[GCNetError] = RuntimeUnavailableError) -> Any:
+    """Import an optional dependency, or raise ``error`` with an install hint: "``purpose`` needs
+    <package>: pip install 'gcnet[extra]' (or pip install <package>)"."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        pip_name = PIP_NAMES.get(module.split(".")[0], module)
-        raise RuntimeUnavailableError(
-            f"'{module}' is not installed; install it with `pip install {pip_name}` "
-            f"(or `pip install gcnet[deploy]` for all deployment runtimes)") from exc
+        package = module.split(".")[0]
+        need = f"{purpose} needs {package}" if purpose else f"'{module}' is not installed"
+        extra = EXTRAS.get(package)
+        hint = f"pip install 'gcnet[{extra}]' (or pip install {package})" if extra else f"pip install {package}"
+        raise error(f"{need}: {hint}") from exc
 
 
 def is_available(module: str) -> bool:

@@ -32,6 +32,7 @@ from gcnet.data.metadata import DatasetInfo, get_dataset_info
 from gcnet.data.transforms import MEAN, STD
 from gcnet.errors import CheckpointError
 from gcnet.fileio import TMP_MARKER, atomic_path, gcnet_home
+from gcnet.optional import require
 
 __all__ = ["Weights", "REGISTRY", "register_weights", "list_weights", "get_weights", "find_weights",
            "weights_dir", "is_offline", "is_url", "url_cache_path", "sha256sum", "resolve", "fetch"]
@@ -255,10 +256,7 @@ def _fetch_url(url: str, tmp: Path, progress: bool) -> None:
 
 
 def _fetch_google_drive(url: str, tmp: Path, progress: bool) -> None:
-    try:
-        import gdown
-    except ImportError:
-        raise _NetworkError("downloading from Google Drive needs gdown: pip install 'gcnet[gdrive]'") from None
+    gdown = require("gdown", "downloading from Google Drive", error=_NetworkError)
     # gdown may leave partial files next to its output: give it a private folder, removed afterwards.
     with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{tmp.stem}.", suffix=TMP_MARKER) as folder:
         out = Path(folder) / "download"

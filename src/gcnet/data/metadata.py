@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from gcnet.errors import ConfigError, DatasetError
@@ -214,8 +215,6 @@ def _gather(table: np.ndarray, label: np.ndarray) -> np.ndarray:
     """``table[label]`` for uint8/uint16 labels and an ``(N, 3)`` uint8 table, without numpy's slow
     fancy indexing (24 ms for a 1024x2048 frame): OpenCV's LUT for uint8 (2 ms), ``np.take`` (6 ms)
     for uint16."""
-    import cv2
-
     if label.dtype == np.uint8:
         return cv2.LUT(cv2.cvtColor(np.ascontiguousarray(label), cv2.COLOR_GRAY2RGB), table[:, None])
     return np.take(table, label, axis=0)
@@ -252,8 +251,6 @@ def overlay(image: np.ndarray, label: np.ndarray, info: DatasetInfo, alpha: floa
     Pixels with the ignore index (or out-of-range values) keep the original image. Image and label must have
     the same height and width. Runs on uint8 frames without float copies (OpenCV's weighted sum).
     """
-    import cv2
-
     image = np.asarray(image)
     label = np.asarray(label)
     if image.ndim != 3 or image.shape[2] != 3:

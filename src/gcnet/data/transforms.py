@@ -18,9 +18,7 @@ augmentations and runs with a seeded DataLoader are reproducible. The trainer pa
 derived from ``(seed, epoch, index)`` instead (:class:`gcnet.engine.sampler.SeededTrainSet`; best for resuming).
 
 Images are RGB ``uint8`` ``HxWx3`` arrays, labels integer ``HxW`` arrays; outputs are a float32 tensor
-``[3, H, W]`` and an int64 tensor ``[H, W]``. Resizing and HSV conversion use OpenCV
-(``opencv-python-headless``, imported on first use); :func:`normalize` and an :class:`EvalTransform` without
-resizing do not need it.
+``[3, H, W]`` and an int64 tensor ``[H, W]``. Resizing and HSV conversion use OpenCV.
 """
 
 from __future__ import annotations
@@ -28,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Union
 
+import cv2
 import numpy as np
 import torch
 
@@ -52,17 +51,6 @@ MEAN = (123.675, 116.28, 103.53)  # RGB, 0-255 scale (ImageNet)
 STD = (58.395, 57.12, 57.375)
 
 SizeLike = Union[int, Sequence[int]]
-
-
-def _cv2():
-    try:
-        import cv2
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "gcnet.data.transforms needs OpenCV for resizing and colour conversion; "
-            "install it with: pip install opencv-python-headless"
-        ) from e
-    return cv2
 
 
 def _pair(size: SizeLike, name: str) -> tuple[int, int]:
@@ -112,7 +100,6 @@ def rescale_size(old_wh: tuple[int, int], scale: Sequence[float]) -> tuple[int, 
 
 def resize_image(image: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
     """Bilinear resize (OpenCV ``INTER_LINEAR``, as mmcv) of an image to ``(w, h)``."""
-    cv2 = _cv2()
     w, h = size_wh
     if image.shape[1] == w and image.shape[0] == h:
         return image
@@ -121,7 +108,6 @@ def resize_image(image: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
 
 def resize_label(label: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize (OpenCV ``INTER_NEAREST``, as mmcv) of an integer label map to ``(w, h)``."""
-    cv2 = _cv2()
     w, h = size_wh
     label = np.asarray(label)
     if label.shape[1] == w and label.shape[0] == h:
@@ -217,7 +203,6 @@ def photometric_distortion(
     each step happens with probability 0.5. Values are clipped to 0..255 and truncated to uint8 after
     every step.
     """
-    cv2 = _cv2()
     img = np.ascontiguousarray(image)
     if rng.integers(2):  # brightness
         img = _convert(img, beta=rng.uniform(-brightness_delta, brightness_delta))

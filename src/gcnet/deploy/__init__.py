@@ -1,7 +1,7 @@
 """Deployment: runtimes (PyTorch, ONNX Runtime, OpenVINO), export (ONNX, TorchScript, torch.export,
 OpenVINO IR, int8), the pipeline between them, benchmarking and prediction on images/folders/videos.
 
-The optional runtimes (onnx, onnxruntime, openvino, nncf, opencv) are imported only when used;
+The optional runtimes (onnx, onnxruntime, openvino, nncf) are imported only when used;
 ``pip install gcnet[deploy]`` installs them.
 """
 

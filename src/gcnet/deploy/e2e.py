@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -30,8 +31,6 @@ STAGES = ("decode", "pre", "model", "post", "overlay", "encode")
 def make_video(path: str | Path, frame: np.ndarray, frames: int = 30, fps: float = 25.0) -> Path:
     """An mp4v video of ``frames`` frames at ``frame``'s size: ``frame`` (RGB uint8) panned by a few
     pixels per frame, so that the encoder and decoder do real work."""
-    import cv2
-
     path = Path(path)
     h, w = frame.shape[:2]
     writer = open_video_writer(path, fps, (w, h))
@@ -47,8 +46,6 @@ def stage_times(runtime: Runtime, video: str | Path, info: DatasetInfo, frames: 
     """Seconds per stage for each of the first ``frames`` frames, one stage after the other, through the
     :class:`VideoSource` and :class:`Predictor` that ``gcnet predict`` uses (decode: the source's next frame;
     a runtime that normalises inside its graph has ~0 pre)."""
-    import cv2
-
     predictor = Predictor(runtime)
     times: dict[str, list[float]] = {s: [] for s in STAGES}
     source = VideoSource(video)

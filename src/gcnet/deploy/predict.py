@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,6 @@ from gcnet.deploy.sources import (
 )
 from gcnet.errors import DatasetError, GCNetError
 from gcnet.fileio import IMAGE_EXTENSIONS, atomic_path, remove_stale_temps
-from gcnet.optional import require
 
 
 class InputError(GCNetError):
@@ -157,8 +157,6 @@ def save_png(image: Image.Image | np.ndarray, path: Path) -> Path:
         if isinstance(image, Image.Image):
             image.save(tmp, format="PNG", compress_level=1)
         else:
-            import cv2
-
             params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB,
                       cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
             ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
@@ -293,8 +291,6 @@ def _read_ahead(items: list[InputItem]) -> Iterator[tuple[InputItem, np.ndarray 
 
 def _draw_text(frame_bgr: np.ndarray, text: str) -> None:
     """White text on a dark box in the top-left corner."""
-    import cv2
-
     scale = max(0.45, frame_bgr.shape[0] / 800)
     thick = max(1, round(scale * 1.5))
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
@@ -313,7 +309,6 @@ def _annotate_frames(frames: Iterable[np.ndarray], path: Path, predictor: Predic
     thread."""
     from gcnet.data.metadata import overlay
 
-    cv2 = require("cv2")
     writer = None
 
     def write(item: tuple[np.ndarray, np.ndarray, str]) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from gcnet.errors import GCNetError
@@ -67,9 +68,6 @@ class VideoSource(FrameSource):
     """A video file or a camera (an integer index) through OpenCV."""
 
     def __init__(self, source: str | os.PathLike | int, max_frames: int | None = None) -> None:
-        import cv2
-
-        self._cv2 = cv2
         self.name = f"camera{source}" if isinstance(source, int) else str(source)
         self._cap = cv2.VideoCapture(source if isinstance(source, int) else str(source))
         if not self._cap.isOpened():
@@ -81,7 +79,7 @@ class VideoSource(FrameSource):
         self.max_frames = max_frames
 
     def __iter__(self) -> Iterator[Frame]:
-        cv2, index = self._cv2, 0
+        index = 0
         while self.max_frames is None or index < self.max_frames:
             ok, bgr = self._cap.read()
             if not ok:
@@ -141,11 +139,9 @@ def open_source(source: str | os.PathLike | int, max_frames: int | None = None) 
     return VideoSource(path, max_frames=max_frames)
 
 
-def open_video_writer(path: str | os.PathLike, fps: float, size: tuple[int, int]) -> Any:
+def open_video_writer(path: str | os.PathLike, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
     """An OpenCV writer of an mp4v video of BGR frames of ``size`` (width, height) at ``fps``: the one
     video format gcnet writes (predict, bench end-to-end)."""
-    import cv2
-
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
     if not writer.isOpened():
         raise SourceError(f"cannot write an mp4v video to {path} (no mp4v encoder in this OpenCV build?)")
