@@ -278,7 +278,7 @@ def export_torchscript(model: nn.Module | str | os.PathLike, path: str | os.Path
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, (_example(input_size),), check_trace=False)
-        traced = torch.jit.freeze(traced.eval()) if hasattr(torch.jit, "freeze") else traced
+        traced = torch.jit.freeze(traced.eval())
     checks: list[dict] = []
 
     def check(tmp: Path) -> None:

@@ -252,7 +252,6 @@ class OpenVINORuntime(Runtime):
             self.config, static_shapes = {"INFERENCE_NUM_THREADS": str(threads), **(config or {})}, False
         self.static_shapes = static_shapes
         self.max_shapes = max_shapes
-        self._compiled: dict[tuple, Any] = {}
         self._requests: dict[tuple, Any] = {}
 
     def _requests_for(self, shape: tuple, uint8: bool, in_flight: int = 1) -> list:
@@ -275,8 +274,7 @@ class OpenVINORuntime(Runtime):
             compiled = self.core.compile_model(model, "CPU", config)
             if len(self._requests) >= self.max_shapes:  # forget the oldest compile
                 oldest = next(iter(self._requests))
-                del self._requests[oldest], self._compiled[oldest]
-            self._compiled[key] = compiled
+                del self._requests[oldest]  # an infer request holds its compiled model: this frees both
             requests = self._requests[key] = [compiled.create_infer_request() for _ in range(in_flight)]
         return requests
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from gcnet.distributed import all_reduce_sum, rank_and_world
 
-__all__ = ["evaluate", "infer_logits", "predict", "slide_logits"]
+__all__ = ["evaluate", "infer_logits", "slide_logits"]
 
 
 def _pair(v, name: str) -> tuple[int, int] | None:
@@ -135,12 +135,6 @@ def infer_logits(
             n += 1
     assert probs is not None
     return torch.log((probs / n).clamp_min(1e-12))
-
-
-@torch.no_grad()
-def predict(model: nn.Module, images: Tensor, **kwargs) -> Tensor:
-    """``argmax`` of :func:`infer_logits`: int64 ``[B, H, W]`` class indices."""
-    return infer_logits(model, images, **kwargs).argmax(dim=1)
 
 
 # ------------------------------------------------------------------------------------ evaluation
