@@ -1,5 +1,5 @@
 """Guards of the code's structure (the developer guide's rules), checked on the source with ``ast``:
-no import cycle between gcnet modules (function-level imports included), no function over 100 lines,
+no import cycle between gcnet modules (function-level imports included), no function with over 60 lines of code,
 atomic writes only through ``gcnet.fileio``, one image-extension list, and test modules that import
 shared code from ``helpers`` rather than from each other. Each failure lists every offender."""
 
@@ -15,7 +15,7 @@ SRC = REPO / "src"
 PACKAGE = SRC / "gcnet"
 TESTS = REPO / "tests"
 FILEIO = PACKAGE / "fileio.py"
-MAX_FUNCTION_LINES = 100
+MAX_FUNCTION_LINES = 60  # of code: the signature and the docstring do not count
 
 
 def _module_name(path: Path) -> str:
@@ -157,13 +157,21 @@ def _functions(tree: ast.AST):
             yield node
 
 
-def test_no_function_over_100_lines():
+def _code_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines from the first statement after the docstring to the end."""
+    body = fn.body[1:] if len(fn.body) > 1 and isinstance(fn.body[0], ast.Expr) and isinstance(
+        fn.body[0].value, ast.Constant) and isinstance(fn.body[0].value.value, str) else fn.body
+    return fn.end_lineno - body[0].lineno + 1
+
+
+def test_no_function_over_60_lines_of_code():
+    """Argparse ``register`` functions, flag declarations one after another, are exempt."""
     offenders = []
     for path in _modules().values():
         for fn in _functions(_tree(path)):
-            length = fn.end_lineno - fn.lineno + 1
-            if length > MAX_FUNCTION_LINES:
-                offenders.append((length, f"{_rel(path)}:{fn.lineno} {fn.name}() is {length} lines"))
+            length = _code_lines(fn)
+            if length > MAX_FUNCTION_LINES and fn.name != "register":
+                offenders.append((length, f"{_rel(path)}:{fn.lineno} {fn.name}() has {length} lines of code"))
     offenders.sort(reverse=True)
     assert not offenders, (f"functions over {MAX_FUNCTION_LINES} lines (split them):\n"
                            + "\n".join(text for _, text in offenders))

@@ -12,7 +12,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gcnet.deploy.qat import FINETUNE_ITERS, FINETUNE_MIN_FRAMES
+from gcnet.deploy.export import FAST_BIAS_CORRECTION
+from gcnet.deploy.pipeline import ExportSettings
+from gcnet.deploy.qat import FINETUNE_MIN_FRAMES
 from gcnet.errors import ConfigError
 
 MAX_SIDE = 16384  # per side: larger inputs do not fit in memory
@@ -166,45 +168,63 @@ def auto_or_count(text: str) -> int | str:
     return value
 
 
+# The quantization flags' defaults, by their argparse names: ExportSettings' defaults
+_QUANT_DEFAULTS = {
+    "quant_preset": ExportSettings.preset,
+    "bias_correction": {v: k for k, v in FAST_BIAS_CORRECTION.items()}[ExportSettings.fast_bias_correction],
+    "float_convs": ExportSettings.float_convs,
+    "finetune_iters": ExportSettings.finetune_iters,
+}
+
+
 def add_quant_args(group, num_calib_default: int | None, num_calib_help: str) -> None:
-    """The int8 calibration and quantization flags, shared by ``gcnet export`` and ``gcnet bench``."""
+    """The int8 calibration and quantization flags, shared by ``gcnet export`` and ``gcnet bench``; their
+    defaults are :class:`~gcnet.deploy.pipeline.ExportSettings`'s (:func:`quant_settings` reads them back)."""
+    defaults = _QUANT_DEFAULTS
     group.add_argument("--calib-dataset", metavar="KIND", help="calibration dataset kind: cityscapes, camvid, voc, folder")
     group.add_argument("--calib-root", metavar="DIR", help="calibration dataset root")
     group.add_argument("--calib-split", default="train", metavar="SPLIT", help="calibration split (default: %(default)s)")
     group.add_argument("--num-calib", type=positive_int, default=num_calib_default, metavar="N",
                        help=num_calib_help)
-    group.add_argument("--finetune-iters", type=non_negative_int, default=FINETUNE_ITERS, metavar="N",
+    group.add_argument("--finetune-iters", type=non_negative_int, default=defaults["finetune_iters"], metavar="N",
                        help="OpenVINO int8 from a checkpoint: fine-tune the fake-quantized model N steps to "
                             "reproduce the fp32 model's logits on crops of three quarters of the frames of the "
                             "calibration split or folder, keeping the snapshot closest to fp32 on the other quarter "
                             f"(no labels needed; at least {FINETUNE_MIN_FRAMES} frames, else "
                             "post-training quantization is used; about 6 minutes for GCNet-S on 2 cores; "
                             "default: %(default)s); 0: post-training quantization only, tuned by the three flags below")
-    group.add_argument("--quant-preset", choices=("auto", "mixed", "performance"), default="auto",
+    group.add_argument("--quant-preset", choices=("auto", "mixed", "performance"),
+                       default=defaults["quant_preset"],
                        help="OpenVINO int8: performance = symmetric activations (NNCF's default), mixed = "
                             "asymmetric u8; auto (default): mixed only where it matches fp32 clearly better "
                             "on calibration images held out from calibration (the better one differs per model)")
-    group.add_argument("--bias-correction", choices=("auto", "fast", "full"), default="fast",
+    group.add_argument("--bias-correction", choices=tuple(FAST_BIAS_CORRECTION),
+                       default=defaults["bias_correction"],
                        help="OpenVINO int8: NNCF's fast (default) or full per-layer bias correction, or auto: "
                             "like --quant-preset auto, each candidate is quantized on 3/4 of the calibration "
                             "images and the one whose labels match fp32 best on the other 1/4 is kept")
     group.add_argument("--full-bias-correction", dest="bias_correction", action="store_const", const="full",
                        help="= --bias-correction full")
-    group.add_argument("--float-convs", type=auto_or_count, default="auto", metavar="auto|N",
+    group.add_argument("--float-convs", type=auto_or_count, default=defaults["float_convs"], metavar="auto|N",
                        help="OpenVINO int8: leave the N convolutions most sensitive to int8 in float (each is "
                             "quantized alone on 3/4 of the calibration images and its error measured on the "
                             "other 1/4); auto (default): those whose error alone is at least a quarter of the "
                             "whole int8 model's, at most 4; 0: quantize every convolution")
 
 
-def check_quant_args(args) -> None:
+def check_quant_args(args: argparse.Namespace) -> None:
     """The post-training flags of :func:`add_quant_args` only apply without a fine-tune."""
-    set_ = [flag for flag, value, default in (("--quant-preset", args.quant_preset, "auto"),
-                                              ("--bias-correction", args.bias_correction, "fast"),
-                                              ("--float-convs", args.float_convs, "auto")) if value != default]
+    set_ = ["--" + key.replace("_", "-") for key, default in _QUANT_DEFAULTS.items()
+            if key != "finetune_iters" and getattr(args, key) != default]
     if set_ and args.finetune_iters:
         raise ConfigError(f"{', '.join(set_)} tune post-training quantization; add --finetune-iters 0 to use it "
                           "(by default OpenVINO int8 is fine-tuned instead)")
+
+
+def quant_settings(args: argparse.Namespace, **fields) -> ExportSettings:
+    """The :class:`~gcnet.deploy.pipeline.ExportSettings` of the :func:`add_quant_args` flags, and ``fields``."""
+    return ExportSettings(preset=args.quant_preset, fast_bias_correction=FAST_BIAS_CORRECTION[args.bias_correction],
+                          float_convs=args.float_convs, finetune_iters=args.finetune_iters, **fields)
 
 
 def add_eval_args(group, what: str) -> None:
@@ -213,3 +233,53 @@ def add_eval_args(group, what: str) -> None:
     group.add_argument("--eval-root", metavar="DIR", help="evaluation dataset root")
     group.add_argument("--eval-split", default="val", metavar="SPLIT", help="evaluation split (default: %(default)s)")
     group.add_argument("--eval-limit", type=positive_int, metavar="N", help="evaluate on the first N images only")
+
+
+def _sources_help(allow_exported: bool) -> str:
+    exported = ", or a file from `gcnet export`: .onnx or OpenVINO .xml" if allow_exported else ""
+    return ("Model: either --checkpoint FILE (a gcnet checkpoint .pt/.pth from `gcnet train`, named weights such "
+            f"as gcnet-s_cityscapes (`gcnet weights`), a URL, a save_pretrained folder{exported}), or --model "
+            "VARIANT --weights FILE --num-classes K for the authors' released weights (mmengine .pth, training or "
+            "deploy form).")
+
+
+def add_model_args(p: argparse.ArgumentParser, *, allow_exported: bool = True, required: bool = True) -> None:
+    g = p.add_argument_group("model", _sources_help(allow_exported) if required else
+                             _sources_help(allow_exported) + " Without either, a randomly initialised model is used.")
+    g.add_argument("--checkpoint", "-c", metavar="FILE",
+                   help="gcnet checkpoint" + (" or exported .onnx/.xml model" if allow_exported else ""))
+    g.add_argument("--model", "-m", metavar="VARIANT", help="gcnet-s, gcnet-m or gcnet-l (with --weights)")
+    g.add_argument("--weights", "-w", metavar="FILE", help="weights for --model (authors' or ours)")
+    g.add_argument("--num-classes", type=positive_int, metavar="K", help="classes of --model (default 19)")
+
+
+def model_from_args(args: argparse.Namespace, *, required: bool = True, allow_exported: bool = False):
+    """The model (torch module) or exported file path selected by the model arguments."""
+    import gcnet
+    from gcnet.checkpoint import model_from_weights, resolve_checkpoint
+
+    if args.checkpoint and (args.model or args.weights):
+        raise ConfigError("give either --checkpoint or --model/--weights, not both")
+    if args.checkpoint and args.num_classes:
+        raise ConfigError("--num-classes goes with --model; a --checkpoint carries its own classes")
+    if args.checkpoint:
+        path = resolve_checkpoint(args.checkpoint)  # a file, named weights or a URL (downloaded once)
+        if path.suffix.lower() in (".onnx", ".xml"):
+            if not allow_exported:
+                raise ConfigError(f"{path}: this command needs a gcnet checkpoint, not an exported model; pass the "
+                                  "checkpoint it was exported from (`gcnet predict` runs exported models)")
+            return path
+        return gcnet.load_model(args.checkpoint)
+    if args.weights and not args.model:
+        raise ConfigError("--weights needs --model VARIANT (e.g. --model gcnet-s)")
+    if args.model:
+        if args.model.lower() not in gcnet.list_models():
+            raise ConfigError(f"unknown model {args.model!r}; choose from {', '.join(gcnet.list_models())}")
+        if args.weights:  # a file, named weights or a URL; in the form they are in
+            return model_from_weights(args.model.lower(), args.num_classes or 19, args.weights).eval()
+        if required:
+            raise ConfigError("--model needs --weights FILE (or use --checkpoint)")
+        return gcnet.build_model(args.model.lower(), args.num_classes or 19).eval()
+    if required:
+        raise ConfigError("no model given: use --checkpoint FILE or --model VARIANT --weights FILE")
+    return None

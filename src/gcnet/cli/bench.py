@@ -56,26 +56,30 @@ examples:
   gcnet bench --device cuda --json gpu.json     # every CUDA form (fp32, fp16/bf16, graphs, compile)
   gcnet bench --forms torch-fp32 openvino-int8 --checkpoint camvid.pth \\
       --calib-dataset camvid --calib-root data/camvid --eval-dataset camvid --eval-root data/camvid""")
-    from gcnet.cli.predict import add_model_args
+    from gcnet.cli.args import add_model_args
+    from gcnet.deploy.bench import CALIB_IMAGES, QUICK, RANDOM_CALIB_INPUTS, TIMING
 
     p.add_argument("variant", nargs="?", default=None, metavar="MODEL",
                    help="variant for random weights: gcnet-s (default), gcnet-m, gcnet-l")
     add_model_args(p, allow_exported=False, required=False)
-    p.add_argument("--size", type=parse_size, default=None, metavar="HxW", help="input size (default: 1024x2048)")
+    p.add_argument("--size", type=parse_size, default=None, metavar="HxW", dest="input_size",
+                   help="input size (default: {}x{})".format(*TIMING["input_size"]))
     p.add_argument("--batch", type=positive_int, default=1, help="batch size (default: %(default)s)")
     p.add_argument("--forms", nargs="+", metavar="FORM", help="forms to run (see above); 'all' = every form")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="which default forms: CPU, CUDA, or both when CUDA is available (default: auto)")
-    p.add_argument("--warmup", type=positive_int, default=None, help="warm-up runs per form (default: 3)")
-    p.add_argument("--iters", type=positive_int, default=None, help="timed runs per form, at least (default: 10)")
+    p.add_argument("--warmup", type=positive_int, default=None, help=f"warm-up runs per form (default: {TIMING['warmup']})")
+    p.add_argument("--iters", type=positive_int, default=None, help=f"timed runs per form, at least (default: {TIMING['iters']})")
     p.add_argument("--min-time", type=non_negative_float, default=None, metavar="SEC",
                    help="time each form for at least SEC seconds: more runs than --iters for fast forms, "
-                        "e.g. on a GPU (default: 1.0; 0 with --quick)")
+                        f"e.g. on a GPU (default: {TIMING['min_time']}; {QUICK['min_time']} with --quick)")
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: all usable cores)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke test: 128x256, 1 warm-up, 3 timed runs (explicit options still win)")
+                   help="smoke test: {}x{}, {} warm-up, {} timed runs (explicit options still win)".format(
+                       *QUICK["input_size"], QUICK["warmup"], QUICK["iters"]))
     p.add_argument("--in-process", action="store_true", help="run every form in this process (no memory column)")
-    add_quant_args(p, None, "calibration images (default: 32 from a dataset, 2 random inputs otherwise)")
+    add_quant_args(p, None, f"calibration images (default: {CALIB_IMAGES} from a dataset, {RANDOM_CALIB_INPUTS} "
+                            "random inputs otherwise)")
     add_eval_args(p, "also measure mIoU per form on this dataset kind")
     p.add_argument("--keep-artifacts", metavar="DIR",
                    help="keep the exported/quantized models in DIR (a new or empty folder, or one an earlier "
@@ -92,7 +96,7 @@ examples:
 def _checkpoint(args: argparse.Namespace, scratch: str) -> str | None:
     """The checkpoint the workers load: --checkpoint (checked now), or --model/--weights saved in ``scratch``."""
     import gcnet
-    from gcnet.cli.predict import model_from_args
+    from gcnet.cli.args import model_from_args
 
     if not (args.checkpoint or args.weights):
         return None
@@ -121,28 +125,28 @@ def _forms(args: argparse.Namespace) -> list[str]:
 def _datasets(args: argparse.Namespace) -> tuple[dict | None, dict | None]:
     """(calibration, evaluation) dataset specs of the run, or None; each found on disk before any work starts
     (a missing root is said before a --keep-artifacts folder is made)."""
-    from gcnet.data.datasets import build_dataset
+    from gcnet.data.datasets import dataset_from_settings
 
     calib = ev = None
     if args.calib_dataset:
         if not args.calib_root:
             raise ConfigError("--calib-dataset needs --calib-root")
         calib = {"kind": args.calib_dataset, "root": args.calib_root, "split": args.calib_split,
-                 "num": args.num_calib or 32}
+                 "num": args.num_calib}
     if args.eval_dataset:
         if not args.eval_root:
             raise ConfigError("--eval-dataset needs --eval-root")
         ev = {"kind": args.eval_dataset, "root": args.eval_root, "split": args.eval_split, "limit": args.eval_limit}
     for spec in (calib, ev):
         if spec:
-            build_dataset(spec["kind"], spec["root"], spec["split"])
+            dataset_from_settings(spec["kind"], spec["root"], spec["split"])
     return calib, ev
 
 
 def run(args: argparse.Namespace) -> int:
     import gcnet
-    from gcnet.cli.args import check_own_dir, check_quant_args, check_writable_file
-    from gcnet.deploy.bench import ARTIFACTS_MARKER, QUICK, command_line, format_report, run_benchmark, save_report
+    from gcnet.cli.args import check_own_dir, check_quant_args, check_writable_file, quant_settings
+    from gcnet.deploy.bench import ARTIFACTS_MARKER, QUICK, TIMING, command_line, format_report, run_benchmark, save_report
 
     check_quant_args(args)
     if args.json:
@@ -155,18 +159,14 @@ def run(args: argparse.Namespace) -> int:
     variant = (args.variant or args.model or "gcnet-s").lower()
     if variant not in gcnet.list_models():
         raise ConfigError(f"unknown model {variant!r}; choose from {', '.join(gcnet.list_models())}")
-    size = args.size or (QUICK["input_size"] if args.quick else (1024, 2048))
-    warmup = args.warmup if args.warmup is not None else (QUICK["warmup"] if args.quick else 3)
-    iters = args.iters if args.iters is not None else (QUICK["iters"] if args.quick else 10)
-    min_time = args.min_time if args.min_time is not None else (QUICK["min_time"] if args.quick else 1.0)
+    timing = {key: given if (given := getattr(args, key)) is not None else default  # explicit flags win
+              for key, default in (QUICK if args.quick else TIMING).items()}
     forms = _forms(args)
-    quant = {"preset": args.quant_preset, "bias_correction": args.bias_correction, "float_convs": args.float_convs,
-             "finetune_iters": args.finetune_iters}
     with tempfile.TemporaryDirectory(prefix="gcnet-bench-w-") as scratch:
-        report = run_benchmark(variant, args.num_classes or 19, checkpoint=_checkpoint(args, scratch), input_size=size,
-                               batch=args.batch, forms=forms, warmup=warmup, iters=iters, min_time=min_time,
+        report = run_benchmark(variant, args.num_classes or 19, checkpoint=_checkpoint(args, scratch), **timing,
+                               batch=args.batch, forms=forms,
                                threads=args.threads, isolate=not args.in_process, calib=calib,
-                               calib_num=args.num_calib or 2, quant=quant,
+                               calib_num=args.num_calib, quant=quant_settings(args),
                                eval=ev, artifacts_dir=args.keep_artifacts, timeout=args.timeout,
                                end_to_end=args.end_to_end, progress=not args.no_progress,
                                command=command_line())

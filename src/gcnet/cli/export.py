@@ -11,15 +11,17 @@ from typing import Any
 
 from gcnet.cli.args import (
     add_eval_args,
+    add_model_args,
     add_quant_args,
     check_quant_args,
     check_writable_dir,
     check_writable_file,
+    model_from_args,
     parse_size,
     positive_int,
+    quant_settings,
     show_progress,
 )
-from gcnet.cli.predict import add_model_args, model_from_args
 from gcnet.deploy.qat import FINETUNE_MIN_FRAMES, finetune_summary
 from gcnet.errors import ConfigError
 from gcnet.fileio import staging_folder
@@ -97,12 +99,12 @@ examples:
 
 
 def _dataset(kind: str, root: str | None, split: str, what: str):
-    from gcnet.data.datasets import build_dataset
+    from gcnet.data.datasets import dataset_from_settings
     from gcnet.data.transforms import EvalTransform
 
     if not root:
         raise ConfigError(f"--{what}-dataset needs --{what}-root DIR")
-    return build_dataset(kind, root, split, transform=EvalTransform())
+    return dataset_from_settings(kind, root, split, transform=EvalTransform())
 
 
 def _check_args(args: argparse.Namespace, formats: list[str]) -> None:
@@ -252,8 +254,7 @@ def _accuracy(deploy, out: Path, name: str, formats: list[str], args: argparse.N
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from gcnet.deploy.export import FAST_BIAS_CORRECTION, ExportError, load_for_deploy
-    from gcnet.deploy.pipeline import ExportSettings
+    from gcnet.deploy.export import ExportError, load_for_deploy
     from gcnet.fileio import write_text
 
     formats = list(dict.fromkeys(args.format))
@@ -271,11 +272,8 @@ def run(args: argparse.Namespace) -> int:
         name = Path(name).stem
     out = Path(args.out)
     report: dict = {"model": deploy.config, "input_size": list(args.input_size), "exports": {}}
-    settings = ExportSettings(input_size=args.input_size, opset=args.opset, dynamic=not args.static,
-                              postprocess=args.postprocess, verify=not args.no_verify, tolerance=args.tolerance,
-                              preset=args.quant_preset,
-                              fast_bias_correction=FAST_BIAS_CORRECTION[args.bias_correction],
-                              float_convs=args.float_convs, finetune_iters=args.finetune_iters)
+    settings = quant_settings(args, input_size=args.input_size, opset=args.opset, dynamic=not args.static,
+                              postprocess=args.postprocess, verify=not args.no_verify, tolerance=args.tolerance)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

@@ -6,58 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from gcnet.cli.args import check_writable_dir, fraction, parse_size, positive_int, show_progress
+from gcnet.cli.args import add_model_args, check_writable_dir, fraction, model_from_args, parse_size, positive_int, show_progress
 from gcnet.errors import ConfigError
-
-
-def _sources_help(allow_exported: bool) -> str:
-    exported = ", or a file from `gcnet export`: .onnx or OpenVINO .xml" if allow_exported else ""
-    return ("Model: either --checkpoint FILE (a gcnet checkpoint .pt/.pth from `gcnet train`, named weights such "
-            f"as gcnet-s_cityscapes (`gcnet weights`), a URL, a save_pretrained folder{exported}), or --model "
-            "VARIANT --weights FILE --num-classes K for the authors' released weights (mmengine .pth, training or "
-            "deploy form).")
-
-
-def add_model_args(p: argparse.ArgumentParser, *, allow_exported: bool = True, required: bool = True) -> None:
-    g = p.add_argument_group("model", _sources_help(allow_exported) if required else
-                             _sources_help(allow_exported) + " Without either, a randomly initialised model is used.")
-    g.add_argument("--checkpoint", "-c", metavar="FILE",
-                   help="gcnet checkpoint" + (" or exported .onnx/.xml model" if allow_exported else ""))
-    g.add_argument("--model", "-m", metavar="VARIANT", help="gcnet-s, gcnet-m or gcnet-l (with --weights)")
-    g.add_argument("--weights", "-w", metavar="FILE", help="weights for --model (authors' or ours)")
-    g.add_argument("--num-classes", type=positive_int, metavar="K", help="classes of --model (default 19)")
-
-
-def model_from_args(args: argparse.Namespace, *, required: bool = True, allow_exported: bool = False):
-    """The model (torch module) or exported file path selected by the model arguments."""
-    import gcnet
-    from gcnet.checkpoint import model_from_weights, resolve_checkpoint
-
-    if args.checkpoint and (args.model or args.weights):
-        raise ConfigError("give either --checkpoint or --model/--weights, not both")
-    if args.checkpoint and args.num_classes:
-        raise ConfigError("--num-classes goes with --model; a --checkpoint carries its own classes")
-    if args.checkpoint:
-        path = resolve_checkpoint(args.checkpoint)  # a file, named weights or a URL (downloaded once)
-        if path.suffix.lower() in (".onnx", ".xml"):
-            if not allow_exported:
-                raise ConfigError(f"{path}: this command needs a gcnet checkpoint, not an exported model; pass the "
-                                  "checkpoint it was exported from (`gcnet predict` runs exported models)")
-            return path
-        return gcnet.load_model(args.checkpoint)
-    if args.weights and not args.model:
-        raise ConfigError("--weights needs --model VARIANT (e.g. --model gcnet-s)")
-    if args.model:
-        if args.model.lower() not in gcnet.list_models():
-            raise ConfigError(f"unknown model {args.model!r}; choose from {', '.join(gcnet.list_models())}")
-        if args.weights:  # a file, named weights or a URL; in the form they are in
-            return model_from_weights(args.model.lower(), args.num_classes or 19, args.weights).eval()
-        if required:
-            raise ConfigError("--model needs --weights FILE (or use --checkpoint)")
-        return gcnet.build_model(args.model.lower(), args.num_classes or 19).eval()
-    if required:
-        raise ConfigError("no model given: use --checkpoint FILE or --model VARIANT --weights FILE")
-    return None
 
 
 def add_runtime_args(p: argparse.ArgumentParser) -> None:
