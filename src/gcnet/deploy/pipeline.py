@@ -1,8 +1,8 @@
 """The one deploy pipeline: a GCNet (module, checkpoint, ONNX file or OpenVINO IR) -> its deploy
 form -> exported artefact -> int8 quantization -> an open :class:`~gcnet.deploy.runtimes.Runtime`.
 
-Every caller goes through :func:`build`: :func:`create_runtime`, ``gcnet predict``, ``gcnet export``
-and ``gcnet bench``::
+Every runtime and every ONNX / OpenVINO file is made by :func:`build`: :func:`create_runtime`, ``gcnet
+predict``, ``gcnet export``, ``gcnet bench`` and ``gcnet.stream`` call it::
 
     runtime = build(model, "openvino", "int8", calibration=arrays).runtime
     built = build("best.pth", "onnxruntime", out="exported/best.onnx", open_runtime=False)  # verified file
