@@ -11,7 +11,6 @@ import argparse
 import copy
 import json
 import shutil
-import statistics
 import textwrap
 import time
 from pathlib import Path
@@ -66,22 +65,23 @@ def _say(msg: str = "") -> None:
     print(msg, flush=True)
 
 
-def _time_forward(model, x, repeats: int, min_seconds: float = 1.0) -> float:
-    """Median seconds per forward pass (after warm-up)."""
+def _time_forward(model, x, repeats: int = 10, min_seconds: float = 1.0) -> float:
+    """Median milliseconds per forward pass after 3 warm-up passes: at least ``repeats`` passes and
+    ``min_seconds`` of them (the timing loop of ``gcnet bench``)."""
     import torch
+
+    from gcnet.deploy.bench import latency_stats, timed_runs
+
+    def forward() -> None:
+        model(x)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize()
 
     with torch.inference_mode():
         for _ in range(3):
-            model(x)
-        times = []
-        t_end = time.perf_counter() + min_seconds
-        while len(times) < repeats or (time.perf_counter() < t_end and len(times) < 10 * repeats):
-            t0 = time.perf_counter()
-            model(x)
-            if x.device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+            forward()
+        times, _ = timed_runs(forward, repeats, min_seconds)
+    return latency_stats(times)["median"]
 
 
 def _compare_logits(a, b, dataset, device) -> tuple[float, float]:
@@ -114,14 +114,19 @@ def _demo_config(args: argparse.Namespace, data_dir: Path, device):
     return TrainConfig.load("tiny_synthetic", overrides)
 
 
-def _write_data(cfg, seed: int, info) -> None:
-    from gcnet.data.synthetic import make_synthetic_dataset
+def _write_data(cfg):
+    """Generate the config's synthetic dataset (the trainer's own builder, which the training then finds in
+    place) and return its val split and classes."""
+    from gcnet.data.metadata import get_dataset_info
+    from gcnet.engine.builders import build_datasets
 
     d = cfg.data
     h, w = d.synthetic_size
+    info = get_dataset_info("synthetic")
     _say(f"[1/6] writing a synthetic dataset to {d.root} ({d.synthetic_train} train / {d.synthetic_val} val "
          f"images of {h}x{w}, classes: {', '.join(info.classes)})")
-    make_synthetic_dataset(d.root, num_train=d.synthetic_train, num_val=d.synthetic_val, size=(h, w), seed=seed)
+    _, val_set, _ = build_datasets(cfg, lambda _msg: None, train=False)
+    return val_set, info
 
 
 def _train(args: argparse.Namespace, cfg, work: Path, device) -> dict[str, Any]:
@@ -140,12 +145,12 @@ def _evaluate_forms(model, deployed, val_set, device) -> dict[str, Any]:
     """Both forms' results in float32 and float64, and how far their logits are apart."""
     from gcnet.evaluation.inference import evaluate
     from gcnet.evaluation.metrics import format_table
+    from gcnet.models.complexity import count_params
 
     _say(f"[3/6] evaluating the trained model (training form) on {len(val_set)} val images")
     res_train = evaluate(model, val_set, batch_size=4, device=device, progress=False)
     _say(format_table(res_train, res_train["class_names"]))
-    n_train = sum(p.numel() for p in model.parameters())
-    n_deploy = sum(p.numel() for p in deployed.parameters())
+    n_train, n_deploy = count_params(model), count_params(deployed)
     _say(f"[4/6] reparameterized: {n_train / 1e6:.3f} M -> {n_deploy / 1e6:.3f} M parameters "
          "(each GCBlock is now one 3x3 conv, BatchNorm folded, auxiliary head dropped); evaluating again")
     res_deploy = evaluate(deployed, val_set, batch_size=4, device=device, progress=False)
@@ -185,10 +190,9 @@ def _time_forms(model, deployed, val_set, device) -> dict[str, Any]:
     _say(f"[5/6] timing both forms (batch 1, median of repeated forward passes on {device})")
     speed: dict[str, Any] = {}
     for label, inp in ((f"{x.shape[-2]}x{x.shape[-1]}", x), ("512x640", bigger)):
-        t_tr = _time_forward(model, inp, repeats=10)
-        t_de = _time_forward(deployed, inp, repeats=10)
-        speed[label] = {"train_ms": t_tr * 1e3, "deploy_ms": t_de * 1e3, "speedup": t_tr / t_de}
-        _say(f"      {label:>8}: training form {t_tr * 1e3:7.2f} ms, reparameterized {t_de * 1e3:7.2f} ms "
+        t_tr, t_de = _time_forward(model, inp), _time_forward(deployed, inp)
+        speed[label] = {"train_ms": t_tr, "deploy_ms": t_de, "speedup": t_tr / t_de}
+        _say(f"      {label:>8}: training form {t_tr:7.2f} ms, reparameterized {t_de:7.2f} ms "
              f"-> {t_tr / t_de:.2f}x faster")
     return speed
 
@@ -244,9 +248,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from gcnet.checkpoint import load_model
-    from gcnet.data.metadata import get_dataset_info
     from gcnet.distributed import resolve_device
-    from gcnet.engine.builders import build_datasets
     from gcnet.fileio import write_text
 
     if args.threads:
@@ -255,12 +257,10 @@ def run(args: argparse.Namespace) -> int:
     out = _demo_folder(Path(args.out))
     t_all = time.perf_counter()
     cfg = _demo_config(args, out / "data", device)
-    info = get_dataset_info("synthetic")
-    _write_data(cfg, args.seed, info)
+    val_set, info = _write_data(cfg)
     work = out / "train"
     summary = _train(args, cfg, work, device)
     ckpt = work / "latest.pth"
-    _, val_set, _ = build_datasets(cfg, lambda _msg: None, train=False)  # the data written in step 1
     model = load_model(ckpt).to(device).eval()
     deployed = copy.deepcopy(model).reparameterize().to(device).eval()
     result = {"train": {"iterations": summary["iterations"], "train_time_s": summary.get("train_time_s"),

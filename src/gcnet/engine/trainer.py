@@ -49,6 +49,7 @@ from gcnet.engine.run_state import Resume, RunDir, capture_rng, read_resume, res
 from gcnet.engine.sampler import InfiniteBatchSampler, SeededTrainSet
 from gcnet.errors import CheckpointError, ConfigError, GCNetError
 from gcnet.fileio import write_text
+from gcnet.models.complexity import count_params
 
 __all__ = ["NonFiniteLossError", "Trainer", "poly_lr"]
 
@@ -309,7 +310,7 @@ class Trainer:
         cfg, dist = self.cfg, self.dist
         if not dist.is_main:
             return
-        n_params = sum(p.numel() for p in s.model.parameters())
+        n_params = count_params(s.model)
         world = dist.world_size
         procs = f" ({world} processes x {cfg.data.batch_size // world})" if world > 1 else ""
         extras = (f", amp {cfg.runtime.amp_dtype}" if s.amp else "") + (", channels_last" if cfg.runtime.channels_last
