@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from gcnet.data.metadata import default_info
 from gcnet.deploy.bench import machine_info
-from gcnet.deploy.predict import Predictor, default_info, predict_video, stream
+from gcnet.deploy.predict import Predictor, predict_video, stream
 from gcnet.deploy.runtimes import OpenVINORuntime, default_threads, is_quantized_openvino
 from gcnet.deploy.sources import open_source
 

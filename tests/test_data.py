@@ -258,6 +258,15 @@ def test_missing_root_and_unknown_kind(tmp_path):
         build_dataset("ade", tmp_path, "train")
 
 
+def test_build_dataset_takes_the_names_get_dataset_info_takes(tmp_path):
+    # one alias table (metadata.dataset_name): "city" is Cityscapes for both, so this fails on the layout
+    assert get_dataset_info("city").name == "cityscapes"
+    with pytest.raises(DatasetError, match="leftImg8bit"):
+        build_dataset("city", tmp_path, "train")
+    with pytest.raises(DatasetError, match="VOC images"):
+        build_dataset("Pascal-VOC", tmp_path, "train")
+
+
 def test_folder_image_without_label(tmp_path):
     root = _folder_tree(tmp_path / "f")
     _save_rgb(root / "images/train/orphan_42.jpg")

@@ -11,10 +11,10 @@ from helpers import FakeClock, tiny_model_kwargs
 
 import gcnet
 from gcnet.cli import main
+from gcnet.data.metadata import default_info
 from gcnet.data.synthetic import render_scene
 from gcnet.deploy.e2e import STAGES, make_video, measure_end_to_end
 from gcnet.deploy.pipeline import build
-from gcnet.deploy.predict import default_info
 
 
 def test_measure_end_to_end_reports_every_stage(tmp_path: Path) -> None:

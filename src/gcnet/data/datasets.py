@@ -60,14 +60,14 @@ from gcnet.data.metadata import (
     VOC_BOUNDARY_COLOR,
     DatasetInfo,
     cityscapes_label_lut,
+    dataset_name,
     default_palette,
     get_dataset_info,
 )
 from gcnet.errors import DatasetError
-from gcnet.fileio import IMAGE_EXTENSIONS
+from gcnet.fileio import IMAGE_EXTENSIONS, is_image_file
 
 __all__ = [
-    "IMG_EXTENSIONS",
     "CONFIG_KINDS",
     "DATASET_KINDS",
     "SegmentationDataset",
@@ -78,11 +78,9 @@ __all__ = [
     "load_folder_info",
 ]
 
-IMG_EXTENSIONS = IMAGE_EXTENSIONS  # the one list, in gcnet.fileio
 DATASET_KINDS = ("cityscapes", "camvid", "voc", "folder")
 # The kinds a config or the command line names; ``synthetic`` is a generated ``folder`` dataset.
 CONFIG_KINDS = (*DATASET_KINDS, "synthetic")
-_KIND_ALIASES = {"voc2012": "voc", "pascal_voc": "voc", "synthetic": "folder"}
 _MAX_LISTED = 10  # how many offending files an error message lists
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -502,10 +500,6 @@ def _raise_unpaired(missing: list[tuple[Path, Path]], kind: str) -> None:
     raise DatasetError(f"{len(missing)} {kind} image(s) without a label:\n  {listed}{more}")
 
 
-def _is_image(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in IMG_EXTENSIONS
-
-
 def _cityscapes_samples(root: Path, split: str) -> list[tuple[Path, Path]]:
     img_dir = _require_dir(root / "leftImg8bit" / split, f"Cityscapes images of split {split!r}")
     ann_dir = _require_dir(root / "gtFine" / split, f"Cityscapes labels of split {split!r}")
@@ -560,7 +554,7 @@ def _camvid_samples(root: Path, split: str, info: DatasetInfo):
                 (samples if lbl.is_file() else missing).append((img, lbl))
         else:
             img_dir = _require_dir(root / split, f"CamVid images of split {split!r}")
-            for img in sorted(p for p in img_dir.iterdir() if _is_image(p)):
+            for img in sorted(p for p in img_dir.iterdir() if is_image_file(p)):
                 lbl = annot_dir / img.name
                 if not lbl.is_file():
                     lbl = annot_dir / (img.stem + ".png")
@@ -576,7 +570,7 @@ def _camvid_samples(root: Path, split: str, info: DatasetInfo):
             colors.setdefault(c, i)
         decoder = _ColorDecoder(colors, info.ignore_index)
         samples, missing = [], []
-        for img in sorted(p for p in img_dir.iterdir() if _is_image(p)):
+        for img in sorted(p for p in img_dir.iterdir() if is_image_file(p)):
             lbl = colour_dir / f"{img.stem}_L.png"
             if not lbl.is_file() and (colour_dir / f"{img.stem}.png").is_file():
                 lbl = colour_dir / f"{img.stem}.png"
@@ -647,9 +641,9 @@ def load_folder_info(root: PathLike) -> DatasetInfo:
 def _folder_samples(root: Path, split: str) -> list[tuple[Path, Path]]:
     img_dir = _require_dir(root / "images" / split, f"images of split {split!r}")
     ann_dir = _require_dir(root / "labels" / split, f"labels of split {split!r}")
-    images = sorted(p for p in img_dir.rglob("*") if _is_image(p))
+    images = sorted(p for p in img_dir.rglob("*") if is_image_file(p))
     if not images:
-        raise DatasetError(f"no images ({', '.join(IMG_EXTENSIONS)}) under {img_dir}")
+        raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {img_dir}")
     samples, missing = [], []
     for img in images:
         lbl = (ann_dir / img.relative_to(img_dir)).with_suffix(".png")
@@ -711,8 +705,8 @@ def build_dataset(
     ``dataset.json`` / ``classes.txt`` in ``root``; for ``synthetic``, the synthetic classes). See the module
     docstring for the layouts.
     """
-    name = str(kind).strip().lower()
-    key = _KIND_ALIASES.get(name, name)
+    name = dataset_name(kind)
+    key = "folder" if name == "synthetic" else name  # a generated folder dataset with the synthetic classes
     if key not in DATASET_KINDS:
         raise DatasetError(f"unknown dataset kind {kind!r}; expected one of {', '.join(DATASET_KINDS)}")
     root = Path(root).expanduser()

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from gcnet.errors import ConfigError, DatasetError
+from gcnet.errors import ConfigError, DatasetError, GCNetError
 
 __all__ = [
     "DatasetInfo",
     "get_dataset_info",
+    "dataset_name",
+    "default_info",
     "list_datasets",
     "default_palette",
     "colorize",
@@ -201,13 +203,33 @@ def list_datasets() -> list[str]:
     return sorted(_INFOS)
 
 
-def get_dataset_info(name: str) -> DatasetInfo:
-    """Metadata of a built-in dataset: ``cityscapes``, ``camvid``, ``voc`` (alias ``voc2012``), ``synthetic``."""
+def dataset_name(name: str) -> str:
+    """The dataset ``name`` stands for: lower case, ``-`` read as ``_``, aliases (``voc2012``, ``city``, ...)
+    resolved; the one spelling rule of :func:`get_dataset_info` and :func:`gcnet.data.datasets.build_dataset`."""
     key = str(name).strip().lower().replace("-", "_")
-    key = _ALIASES.get(key, key)
+    return _ALIASES.get(key, key)
+
+
+def get_dataset_info(name: str) -> DatasetInfo:
+    """Metadata of a built-in dataset: ``cityscapes``, ``camvid``, ``voc``, ``synthetic`` (or an alias,
+    see :func:`dataset_name`)."""
+    key = dataset_name(name)
     if key not in _INFOS:
         raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(list_datasets())}")
     return _INFOS[key]
+
+
+def default_info(num_classes: int, dataset: str | DatasetInfo | None = None) -> DatasetInfo:
+    """Metadata for a model's labels: ``dataset`` (a name or a ``DatasetInfo``) if given, checked against
+    ``num_classes``; else a generic palette with ``class_<i>`` names (never guessed from the class count)."""
+    if dataset:
+        info = dataset if isinstance(dataset, DatasetInfo) else get_dataset_info(dataset)
+        if info.num_classes != num_classes:
+            raise GCNetError(f"dataset {info.name!r} has {info.num_classes} classes but the model predicts "
+                             f"{num_classes}")
+        return info
+    return DatasetInfo(f"{num_classes}-class", tuple(f"class_{i}" for i in range(num_classes)),
+                       default_palette(num_classes))
 
 
 # ------------------------------------------------------------------------------------------ visualisation

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from gcnet.data.metadata import default_info  # noqa: F401 - for gcnet.cli.predict until it imports it from there
 from gcnet.deploy.pipeline import build
 from gcnet.deploy.postprocess import upsample_argmax
 from gcnet.deploy.runtimes import OpenVINORuntime, Runtime, TorchRuntime
@@ -55,21 +56,6 @@ from gcnet.fileio import IMAGE_EXTENSIONS, atomic_path, remove_stale_temps
 class InputError(GCNetError):
     """An input file cannot be read or decoded (the message names it); unreadable images raise
     :class:`~gcnet.errors.DatasetError` (from :func:`gcnet.data.datasets.read_image`)."""
-
-
-def default_info(num_classes: int, dataset=None):
-    """Dataset metadata for the palette: ``dataset`` (a name or a ``DatasetInfo``) if given, else a
-    generic palette with ``class_<i>`` names (never guessed from the class count)."""
-    from gcnet.data.metadata import DatasetInfo, default_palette, get_dataset_info
-
-    if dataset:
-        info = dataset if isinstance(dataset, DatasetInfo) else get_dataset_info(dataset)
-        if info.num_classes != num_classes:
-            raise GCNetError(f"dataset {info.name!r} has {info.num_classes} classes but the model predicts "
-                             f"{num_classes}")
-        return info
-    return DatasetInfo(f"{num_classes}-class", tuple(f"class_{i}" for i in range(num_classes)),
-                       default_palette(num_classes))
 
 
 class Predictor:
