@@ -22,7 +22,9 @@ realistic scale and the output differences are meaningful).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -42,12 +44,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from gcnet.checkpoint import load_model, save_checkpoint
 from gcnet.deploy.export import FAST_BIAS_CORRECTION, calibration_from_dataset, load_for_deploy
 from gcnet.deploy.pipeline import ExportSettings, build
 from gcnet.deploy.qat import finetune_summary
 from gcnet.deploy.runtimes import Runtime, default_threads
 from gcnet.errors import GCNetError
 from gcnet.fileio import atomic_path, write_text
+from gcnet.models.gcnet import build_model
 from gcnet.optional import is_available, require
 
 
@@ -118,7 +122,10 @@ FORMS: dict[str, Form] = {f.name: f for f in [
 BASELINE_FORM = "openvino-int8-baseline"  # what a user assembles; "speedup_vs_baseline" is against it
 MAX_ITERS = 100_000
 ARTIFACTS_MARKER = ".gcnet-bench"  # marks an --keep-artifacts folder as bench's: a later run may replace its files
-QUICK = {"input_size": (128, 256), "warmup": 1, "iters": 3, "min_time": 0.0}
+TIMING = {"input_size": (1024, 2048), "warmup": 3, "iters": 10, "min_time": 1.0}  # run_benchmark's defaults
+QUICK = {"input_size": (128, 256), "warmup": 1, "iters": 3, "min_time": 0.0}  # `gcnet bench --quick`
+CALIB_IMAGES = 32  # int8 calibration images from a dataset ...
+RANDOM_CALIB_INPUTS = 2  # ... or random inputs without one (speed does not depend on them)
 
 
 def default_forms(device: str = "auto") -> list[str]:
@@ -162,13 +169,10 @@ def _rss_mb() -> float | None:
 
 
 def _peak_rss_mb() -> float:
-    kb = _status_kb("VmHWM")
-    if kb is None:  # non-Linux: ru_maxrss (kB on Linux, bytes on macOS)
-        import resource
+    import resource
 
-        r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return r / 2**20 if sys.platform == "darwin" else r / 1024
-    return kb / 1024
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+    return r / 2**20 if sys.platform == "darwin" else r / 1024
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -193,12 +197,10 @@ def recalibrate_bn(model: torch.nn.Module, size: tuple[int, int] = (128, 256), b
 
 def bench_model(name: str = "gcnet-s", num_classes: int = 19, checkpoint: str | None = None,
                 seed: int = 0) -> torch.nn.Module:
-    import gcnet
-
     if checkpoint:
-        return gcnet.load_model(checkpoint).eval()
+        return load_model(checkpoint).eval()
     torch.manual_seed(seed)
-    return recalibrate_bn(gcnet.build_model(name, num_classes), seed=seed)
+    return recalibrate_bn(build_model(name, num_classes), seed=seed)
 
 
 # ------------------------------------------------------------------------------------------ worker
@@ -207,9 +209,7 @@ def _build_runtime(job: dict) -> Runtime:
     form = Form(**job["form"])
     source = job["artifacts"][form.artifact_key]
     if form.model_form == "authors":
-        import gcnet
-
-        source = gcnet.load_model(source).eval().fuse_gcblocks()
+        source = load_model(source).eval().fuse_gcblocks()
     return build(source, form.kind, form.precision, device=form.device, threads=job["threads"],
                  reparameterize=form.model_form == "deploy", **form.options).runtime
 
@@ -287,12 +287,9 @@ def _memory(cuda: bool, isolated: bool, baseline: float | None) -> dict:
 
 def _accuracy(runtime: Runtime, ev: dict) -> dict:
     """mIoU and aAcc of ``runtime`` on the dataset ``ev`` names (kind, root, split, limit)."""
-    from gcnet.data.datasets import build_dataset
-    from gcnet.data.transforms import EvalTransform
     from gcnet.evaluation.inference import evaluate
 
-    ds = build_dataset(ev["kind"], ev["root"], ev["split"], transform=EvalTransform())
-    r = evaluate(runtime, ds, limit=ev.get("limit"), progress=False)
+    r = evaluate(runtime, _dataset(ev, eval_transform=True), limit=ev.get("limit"), progress=False)
     return {"mIoU": r["mIoU"], "aAcc": r["aAcc"], "eval_images": r["num_images"]}
 
 
@@ -366,18 +363,25 @@ def _diff(out: np.ndarray, ref: np.ndarray) -> dict:
             "label_agreement": float(np.mean(out.argmax(1) == ref.argmax(1)))}
 
 
-def _calibration(cfg: dict, x: np.ndarray) -> tuple[list[np.ndarray], Any, str]:
+def _calibration(calib: dict | None, calib_num: int | None, x: np.ndarray) -> tuple[list[np.ndarray], Any, str]:
     """(calibration arrays, the frames of the int8 fine-tune: the whole split, or None, a description)."""
-    calib = cfg.get("calib")
     if calib:
-        from gcnet.data.datasets import build_dataset
-        from gcnet.data.transforms import EvalTransform
-
-        ds = build_dataset(calib["kind"], calib["root"], calib["split"], transform=EvalTransform())
-        return calibration_from_dataset(ds, calib.get("num", 32)), ds, f"{calib['kind']}:{calib['split']}"
+        ds = _dataset(calib, eval_transform=True)
+        return (calibration_from_dataset(ds, calib.get("num") or CALIB_IMAGES), ds,
+                f"{calib['kind']}:{calib['split']}")
     g = np.random.default_rng(1)
-    n = cfg.get("calib_num", 2)
+    n = calib_num or RANDOM_CALIB_INPUTS
     return [g.standard_normal((1,) + x.shape[1:]).astype(np.float32) for _ in range(n)], None, "random"
+
+
+def _dataset(spec: dict, eval_transform: bool = False):
+    """The dataset a spec of the command line names (kind, root, split), normalised for a model or as
+    read (uint8 images)."""
+    from gcnet.data.datasets import dataset_from_settings
+    from gcnet.data.transforms import EvalTransform
+
+    return dataset_from_settings(spec["kind"], spec["root"], spec["split"],
+                                 transform=EvalTransform() if eval_transform else None)
 
 
 def _bench_input(data: dict | None, batch: int, h: int, w: int) -> tuple[np.ndarray, str]:
@@ -387,11 +391,8 @@ def _bench_input(data: dict | None, batch: int, h: int, w: int) -> tuple[np.ndar
     if data:
         import torch.nn.functional as F
 
-        from gcnet.data.datasets import build_dataset
-        from gcnet.data.transforms import EvalTransform
-
-        ds = build_dataset(data["kind"], data["root"], data["split"], transform=EvalTransform())
-        img = F.interpolate(ds[0][0].unsqueeze(0), size=(h, w), mode="bilinear", align_corners=False)
+        first = _dataset(data, eval_transform=True)[0][0].unsqueeze(0)
+        img = F.interpolate(first, size=(h, w), mode="bilinear", align_corners=False)
         x = img.repeat(batch, 1, 1, 1).numpy().astype(np.float32)
         return x, f"{data['kind']}:{data['split']}[0] resized to {h}x{w}"
     return np.random.default_rng(0).standard_normal((batch, 3, h, w)).astype(np.float32), "standard normal"
@@ -405,9 +406,7 @@ def _e2e_video(work: Path, data: dict | None, h: int, w: int, frames: int) -> tu
     from gcnet.data.synthetic import render_scene
 
     if data:
-        from gcnet.data.datasets import build_dataset
-
-        frame = cv2.resize(build_dataset(data["kind"], data["root"], data["split"])[0][0], (w, h),
+        frame = cv2.resize(_dataset(data)[0][0], (w, h),
                            interpolation=cv2.INTER_LINEAR)
         desc = f"{data['kind']}:{data['split']}[0] resized to {h}x{w}"
     else:
@@ -418,16 +417,14 @@ def _e2e_video(work: Path, data: dict | None, h: int, w: int, frames: int) -> tu
 
 
 def _write_artifacts(work: Path, net: torch.nn.Module, deploy: torch.nn.Module, keys: set[str],
-                     vsize: tuple[int, int], calib: tuple[list[np.ndarray], Any], quant: dict[str, Any],
+                     vsize: tuple[int, int], calib: tuple[list[np.ndarray], Any], quant: ExportSettings,
                      log: Any) -> tuple[dict[str, str], dict]:
     """Write the files the forms run (``keys``: see :attr:`Form.artifact_key`) into ``work`` through the
     deploy pipeline; returns (artefact paths by key, export report). ``calib``: the calibration arrays and
     the int8 fine-tune's frames (None: the arrays)."""
-    import gcnet
-
     calibration, frames = calib
-    artifacts = {"checkpoint": str(gcnet.save_checkpoint(work / "model.pt", net)),
-                 "checkpoint_deploy": str(gcnet.save_checkpoint(work / "model_deploy.pt", deploy))}
+    artifacts = {"checkpoint": str(save_checkpoint(work / "model.pt", net)),
+                 "checkpoint_deploy": str(save_checkpoint(work / "model_deploy.pt", deploy))}
     export_report: dict[str, Any] = {}
     if any(k.startswith(("onnx", "openvino")) for k in keys):
         log("exporting ONNX ...")
@@ -439,9 +436,7 @@ def _write_artifacts(work: Path, net: torch.nn.Module, deploy: torch.nn.Module, 
         built = build(work / "model.onnx", "onnxruntime", "int8", calibration=calibration,
                       out=work / "model_int8.onnx", open_runtime=False)
         artifacts["onnx_int8"] = str(built.path)
-    settings = ExportSettings(input_size=vsize, verify=False, preset=quant["preset"],
-                              fast_bias_correction=FAST_BIAS_CORRECTION[quant["bias_correction"]],
-                              float_convs=quant["float_convs"], finetune_iters=quant["finetune_iters"])
+    settings = dataclasses.replace(quant, input_size=vsize, verify=False)
     if "openvino" in keys:
         built = build(deploy, "openvino", out=work / "model_ov.xml", open_runtime=False, settings=settings)
         artifacts["openvino"] = str(built.path)
@@ -598,15 +593,11 @@ def _report(command: str | None, threads: int, config: dict, complexity: dict, e
     }
 
 
-# run_benchmark's ``quant``: the int8 flags of `gcnet bench` (see gcnet.cli.args.add_quant_args)
-QUANT_DEFAULTS = {"preset": ExportSettings.preset, "bias_correction": "fast", "float_convs": ExportSettings.float_convs,
-                  "finetune_iters": ExportSettings.finetune_iters}
-
-
-def _quant_config(quant: dict[str, Any]) -> dict[str, Any]:
-    """The report's record of how the int8 forms were quantized."""
-    return {"quant_preset": quant["preset"], "bias_correction": quant["bias_correction"],
-            "float_convs": quant["float_convs"], "finetune_iters": quant["finetune_iters"]}
+def _quant_config(quant: ExportSettings) -> dict[str, Any]:
+    """The report's record of how the int8 forms were quantized, by the names of `gcnet bench`'s flags."""
+    bias = {v: k for k, v in FAST_BIAS_CORRECTION.items()}[quant.fast_bias_correction]
+    return {"quant_preset": quant.preset, "bias_correction": bias, "float_convs": quant.float_convs,
+            "finetune_iters": quant.finetune_iters}
 
 
 def _jobs(forms: list[str], work: Path, artifacts: dict, timing: dict,
@@ -624,9 +615,7 @@ def _prepare(model: str, num_classes: int, checkpoint: str | None, forms: list[s
     net = bench_model(model, num_classes, checkpoint)
     has_train = not getattr(net, "is_deploy", False)
     if eval:
-        from gcnet.data.datasets import build_dataset
-
-        build_dataset(eval["kind"], eval["root"], eval["split"]).info.check_model_classes(int(net.num_classes))
+        _dataset(eval).info.check_model_classes(int(net.num_classes))
     if not has_train:
         forms = _deploy_forms_only(forms, checkpoint)
     return net, load_for_deploy(net), forms, has_train
@@ -639,22 +628,41 @@ def _e2e_setup(work: Path, source: dict | None, h: int, w: int, frames: int, num
     return {"video": video, "frames": frames, "num_classes": num_classes, "description": description}
 
 
+@contextlib.contextmanager
+def _work_dir(artifacts_dir: str | None) -> Iterator[Path]:
+    """Where the forms' files go: ``artifacts_dir`` (kept; marked as bench's, an earlier run's per-form
+    outputs removed) or a temporary folder removed afterwards."""
+    if not artifacts_dir:
+        with tempfile.TemporaryDirectory(prefix="gcnet-bench-") as tmp:
+            yield Path(tmp)
+        return
+    work = Path(artifacts_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    if (work / ARTIFACTS_MARKER).is_file():  # an earlier bench's: its per-form outputs go
+        for stale in (*work.glob("out_*.npy"), *work.glob("result_*.json"), *work.glob("job_*.json")):
+            stale.unlink()
+    write_text(work / ARTIFACTS_MARKER, "written by gcnet bench, which replaces its files here when run again\n")
+    yield work
+
+
 def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: str | None = None,
-                  input_size: tuple[int, int] = (1024, 2048), batch: int = 1, forms: list[str] | None = None,
-                  warmup: int = 3, iters: int = 10, min_time: float = 1.0, threads: int | None = None,
+                  input_size: tuple[int, int] = TIMING["input_size"], batch: int = 1, forms: list[str] | None = None,
+                  warmup: int = TIMING["warmup"], iters: int = TIMING["iters"], min_time: float = TIMING["min_time"],
+                  threads: int | None = None,
                   isolate: bool = True,
-                  calib: dict | None = None, calib_num: int = 2, quant: dict[str, Any] | None = None,
+                  calib: dict | None = None, calib_num: int | None = None, quant: ExportSettings | None = None,
                   eval: dict | None = None,
                   artifacts_dir: str | None = None, timeout: float = 1800, progress: bool = True,
                   end_to_end: int = 0, command: str | None = None) -> dict:
     """Benchmark ``forms`` (default: :func:`default_forms`) and return the report dict (the JSON);
-    ``quant``: how gcnet's int8 forms are quantized (:data:`QUANT_DEFAULTS` for what is not given)."""
+    ``quant``: how gcnet's int8 forms are quantized (its input size and verification are bench's own).
+    ``calib``: a calibration dataset spec (kind, root, split, num), else ``calib_num`` random arrays."""
     threads = threads or default_threads()
     forms = list(forms) if forms else default_forms()
     _check_forms(forms)
     h, w = int(input_size[0]), int(input_size[1])
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
-    quant = {**QUANT_DEFAULTS, **(quant or {})}
+    quant = quant or ExportSettings()
 
     loadavg_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     torch.set_num_threads(threads)
@@ -663,15 +671,7 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
     model_forms = {FORMS[f].model_form for f in forms} | ({"train"} if has_train else set())
     complexity = _complexity(net, deploy, (h, w), batch, model_forms)
 
-    tmp = tempfile.TemporaryDirectory(prefix="gcnet-bench-") if not artifacts_dir else None
-    work = Path(artifacts_dir or tmp.name)
-    work.mkdir(parents=True, exist_ok=True)
-    if artifacts_dir and (work / ARTIFACTS_MARKER).is_file():  # an earlier bench's: its per-form outputs go
-        for stale in (*work.glob("out_*.npy"), *work.glob("result_*.json"), *work.glob("job_*.json")):
-            stale.unlink()
-    if artifacts_dir:
-        write_text(work / ARTIFACTS_MARKER, "written by gcnet bench, which replaces its files here when run again\n")
-    try:
+    with _work_dir(artifacts_dir) as work:
         x, input_desc = _bench_input(calib or eval, batch, h, w)
         np.save(work / "input.npy", x)
         with torch.no_grad():
@@ -679,7 +679,7 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
         keys = {FORMS[f].artifact_key for f in forms}
         calib_source, calibration, frames = None, [], None
         if any(FORMS[f].precision == "int8" for f in forms):
-            calibration, frames, calib_source = _calibration({"calib": calib, "calib_num": calib_num}, x)
+            calibration, frames, calib_source = _calibration(calib, calib_num, x)
         artifacts, export_report = _write_artifacts(work, net, deploy, keys, (min(h, 256), min(w, 512)),
                                                     (calibration, frames), quant, log)
         del net, deploy
@@ -691,18 +691,15 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
                                  job["output"], ref, log)
                    for job, name in _jobs(forms, work, artifacts, timing, log)]
         ref_eval = _relative_columns(results)
-        config = {"model": model, "num_classes": num_classes, "checkpoint": checkpoint,
-                  "weights": "checkpoint" if checkpoint else "random (BN re-estimated)",
-                  "input_size": [h, w], "batch": batch, **{k: v for k, v in timing.items() if k != "end_to_end"},
-                  "calibration": calib_source, "calibration_images": len(calibration) if calib_source else None,
-                  **_quant_config(quant), "input": input_desc,
-                  "reference": "torch-train-fp32" if has_train else "torch-fp32",
-                  "mIoU_reference": ref_eval["form"] if ref_eval else None,
-                  "end_to_end": e2e and {"frames": e2e["frames"], "video": e2e["description"]}}
-        return _report(command, threads, config, complexity, export_report, results, loadavg_start)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+    config = {"model": model, "num_classes": num_classes, "checkpoint": checkpoint,
+              "weights": "checkpoint" if checkpoint else "random (BN re-estimated)",
+              "input_size": [h, w], "batch": batch, **{k: v for k, v in timing.items() if k != "end_to_end"},
+              "calibration": calib_source, "calibration_images": len(calibration) if calib_source else None,
+              **_quant_config(quant), "input": input_desc,
+              "reference": "torch-train-fp32" if has_train else "torch-fp32",
+              "mIoU_reference": ref_eval["form"] if ref_eval else None,
+              "end_to_end": e2e and {"frames": e2e["frames"], "video": e2e["description"]}}
+    return _report(command, threads, config, complexity, export_report, results, loadavg_start)
 
 
 def _fmt(v: Any, spec: str) -> str:
