@@ -9,7 +9,7 @@ import textwrap
 
 from gcnet.cli.args import check_writable_dir, non_negative_int, positive_int
 from gcnet.distributed import env_world_size
-from gcnet.engine.config import SCHEMA, TrainConfig, dumps_toml, list_presets
+from gcnet.engine.config import SCHEMA, TrainConfig, dumps_toml, list_presets, toml_value
 from gcnet.errors import ConfigError
 
 _OVR_PREFIX = "cfg:"
@@ -89,15 +89,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "config overrides", "each key of the config (defaults shown are the built-in ones; presets change many)")
     for sec, keys in SCHEMA.items():
         for name, (_spec, default, help_text) in keys.items():
-            shown = dumps_default(default)
             group.add_argument(f"--{sec}.{name}", dest=f"{_OVR_PREFIX}{sec}.{name}", metavar="VALUE",
-                               default=argparse.SUPPRESS, help=f"{help_text} [{shown}]")
+                               default=argparse.SUPPRESS, help=f"{help_text} [{toml_value(default)}]")
     p.set_defaults(func=run)
-
-
-def dumps_default(v) -> str:
-    text = dumps_toml({"x": {"v": v}}).splitlines()[1]
-    return text.split(" = ", 1)[1]
 
 
 def collect_overrides(args: argparse.Namespace) -> list[str]:

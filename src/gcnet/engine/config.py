@@ -57,6 +57,7 @@ __all__ = [
     "parse_override_args",
     "preset_path",
     "save_config",
+    "toml_value",
     "validate_config",
 ]
 
@@ -538,9 +539,13 @@ def validate_config(cfg: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------ TOML output
+# Hand-written rather than tomli-w: tomli-w writes every array one element per line and nested tables
+# (model.overrides) as [sub.tables], and has no one-value form for `gcnet train --help`; this keeps the
+# presets' compact one-line style in config.toml and --print-config.
 
 
-def _toml_value(v: Any) -> str:
+def toml_value(v: Any) -> str:
+    """One config value as inline TOML (``[512, 1024]``, ``{channels = 16}``, ``"text"``)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
@@ -553,9 +558,9 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     if isinstance(v, Mapping):
-        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+        return "{" + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + "}"
     raise ConfigError(f"cannot write {type(v).__name__} to TOML")
 
 
@@ -567,7 +572,7 @@ def dumps_toml(cfg: Mapping, header: str | None = None) -> str:
     for sec, body in cfg.items():
         lines.append(f"[{sec}]")
         for k, v in body.items():
-            lines.append(f"{k} = {_toml_value(v)}")
+            lines.append(f"{k} = {toml_value(v)}")
         lines.append("")
     return "\n".join(lines)
 
