@@ -10,7 +10,7 @@ from helpers import tiny_model_kwargs, write_video
 from PIL import Image
 
 from gcnet.deploy.predict import stream
-from gcnet.deploy.sources import SourceError, TruncatedVideoError, open_source, prefetch
+from gcnet.deploy.sources import SourceError, TruncatedVideoError, list_files, open_source, prefetch
 
 
 def _labels(rgb: np.ndarray) -> np.ndarray:
@@ -24,6 +24,16 @@ def test_folder_stream_in_name_order(tmp_path: Path) -> None:
     out = list(stream(tmp_path, _labels))
     assert [f[0, 0, 0] for f, _ in out] == [100, 0, 200]
     assert all(lbl.shape == (8, 10) for _, lbl in out)
+
+
+def test_list_files_sorted_without_hidden_or_excluded(tmp_path: Path) -> None:
+    for name in ["b.png", "a.JPG", "sub/c.png", "out/d.png", ".e.png", ".hidden/f.png", "g.txt", "sub/h.mp4"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    names = [p.relative_to(tmp_path).as_posix() for p in list_files(tmp_path, exclude=[tmp_path / "out"])]
+    assert names == ["a.JPG", "b.png", "sub/c.png"]
+    assert [p.name for p in list_files(tmp_path, recursive=False)] == ["a.JPG", "b.png"]
+    assert [p.name for p in list_files(tmp_path, [".mp4"])] == ["h.mp4"]
 
 
 def test_video_stream_and_truncation(tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ __all__ = [
     "random_flip",
     "photometric_distortion",
     "pad_to_size",
+    "size_pair",
     "TrainTransform",
     "EvalTransform",
 ]
@@ -53,7 +54,9 @@ STD = (58.395, 57.12, 57.375)
 SizeLike = Union[int, Sequence[int]]
 
 
-def _pair(size: SizeLike, name: str) -> tuple[int, int]:
+def size_pair(size: SizeLike, name: str) -> tuple[int, int]:
+    """``(height, width)`` of an int (a square) or a pair; ``name`` (the argument's) goes in the error for
+    anything else or for a size below 1."""
     if isinstance(size, (int, np.integer)):
         size = (int(size), int(size))
     size = tuple(int(s) for s in size)
@@ -154,7 +157,7 @@ def random_crop(
     crop holds more than one class and no class (ignore excluded) covers ``cat_max_ratio`` or more of its
     labelled pixels; after 10 failures an 11th random crop is used as is (MMSeg behaviour).
     """
-    ch, cw = _pair(crop_size, "crop_size")
+    ch, cw = size_pair(crop_size, "crop_size")
     h, w = image.shape[:2]
     margin_h, margin_w = max(h - ch, 0), max(w - cw, 0)
 
@@ -227,7 +230,7 @@ def pad_to_size(
     image: torch.Tensor, label: torch.Tensor, size: SizeLike, pad_val: float = 0.0, ignore_index: int = 255
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad a ``[C, h, w]`` image and ``[h, w]`` label at the bottom/right to at least ``size = (H, W)``."""
-    th, tw = _pair(size, "size")
+    th, tw = size_pair(size, "size")
     h, w = label.shape[-2:]
     if h >= th and w >= tw:
         return image, label
@@ -292,7 +295,7 @@ class TrainTransform(_RngMixin):
         seed: int | None = None,
         pad_val: float = 0.0,
     ) -> None:
-        self.crop_size = _pair(crop_size, "crop_size")
+        self.crop_size = size_pair(crop_size, "crop_size")
         lo, hi = (float(v) for v in scale_range)
         if not 0 < lo <= hi:
             raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
@@ -306,7 +309,7 @@ class TrainTransform(_RngMixin):
         self._photometric_args = dict(brightness_delta=32 * k, contrast_range=(1 - k / 2, 1 + k / 2),
                                       saturation_range=(1 - k / 2, 1 + k / 2), hue_delta=max(1, round(18 * k)))
         self.ignore_index = int(ignore_index)
-        self.base_scale = None if base_scale is None else _pair(base_scale, "base_scale")
+        self.base_scale = None if base_scale is None else size_pair(base_scale, "base_scale")
         self.pad_val = float(pad_val)
         self._init_rng(seed)
 
@@ -348,7 +351,7 @@ class EvalTransform(_RngMixin):
     """
 
     def __init__(self, scale: Sequence[int] | None = None, keep_ratio: bool = True) -> None:
-        self.scale = None if scale is None else _pair(scale, "scale")
+        self.scale = None if scale is None else size_pair(scale, "scale")
         self.keep_ratio = bool(keep_ratio)
         self._init_rng(None)
 

@@ -45,6 +45,7 @@ from gcnet.deploy.sources import (
     SourceError,
     TruncatedVideoError,
     VideoSource,
+    list_files,
     open_source,
     open_video_writer,
     prefetch,
@@ -209,7 +210,7 @@ def collect_inputs(inputs: Iterable[str | os.PathLike], *, recursive: bool = Tru
     treated as images; a file given twice is processed once. Inputs that would write the same
     output names get distinct ones (see :func:`_make_stems_unique`, ``item.note`` says so).
     Returns (items, missing) where missing lists (path, reason)."""
-    excluded = [Path(e).resolve() for e in exclude]
+    exclude = list(exclude)  # used for every folder
     items: list[InputItem] = []
     missing: list[tuple[str, str]] = []
     known = frozenset(IMAGE_EXTENSIONS) | VIDEO_EXTENSIONS
@@ -217,17 +218,10 @@ def collect_inputs(inputs: Iterable[str | os.PathLike], *, recursive: bool = Tru
     def kind_of(p: Path) -> str:
         return "video" if p.suffix.lower() in VIDEO_EXTENSIONS else "image"
 
-    def is_excluded(p: Path) -> bool:
-        rp = p.resolve()
-        return any(rp == e or e in rp.parents for e in excluded)
-
     for raw in inputs:
         p = Path(raw)
         if p.is_dir():
-            walker = p.rglob("*") if recursive else p.glob("*")
-            files = sorted(f for f in walker if f.is_file() and f.suffix.lower() in known
-                           and not any(part.startswith(".") for part in f.relative_to(p).parts)
-                           and not is_excluded(f))
+            files = list_files(p, known, recursive=recursive, exclude=exclude)
             root = p.resolve().name
             items += [InputItem(f, kind_of(f), f.relative_to(p).with_suffix(""), root) for f in files]
             if not files:

@@ -21,10 +21,10 @@ import cv2
 import numpy as np
 
 from gcnet.errors import GCNetError
-from gcnet.fileio import IMAGE_EXTENSIONS, is_image_file
+from gcnet.fileio import IMAGE_EXTENSIONS
 
 __all__ = ["Frame", "FrameSource", "VideoSource", "ImageFolderSource", "TruncatedVideoError", "SourceError",
-           "open_source", "open_video_writer", "prefetch", "BackgroundConsumer", "VIDEO_EXTENSIONS"]
+           "list_files", "open_source", "open_video_writer", "prefetch", "BackgroundConsumer", "VIDEO_EXTENSIONS"]
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})
 # containers whose header/index gives the exact frame count; others give an estimate from the duration
@@ -102,17 +102,35 @@ class VideoSource(FrameSource):
         self._cap.release()
 
 
+def list_files(folder: str | os.PathLike, extensions: Iterable[str] = IMAGE_EXTENSIONS, *, recursive: bool = True,
+               exclude: Iterable[str | os.PathLike] = ()) -> list[Path]:
+    """The files in ``folder`` (and its sub-folders if ``recursive``) with one of ``extensions``, sorted by
+    path: how gcnet lists a folder of inputs. Hidden files and folders (a name starting with ".": editor and
+    OS metadata, gcnet's own temporaries) and anything under ``exclude`` (an output folder) are left out."""
+    folder = Path(folder)
+    known = frozenset(e.lower() for e in extensions)
+    excluded = [Path(e).resolve() for e in exclude]
+
+    def keep(f: Path) -> bool:
+        if f.suffix.lower() not in known or not f.is_file():
+            return False
+        if any(part.startswith(".") for part in f.relative_to(folder).parts):
+            return False
+        if not excluded:
+            return True
+        real = f.resolve()
+        return not any(real == e or e in real.parents for e in excluded)
+
+    return sorted(f for f in (folder.rglob("*") if recursive else folder.glob("*")) if keep(f))
+
+
 class ImageFolderSource(FrameSource):
-    """The images of a folder (sorted by name; one image file also works)."""
+    """The images of a folder (:func:`list_files`, sorted by name; one image file also works)."""
 
     def __init__(self, path: str | os.PathLike, recursive: bool = False) -> None:
         path = Path(path)
         self.name = str(path)
-        if path.is_file():
-            self.paths = [path]
-        else:
-            pattern = "**/*" if recursive else "*"
-            self.paths = sorted(p for p in path.glob(pattern) if is_image_file(p))
+        self.paths = [path] if path.is_file() else list_files(path, recursive=recursive)
         if not self.paths:
             raise SourceError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {path}")
         self.expected = len(self.paths)

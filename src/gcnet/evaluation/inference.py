@@ -17,22 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gcnet.data.transforms import size_pair
 from gcnet.distributed import all_reduce_sum, rank_and_world
 
 __all__ = ["evaluate", "infer_logits", "slide_logits"]
-
-
-def _pair(v, name: str) -> tuple[int, int] | None:
-    if v is None:
-        return None
-    if isinstance(v, int):
-        return (v, v)
-    v = tuple(int(x) for x in v)
-    if len(v) == 0:
-        return None
-    if len(v) != 2:
-        raise ValueError(f"{name} must be an int or (height, width), got {v}")
-    return v  # type: ignore[return-value]
 
 
 def _forward(model: nn.Module | Callable, x: Tensor) -> Tensor:
@@ -57,8 +45,8 @@ def slide_logits(model: nn.Module, images: Tensor, crop_size, stride=None) -> Te
     """MMSeg-style sliding-window inference: overlapping ``crop_size`` windows every ``stride``
     pixels (the last window is aligned to the border), logits summed and divided by the number of
     windows covering each pixel. Images smaller than the window are processed whole."""
-    ch, cw = _pair(crop_size, "crop_size")  # type: ignore[misc]
-    stride = _pair(stride, "stride") or (max(1, ch * 2 // 3), max(1, cw * 2 // 3))
+    ch, cw = size_pair(crop_size, "crop_size")
+    stride = size_pair(stride, "stride") if stride is not None else (max(1, ch * 2 // 3), max(1, cw * 2 // 3))
     sh, sw = stride
     if sh > ch or sw > cw:
         raise ValueError(f"stride {stride} is larger than crop_size {(ch, cw)}: windows would leave pixels out")
@@ -106,7 +94,7 @@ def infer_logits(
     """
     if mode not in ("whole", "slide"):
         raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
-    if mode == "slide" and _pair(crop_size, "crop_size") is None:
+    if mode == "slide" and crop_size is None:
         raise ValueError("mode='slide' needs crop_size")
     scales = tuple(float(s) for s in scales) or (1.0,)
     h, w = images.shape[-2:]
