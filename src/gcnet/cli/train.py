@@ -33,6 +33,7 @@ metrics.jsonl, tb/ (TensorBoard), summary.json. See docs/training.md.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``gcnet train`` and its options to the CLI's subcommands."""
     p = sub.add_parser(
         "train",
         help="train GCNet (presets for the paper's Cityscapes / CamVid / VOC recipes)",
@@ -84,14 +85,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--list-presets", action="store_true", help="list the preset configs and exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
     p.add_argument("--debug-kill-at", type=int, help=argparse.SUPPRESS)  # test hook: SIGKILL after that checkpoint
+    _add_config_keys(p)
+    p.set_defaults(func=run)
 
+
+def _add_config_keys(p: argparse.ArgumentParser) -> None:
+    """One ``--SECTION.KEY VALUE`` option per config key (collected by :func:`collect_overrides`)."""
     group = p.add_argument_group(
         "config overrides", "each key of the config (defaults shown are the built-in ones; presets change many)")
     for sec, keys in SCHEMA.items():
         for name, (_spec, default, help_text) in keys.items():
             group.add_argument(f"--{sec}.{name}", dest=f"{_OVR_PREFIX}{sec}.{name}", metavar="VALUE",
                                default=argparse.SUPPRESS, help=f"{help_text} [{toml_value(default)}]")
-    p.set_defaults(func=run)
 
 
 def collect_overrides(args: argparse.Namespace) -> list[str]:

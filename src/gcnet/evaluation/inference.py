@@ -279,19 +279,16 @@ def evaluate(
     was_training = model.training if is_module else False
     if is_module:
         model.eval()
-    bar = None
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
+    bar = tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True, disable=not progress or rank != 0)
     t0 = time.perf_counter()
     infer = dict(mode=mode, crop_size=crop_size, stride=stride, scales=scales, flip=flip)
     try:
         n_images = _accumulate(loader, forward, cm, device, in_dtype, amp_dtype, infer,
-                               lambda n: bar.update(n if total is not None else 1) if bar is not None else None)
+                               lambda n: bar.update(n if total is not None else 1))
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         if is_module:
             model.train(was_training)
     if use_dist:
