@@ -169,10 +169,10 @@ def _export(fmt: str, deploy, path: Path, args: argparse.Namespace, settings) ->
 def _calibration(args: argparse.Namespace) -> tuple[list, Any, dict]:
     """(calibration arrays, every frame of the calibration source for the fine-tune, report entry)."""
     from gcnet.deploy.export import ImageFiles, calibration_from_dataset, calibration_from_images
-    from gcnet.fileio import is_image_file
+    from gcnet.deploy.sources import list_files
 
     if args.calib_images:
-        frames = ImageFiles(p for p in Path(args.calib_images).rglob("*") if is_image_file(p))
+        frames = ImageFiles(list_files(Path(args.calib_images)))
         if not len(frames):
             raise ConfigError(f"--calib-images {args.calib_images}: no calibration images found there (no image files)")
         calibration = calibration_from_images(frames.paths, args.num_calib)

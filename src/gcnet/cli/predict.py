@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
 def _class_info(args: argparse.Namespace, source, num_classes: int):
     """Class names and palette: --dataset, else those stored with the checkpoint, else generic (said so)."""
     from gcnet.checkpoint import checkpoint_dataset_info
-    from gcnet.deploy.predict import default_info
+    from gcnet.data.metadata import default_info
 
     spec = args.checkpoint or args.weights
     stored = checkpoint_dataset_info(spec) if spec and not args.dataset and not isinstance(source, Path) else None

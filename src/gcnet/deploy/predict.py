@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from gcnet.data.metadata import default_info  # noqa: F401 - for gcnet.cli.predict until it imports it from there
 from gcnet.deploy.pipeline import build
 from gcnet.deploy.postprocess import upsample_argmax
 from gcnet.deploy.runtimes import OpenVINORuntime, Runtime, TorchRuntime
