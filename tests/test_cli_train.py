@@ -171,10 +171,27 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mIoU"]["identical"] and summary["train"]["iterations"] == 40
     assert len(list((out / "overlays").glob("*.png"))) == 2
-    # run again in its own folder: replaced, with no panels of the earlier run left over
+    # interrupted while training: the earlier demo's results stay as they were
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def ctrl_c(*_args) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("gcnet.engine.trainer.Trainer._finish", ctrl_c)
+        assert main(["demo", "--out", str(out), "--iters", "3", "--no-progress"]) == 130
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # a killed demo's staging folder (its process gone) is cleared; the run then replaces the earlier files,
+    # with no panels of the earlier run left over
+    (out / ".stage.99999999-0123abcd.gcnet-tmp" / "train").mkdir(parents=True)
     assert main(["demo", "--out", str(out), "--iters", "2", "--no-progress", "--num-overlays", "0"]) == 0
     assert json.loads((out / "summary.json").read_text())["train"]["iterations"] == 2
     assert not list((out / "overlays").glob("*.png"))
+    assert sorted(p.name for p in out.iterdir()) == [".gcnet-demo", "data", "overlays", "summary.json", "train"]
+    assert json.loads((out / "train" / "summary.json").read_text())["work_dir"] == str(out / "train")
+    with pytest.raises(SystemExit) as exit_:  # --minutes and --iters: one or the other
+        main(["demo", "--out", str(out), "--iters", "2", "--minutes", "1"])
+    assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ nothing a user made is ever lost (issue 9)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import shutil
 import textwrap
 import time
 from pathlib import Path
@@ -26,11 +25,14 @@ examples:
 
 What it does:
   1. writes a synthetic dataset (random scenes of sky, road, boxes, balls, stripes) to OUT/data
-  2. trains a reduced GCNet-S (the tiny_synthetic preset) for about --minutes, logs and checkpoints in OUT/train
+  2. trains a reduced GCNet-S (the tiny_synthetic preset) for about --minutes (or exactly --iters), logs and
+     checkpoints in OUT/train
   3. evaluates it (per-class IoU table), reparameterizes it (every GCBlock -> one 3x3 conv, BN folded)
   4. evaluates the reparameterized model: the same mIoU; prints the largest logit difference
   5. times both forms (batch 1) and prints the speed-up
   6. writes image | ground truth | prediction panels to OUT/overlays and a summary to OUT/summary.json
+Run again with the same OUT, it replaces the earlier demo's files: OUT/data as soon as the new dataset is
+complete (it depends only on --seed), the rest only when the new demo finishes; an interrupted run leaves them.
 """
 
 
@@ -47,9 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", default="demo_out", metavar="DIR", help="output folder (default demo_out)")
-    p.add_argument("--minutes", type=positive_float, default=2.0,
-                   help="training time in minutes (the learning rate decays over this time; default 2)")
-    p.add_argument("--iters", type=positive_int, help="train for exactly N iterations instead of --minutes (reproducible)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--minutes", type=positive_float, default=2.0,
+                        help="training time in minutes (the learning rate decays over this time; default 2)")
+    length.add_argument("--iters", type=positive_int,
+                        help="train for exactly N iterations instead of --minutes (reproducible)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed for the data and the training run")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
@@ -114,31 +118,42 @@ def _demo_config(args: argparse.Namespace, data_dir: Path, device):
     return TrainConfig.load("tiny_synthetic", overrides)
 
 
-def _write_data(cfg):
-    """Generate the config's synthetic dataset (the trainer's own builder, which the training then finds in
-    place) and return its val split and classes."""
+def _write_data(cfg, out: Path):
+    """Generate the config's synthetic dataset (the trainer's own builder) into a staging folder and swap it in
+    whole for ``cfg.data.root`` (``out/data``), where the training then finds it; return its val split and
+    classes."""
     from gcnet.data.metadata import get_dataset_info
     from gcnet.engine.builders import build_datasets
+    from gcnet.fileio import staging_folder
 
     d = cfg.data
     h, w = d.synthetic_size
     info = get_dataset_info("synthetic")
     _say(f"[1/6] writing a synthetic dataset to {d.root} ({d.synthetic_train} train / {d.synthetic_val} val "
          f"images of {h}x{w}, classes: {', '.join(info.classes)})")
+    staged = copy.deepcopy(cfg)
+    with staging_folder(out) as stage:
+        staged.data.root = str(stage / Path(d.root).name)
+        build_datasets(staged, lambda _msg: None, train=False, val=False)
     _, val_set, _ = build_datasets(cfg, lambda _msg: None, train=False)
     return val_set, info
 
 
-def _train(args: argparse.Namespace, cfg, work: Path, device) -> dict[str, Any]:
+def _train(args: argparse.Namespace, cfg, work: Path, final: Path, device) -> dict[str, Any]:
+    """Train in the staging folder ``work``; its summary.json names ``final``, where the run ends up."""
     from gcnet.engine.trainer import Trainer
+    from gcnet.fileio import write_text
 
     how = f"{args.iters} iterations" if args.iters else f"about {args.minutes:g} minutes"
     _say(f"[2/6] training a reduced GCNet-S for {how} on {device} (config: tiny_synthetic; logs and checkpoints "
-         f"in {work}, replacing an earlier demo's)")
+         f"for {final}, replacing an earlier demo's when this one finishes)")
     train_cfg = copy.deepcopy(cfg)
     train_cfg.data.val_split = ""  # the demo evaluates below, in both forms
-    return Trainer(train_cfg, work, progress=args.progress,
-                   log=lambda m: _say("      " + m.replace("\n", "\n      "))).run()
+    summary = Trainer(train_cfg, work, progress=args.progress,
+                      log=lambda m: _say("      " + m.replace("\n", "\n      "))).run()
+    summary.update(work_dir=str(final), last_checkpoint=str(final / "latest.pth"))
+    write_text(work / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 def _evaluate_forms(model, deployed, val_set, device) -> dict[str, Any]:
@@ -197,14 +212,14 @@ def _time_forms(model, deployed, val_set, device) -> dict[str, Any]:
     return speed
 
 
-def _write_overlays(deployed, val_set, count: int, ov_dir: Path, device, info) -> list[str]:
+def _write_overlays(deployed, val_set, count: int, ov_dir: Path, final: Path, device, info) -> list[str]:
+    """Write the panels into ``ov_dir`` (staging); returns their paths in ``final``, where they end up."""
     import numpy as np
     import torch
     from PIL import Image
 
     from gcnet.data.metadata import colorize, overlay
     from gcnet.evaluation.inference import infer_logits
-    from gcnet.fileio import atomic_path
 
     ov_dir.mkdir()
     written = []
@@ -215,11 +230,9 @@ def _write_overlays(deployed, val_set, count: int, ov_dir: Path, device, info) -
             pred = infer_logits(deployed, val_set[i][0].unsqueeze(0).to(device)).argmax(1)[0].cpu().numpy()
             gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)
             panel = np.concatenate([image, gap, colorize(gt, info), gap, overlay(image, pred, info, alpha=0.6)], axis=1)
-            path = ov_dir / f"val_{i:04d}.png"
-            with atomic_path(path) as tmp:
-                Image.fromarray(panel).save(tmp)
-            written.append(str(path))
-    _say(f"[6/6] wrote {len(written)} panels (image | ground truth | prediction overlay) to {ov_dir}")
+            Image.fromarray(panel).save(ov_dir / f"val_{i:04d}.png")
+            written.append(str(final / f"val_{i:04d}.png"))
+    _say(f"[6/6] wrote {len(written)} panels (image | ground truth | prediction overlay) to {final}")
     return written
 
 
@@ -229,27 +242,37 @@ MARKER = ".gcnet-demo"  # written first into a demo's folder: the licence to rep
 
 def _demo_folder(out: Path) -> Path:
     """The --out folder, created if missing and marked as the demo's: the demo replaces an earlier demo's
-    files there, and refuses any other folder that is not empty."""
-    from gcnet.fileio import write_text
+    files there, and refuses any other folder that is not empty. Staging folders a killed demo left go first."""
+    from gcnet.fileio import remove_stale_temps, write_text
 
+    if (out / MARKER).is_file():
+        remove_stale_temps(out)
     check_own_dir(out, "--out", "the demo", MARKER, DEMO_ENTRIES)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / MARKER, "written by gcnet demo, which replaces this folder's contents when run again\n")
-    for name in DEMO_ENTRIES:  # an earlier demo's output (of whatever type): replaced from scratch
-        entry = out / name
-        if entry.is_dir():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink(missing_ok=True)
     return out
+
+
+def _results(args: argparse.Namespace, cfg, val_set, info, stage: Path, out: Path, device) -> dict[str, Any]:
+    """Train, evaluate, time and draw into ``stage``; the summary names the files where they end up in ``out``."""
+    from gcnet.checkpoint import load_model
+
+    summary = _train(args, cfg, stage / "train", out / "train", device)
+    model = load_model(stage / "train" / "latest.pth").to(device).eval()
+    deployed = copy.deepcopy(model).reparameterize().to(device).eval()
+    return {"train": {"iterations": summary["iterations"], "train_time_s": summary.get("train_time_s"),
+                      "checkpoint": summary["last_checkpoint"]},
+            **_evaluate_forms(model, deployed, val_set, device),
+            "speed": _time_forms(model, deployed, val_set, device),
+            "overlays": _write_overlays(deployed, val_set, args.num_overlays, stage / "overlays", out / "overlays",
+                                        device, info)}
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from gcnet.checkpoint import load_model
     from gcnet.distributed import resolve_device
-    from gcnet.fileio import write_text
+    from gcnet.fileio import staging_folder, write_text
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -257,19 +280,12 @@ def run(args: argparse.Namespace) -> int:
     out = _demo_folder(Path(args.out))
     t_all = time.perf_counter()
     cfg = _demo_config(args, out / "data", device)
-    val_set, info = _write_data(cfg)
-    work = out / "train"
-    summary = _train(args, cfg, work, device)
-    ckpt = work / "latest.pth"
-    model = load_model(ckpt).to(device).eval()
-    deployed = copy.deepcopy(model).reparameterize().to(device).eval()
-    result = {"train": {"iterations": summary["iterations"], "train_time_s": summary.get("train_time_s"),
-                        "checkpoint": str(ckpt)},
-              **_evaluate_forms(model, deployed, val_set, device),
-              "speed": _time_forms(model, deployed, val_set, device),
-              "overlays": _write_overlays(deployed, val_set, args.num_overlays, out / "overlays", device, info)}
-    result["seconds"] = round(time.perf_counter() - t_all, 1)
-    write_text(out / "summary.json", json.dumps(result, indent=2) + "\n")
+    val_set, info = _write_data(cfg, out)
+    with staging_folder(out) as stage:  # train/, overlays/ and summary.json replace the earlier ones at the end
+        result = _results(args, cfg, val_set, info, stage, out, device)
+        result["seconds"] = round(time.perf_counter() - t_all, 1)
+        write_text(stage / "summary.json", json.dumps(result, indent=2) + "\n")
+    work, ckpt = out / "train", result["train"]["checkpoint"]
     _say("")
     _say(f"done in {result['seconds']:.0f}s. Everything is under {out}/:")
     _say("  data/             the synthetic dataset (folder layout: images/, labels/, dataset.json)")
