@@ -290,28 +290,37 @@ def test_a_failed_validation_loses_no_training_and_resume_redoes_it(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signame,status,word", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
-def test_ctrl_c_says_how_to_resume(tmp_path, signame, status, word):
+@pytest.mark.parametrize("signame,status,word,group", [("SIGINT", 130, "interrupted", False),
+                                                      ("SIGTERM", 143, "terminated", False),
+                                                      ("SIGTERM", 143, "terminated", True)],
+                         ids=["ctrl-c", "kill", "timeout-to-the-group"])
+def test_ctrl_c_says_how_to_resume(tmp_path, signame, status, word, group):
     """Ctrl-C, and SIGTERM (kill, timeout, a job scheduler) handled the same way: the run stops after a
-    checkpoint and says how to resume."""
+    checkpoint and says how to resume. ``group``: the signal goes to the whole process group (as from
+    ``timeout`` or a scheduler), DataLoader workers included, who leave the stop to the main process."""
     import signal
     import time
 
     work = tmp_path / "run"
     cmd = [sys.executable, "-m", "gcnet.cli", "train", "tiny_synthetic", "--data.root", str(tmp_path / "data"),
            "--data.synthetic_size", "[64, 80]", "--data.synthetic_train", "8", "--data.synthetic_val", "2",
-           "--data.crop_size", "64", "--data.batch_size", "2", "--data.workers", "0", "--schedule.iters", "100000",
+           "--data.crop_size", "64", "--data.batch_size", "2", "--data.workers", "2" if group else "0",
+           "--schedule.iters", "100000",
            "--schedule.ckpt_interval", "2", "--schedule.val_interval", "0", "--device", "cpu", "--threads", "1",
            "--no-progress", "--work-dir", str(work)]
     # a shell's background job inherits SIGINT ignored (then Ctrl-C is not ours to handle): start the run as a
     # terminal would, with SIGINT at its default
     proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), start_new_session=group)
     try:
         deadline = time.monotonic() + 240
         while not (work / "latest.pth").exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        proc.send_signal(getattr(signal, signame))
+        if group:
+            time.sleep(0.5)  # the workers are up
+            os.killpg(proc.pid, getattr(signal, signame))
+        else:
+            proc.send_signal(getattr(signal, signame))
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from gcnet import distributed as gdist
+from gcnet.data.loading import worker_init
 from gcnet.data.metadata import DatasetInfo
 from gcnet.engine.builders import (
     build_criterion,
@@ -290,7 +291,8 @@ class Trainer:
         if self.dist.enabled:
             net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.data.workers,
-                                             pin_memory=device.type == "cuda", persistent_workers=False)
+                                             pin_memory=device.type == "cuda", persistent_workers=False,
+                                             worker_init_fn=worker_init)
         # validation under autocast on CUDA only: on a CPU it stays float32
         eval_kwargs = {"num_classes": cfg.model.num_classes, "ignore_index": info.ignore_index,
                        "class_names": list(info.classes), **cfg.eval.evaluate_kwargs(),

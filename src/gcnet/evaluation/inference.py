@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gcnet.data.loading import worker_init
 from gcnet.data.transforms import size_pair
 from gcnet.distributed import all_reduce_sum, rank_and_world
 
@@ -170,7 +171,7 @@ def _eval_loader(data: Any, batch_size: int, workers: int, limit: int | None, us
         indices = indices[rank::world]
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, indices), batch_size=batch_size,
                                          shuffle=False, num_workers=workers, collate_fn=_collate_eval,
-                                         persistent_workers=False)
+                                         persistent_workers=False, worker_init_fn=worker_init)
     return loader, len(indices)
 
 
