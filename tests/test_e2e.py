@@ -39,3 +39,27 @@ def test_bench_end_to_end_in_json_and_table(tmp_path: Path, capsys) -> None:
     assert set(e2e["stage_ms"]) == set(STAGES) and e2e["frames"] == 3
     assert report["config"]["end_to_end"]["frames"] == 3
     assert "labels FPS" in capsys.readouterr().out
+
+
+def test_bench_keep_artifacts_replaced_only_by_a_complete_run(tmp_path: Path, monkeypatch) -> None:
+    """An interrupted (or killed) run leaves the earlier run's kept files as they were; the next complete run
+    clears a killed run's staging folder and replaces them, with no per-form output of other forms left."""
+    kept = tmp_path / "kept"
+    args = ["bench", "--quick", "--in-process", "--threads", "1", "--size", "32x64", "--end-to-end", "2",
+            "--keep-artifacts", str(kept), "--no-progress"]
+    assert main([*args, "--forms", "torch-fp32-cl"]) == 0
+    before = {p.name: p.read_bytes() for p in kept.iterdir()}
+    assert {"model_deploy.pt", "e2e.mp4", "out_torch-fp32-cl.npy"} <= set(before)
+
+    def ctrl_c(*_args) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr("gcnet.deploy.bench._result_entry", ctrl_c)
+        assert main([*args, "--forms", "torch-fp32"]) == 130
+    assert {p.name: p.read_bytes() for p in kept.iterdir()} == before
+    (kept / ".stage.99999999-0123abcd.gcnet-tmp").mkdir()  # a killed run's (its process gone)
+    assert main([*args, "--forms", "torch-fp32"]) == 0
+    names = {p.name for p in kept.iterdir()}
+    assert "out_torch-fp32.npy" in names and "out_torch-fp32-cl.npy" not in names
+    assert not [n for n in names if "gcnet-tmp" in n]

@@ -50,7 +50,7 @@ from gcnet.deploy.pipeline import ExportSettings, build
 from gcnet.deploy.qat import finetune_summary
 from gcnet.deploy.runtimes import Runtime, default_threads
 from gcnet.errors import GCNetError
-from gcnet.fileio import atomic_path, write_text
+from gcnet.fileio import atomic_path, staging_folder, write_text
 from gcnet.models.gcnet import build_model
 from gcnet.optional import is_available, require
 
@@ -480,7 +480,7 @@ def _run_job(job: dict, work: Path, isolate: bool, threads: int, timeout: float)
             return run_form(job)
         except Exception as exc:  # noqa: BLE001 - reported in the results
             return {"error": f"{type(exc).__name__}: {exc}"}
-    job_path = work / f"job_{Form(**job['form']).name}.json"
+    job_path = work / f"job_{Form(**job['form']).name}.json"  # names files in the work folder: removed after use
     write_text(job_path, json.dumps(job))
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     try:
@@ -488,6 +488,8 @@ def _run_job(job: dict, work: Path, isolate: bool, threads: int, timeout: float)
                               env=env, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
+    finally:
+        job_path.unlink()
     if Path(job["result"]).exists():
         return json.loads(Path(job["result"]).read_text())
     return {"error": f"worker exited with {proc.returncode}: {proc.stderr.strip()[-2000:]}"}
@@ -628,21 +630,27 @@ def _e2e_setup(work: Path, source: dict | None, h: int, w: int, frames: int, num
     return {"video": video, "frames": frames, "num_classes": num_classes, "description": description}
 
 
+PER_FORM_OUTPUTS = ("out_*.npy", "result_*.json", "job_*.json")  # job_*.json: kept by earlier versions of bench
+
+
 @contextlib.contextmanager
 def _work_dir(artifacts_dir: str | None) -> Iterator[Path]:
-    """Where the forms' files go: ``artifacts_dir`` (kept; marked as bench's, an earlier run's per-form
-    outputs removed) or a temporary folder removed afterwards."""
+    """Where the forms' files go: a temporary folder removed afterwards or, with ``artifacts_dir``, a staging
+    folder in it whose files replace their namesakes there when the run completes (an interrupted or killed
+    run leaves the earlier run's files as they were); the earlier run's per-form outputs of forms not run this
+    time are removed then. The folder is marked as bench's first, so a later run takes a killed run's leftovers."""
     if not artifacts_dir:
         with tempfile.TemporaryDirectory(prefix="gcnet-bench-") as tmp:
             yield Path(tmp)
         return
-    work = Path(artifacts_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    if (work / ARTIFACTS_MARKER).is_file():  # an earlier bench's: its per-form outputs go
-        for stale in (*work.glob("out_*.npy"), *work.glob("result_*.json"), *work.glob("job_*.json")):
+    kept = Path(artifacts_dir)
+    with staging_folder(kept) as stage:
+        write_text(kept / ARTIFACTS_MARKER, "written by gcnet bench, which replaces its files here when run again\n")
+        yield stage
+        new = {p.name for p in stage.iterdir()}
+    for stale in (p for pattern in PER_FORM_OUTPUTS for p in kept.glob(pattern)):
+        if stale.name not in new:
             stale.unlink()
-    write_text(work / ARTIFACTS_MARKER, "written by gcnet bench, which replaces its files here when run again\n")
-    yield work
 
 
 def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: str | None = None,
