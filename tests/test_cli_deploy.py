@@ -55,9 +55,10 @@ def test_predict_folder_with_corrupt_file(checkpoint, tmp_path, capsys):
     out = tmp_path / "pred"
     code = main(["predict", str(src), "--checkpoint", str(checkpoint), "--out", str(out), "--no-progress",
                  "--dataset", "synthetic", "--device", "cpu"])
-    err = capsys.readouterr().err
+    out_text, err = capsys.readouterr()
     assert code == 1
     assert "bad.png" in err
+    assert "wrote 4 file(s) for 2 of 3 input(s)" in out_text  # the skipped input counted too
     assert (out / "one_label.png").is_file() and (out / "one_overlay.png").is_file()
     assert (out / "nested" / "two_label.png").is_file()
     assert not (out / "bad_label.png").exists()
@@ -84,6 +85,11 @@ def test_predict_usage_errors(checkpoint, tmp_path, capsys):
     assert "no images or videos to predict" in err and "a folder without images" in err and not (tmp_path / "o").exists()
     assert main(["predict", str(tmp_path / "missing.png"), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")]) == 2
     assert "missing.png: no such file or directory" in capsys.readouterr().err
+    assert main(["predict", str(images), "--checkpoint", str(checkpoint), "--out", ""]) == 2
+    assert "--out: the path is empty" in capsys.readouterr().err
+    assert main(["predict", str(images), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"),
+                 "--precision", "fp16", "--device", "cpu"]) == 2
+    assert "--precision fp16 runs on CUDA only" in capsys.readouterr().err and not (tmp_path / "o").exists()
     for out in (images, tmp_path):  # the input folder itself, or a folder holding it
         assert main(["predict", str(images), "--checkpoint", str(checkpoint), "--out", str(out)]) == 2
         assert f"--out {out} is or holds the input folder {images}" in capsys.readouterr().err
@@ -119,6 +125,68 @@ def test_export_errors(checkpoint, tmp_path, capsys):
                                  ("--name", "../up", "must be a plain file name")):
         assert main(["export", str(checkpoint), flag, value, "--out", str(tmp_path / "out")]) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--format", "torchscript", "--postprocess"], "--postprocess changes the ONNX graph only"),
+    (["--precision", "int8", "--calib-images", "{tmp}", "--calib-dataset", "folder", "--calib-root", "{tmp}"],
+     "--calib-images and --calib-dataset, --calib-root both choose the calibration data"),
+    (["--calib-images", "{tmp}", "--finetune-iters", "10", "--num-calib", "3"],
+     "--calib-images, --num-calib, --finetune-iters: for int8 quantization only; add --precision int8"),
+    (["--quant-preset", "mixed"], "--quant-preset: for int8 quantization only; add --precision int8"),
+    (["--precision", "int8", "--calib-images", "{tmp}", "--float-convs", "0"],
+     "--float-convs: for OpenVINO int8 only; add --format openvino"),
+])
+def test_export_refuses_flags_it_would_ignore(checkpoint, tmp_path, capsys, flags, message):
+    out = tmp_path / "exp"
+    assert main(["export", str(checkpoint), "--format", "onnx", "--out", str(out),
+                 *[f.format(tmp=tmp_path) for f in flags]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+def _json_cases(tmp_path, checkpoint):
+    """(command line, --json path that is one of the command's own files, message) per command."""
+    from gcnet.data.synthetic import make_synthetic_dataset
+
+    root = make_synthetic_dataset(tmp_path / "synth", num_train=1, num_val=1, size=(32, 48))
+    image = next((root / "images").rglob("*.png"))
+    out, kept = tmp_path / "exp", tmp_path / "kept"
+    eval_ = ["eval", str(checkpoint), "--dataset", "synthetic", "--data-root", str(root), "--no-progress"]
+    export = ["export", str(checkpoint), "--format", "torchscript", "--out", str(out), "--input-size", "32x48"]
+    bench = ["bench", "--quick", "--in-process", "--size", "32x64", "--forms", "torch-fp32", "-c", str(checkpoint),
+             "--keep-artifacts", str(kept)]
+    return [(eval_, checkpoint, "is the checkpoint"), (eval_, image, "is inside the data set root"),
+            (export, checkpoint, "is the checkpoint"), (export, out / f"{checkpoint.stem}.ts", "is an output of this export"),
+            ([*export, "--format", "onnx", "--precision", "int8", "--calib-images", str(root)], image,
+             "is inside the --calib-images folder"),
+            (bench, checkpoint, "is the checkpoint"), (bench, kept / "r.json", "is inside the --keep-artifacts folder")]
+
+
+def test_json_is_never_a_file_the_command_reads_or_writes(checkpoint, tmp_path, capsys):
+    """--json naming the checkpoint, a data set file or an output: exit 2 before any work, every file unchanged."""
+    mine = tmp_path / checkpoint.name
+    mine.write_bytes(checkpoint.read_bytes())
+    for args, path, message in _json_cases(tmp_path, mine):
+        before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+        assert main([*args, "--json", str(path)]) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--json: {path} {message}" in err[0], err
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("cmd", ["export", "bench"])
+def test_json_dash_is_stdout(cmd, checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = {"export": ["export", str(checkpoint), "--format", "torchscript", "--out", "exp", "--input-size", "32x48"],
+            "bench": ["bench", "--quick", "--in-process", "--threads", "1", "--size", "32x64", "--forms", "torch-fp32",
+                      "-c", str(checkpoint), "--no-progress"]}[cmd]
+    assert main([*args, "--json", "-"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out[out.index("{\n"):])
+    assert ("exports" if cmd == "export" else "results") in report
+    assert not (tmp_path / "-").exists()
 
 
 @pytest.mark.parametrize("flags", [["--format", "openvino", "--precision", "int8", "--calib-dataset", "camvid",
@@ -328,6 +396,13 @@ def test_eval_refuses_bad_output_and_windows_up_front(checkpoint, tmp_path, caps
                  *[f.format(tmp=tmp_path) for f in flags]])
     out, err = capsys.readouterr()
     assert code == 2 and message in err and "mIoU" not in out  # refused before evaluating
+
+
+@pytest.mark.parametrize("scales", ["100", "1.0,5", "nan", "0"])
+def test_eval_refuses_absurd_scales(checkpoint, scales, capsys):
+    with pytest.raises(SystemExit) as exc:  # a usage error, before the checkpoint is read
+        main(["eval", str(checkpoint), "--dataset", "synthetic", "--data-root", ".", "--scales", scales])
+    assert exc.value.code == 2 and "numbers above 0 and at most 4" in capsys.readouterr().err
 
 
 def test_bench_training_forms_of_a_deploy_checkpoint(tmp_path, capsys):

@@ -79,9 +79,16 @@ def test_output_paths_checked_without_creating_anything(tmp_path):
     for check, path, message in [(check_writable_dir, a_file, "--out: .*taken.txt exists and is not a folder"),
                                  (check_writable_dir, a_file / "sub", "--out: .*taken.txt is a file"),
                                  (check_writable_file, tmp_path, "--out: .* is a folder; give a file name"),
-                                 (check_writable_file, a_file / "r.json", "taken.txt exists and is not a folder")]:
+                                 (check_writable_file, a_file / "r.json", "taken.txt exists and is not a folder"),
+                                 (check_writable_dir, "", "--out: the path is empty"),  # not the current folder
+                                 (check_writable_file, " ", "--out: the path is empty")]:
         with pytest.raises(ConfigError, match=message):
             check(path, "--out")
+    for path, message in [(a_file, "taken.txt is the checkpoint; writing there would replace it"),
+                          (tmp_path / "x" / ".." / "r.json", "r.json is inside the data set root .*; give a file outside it")]:
+        with pytest.raises(ConfigError, match=message):
+            check_writable_file(path, "--json", [("the weights", None), ("the checkpoint", a_file),
+                                                 ("the data set root", tmp_path)])
     assert a_file.read_text() == "mine"
     dangling = tmp_path / "link"
     dangling.symlink_to(tmp_path / "gone")

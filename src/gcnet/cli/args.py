@@ -7,17 +7,23 @@ Each type turns a bad value into a two-line usage error (exit 2) that names the 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from gcnet.deploy.export import FAST_BIAS_CORRECTION
 from gcnet.deploy.pipeline import ExportSettings
 from gcnet.deploy.qat import FINETUNE_MIN_FRAMES
 from gcnet.errors import ConfigError
+from gcnet.fileio import write_text
 
 MAX_SIDE = 16384  # per side: larger inputs do not fit in memory
+# (description, path) pairs of a command's own files and folders, which an output file must not be nor be inside
+Protected = Iterable[tuple[str, str | os.PathLike | None]]
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -117,7 +123,7 @@ def show_progress(args: argparse.Namespace) -> bool:
 def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
     """Check before any work that files can be written into folder ``path`` (created later if missing);
     raises ConfigError naming ``what`` (e.g. ``--out``). Nothing is left behind here."""
-    problem = _dir_problem(Path(path).expanduser())
+    problem = _dir_problem(_given_path(path, what))
     if problem:
         raise ConfigError(f"{what}: {problem}")
     return Path(path).expanduser()
@@ -146,13 +152,56 @@ def _listing(names: list[str]) -> str:
     return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
-def check_writable_file(path: str | os.PathLike, what: str) -> Path:
-    """Check before any work that file ``path`` can be written (not a folder, its folder writable);
-    raises ConfigError naming ``what`` (e.g. ``--json``)."""
-    problem = _file_problem(Path(path).expanduser())
+def _given_path(path: str | os.PathLike, what: str) -> Path:
+    """``path`` with ``~`` expanded; an empty one is refused (``Path("")`` would be the current folder)."""
+    if not str(path).strip():
+        raise ConfigError(f"{what}: the path is empty; give a file or folder name")
+    return Path(path).expanduser()
+
+
+def _protected_problem(path: Path, protected: Protected) -> str | None:
+    """Why writing ``path`` would damage one of ``protected`` (description, file or folder), or None."""
+    target = path.resolve()
+    for what, other in protected:
+        if not other:
+            continue
+        resolved = Path(other).expanduser().resolve()
+        if target == resolved:
+            return f"{path} is {what}; writing there would replace it: give another file"
+        if resolved in target.parents:
+            return f"{path} is inside {what} {other}; give a file outside it"
+    return None
+
+
+def check_writable_file(path: str | os.PathLike, what: str,
+                        protected: Protected = ()) -> Path:
+    """Check before any work that file ``path`` can be written (not a folder, its folder writable) and is
+    none of the command's own files or folders ``protected`` (pairs of a description such as "the checkpoint"
+    and a path; None is skipped), nor inside one; raises ConfigError naming ``what`` (e.g. ``--json``)."""
+    path = _given_path(path, what)
+    problem = _file_problem(path) or _protected_problem(path, protected)
     if problem:
         raise ConfigError(f"{what}: {problem}")
-    return Path(path).expanduser()
+    return path
+
+
+JSON_HELP = "also write a JSON report to FILE ('-': to stdout, after the text)"
+
+
+def check_json_arg(path: str | None, protected: Protected = ()) -> None:
+    """Check ``--json FILE`` before any work, like :func:`check_writable_file`; '-' (stdout) needs no check."""
+    if path is not None and path != "-":
+        check_writable_file(path, "--json", protected)
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Write ``--json``'s report: to stdout for '-', else atomically to the file, saying where."""
+    text = json.dumps(obj, indent=2, default=str)
+    if path == "-":
+        print(text)
+    else:
+        write_text(path, text + "\n")
+        print(f"report written to {path}")
 
 
 def auto_or_count(text: str) -> int | str:
@@ -168,22 +217,30 @@ def auto_or_count(text: str) -> int | str:
     return value
 
 
-# The quantization flags' defaults, by their argparse names: ExportSettings' defaults
-_QUANT_DEFAULTS = {
+# The OpenVINO quantization flags' defaults, by their argparse names: ExportSettings' defaults
+QUANT_FLAG_DEFAULTS = {
     "quant_preset": ExportSettings.preset,
     "bias_correction": {v: k for k, v in FAST_BIAS_CORRECTION.items()}[ExportSettings.fast_bias_correction],
     "float_convs": ExportSettings.float_convs,
     "finetune_iters": ExportSettings.finetune_iters,
 }
+# The calibration data flags' defaults (--num-calib's is the command's)
+CALIB_FLAG_DEFAULTS = {"calib_dataset": None, "calib_root": None, "calib_split": "train"}
+
+
+def given_flags(args: argparse.Namespace, defaults: dict[str, Any]) -> list[str]:
+    """The flags among ``defaults`` (argparse name -> default) given another value, as ``--flag-name``."""
+    return ["--" + key.replace("_", "-") for key, default in defaults.items() if getattr(args, key) != default]
 
 
 def add_quant_args(group, num_calib_default: int | None, num_calib_help: str) -> None:
     """The int8 calibration and quantization flags, shared by ``gcnet export`` and ``gcnet bench``; their
     defaults are :class:`~gcnet.deploy.pipeline.ExportSettings`'s (:func:`quant_settings` reads them back)."""
-    defaults = _QUANT_DEFAULTS
+    defaults = QUANT_FLAG_DEFAULTS
     group.add_argument("--calib-dataset", metavar="KIND", help="calibration dataset kind: cityscapes, camvid, voc, folder")
     group.add_argument("--calib-root", metavar="DIR", help="calibration dataset root")
-    group.add_argument("--calib-split", default="train", metavar="SPLIT", help="calibration split (default: %(default)s)")
+    group.add_argument("--calib-split", default=CALIB_FLAG_DEFAULTS["calib_split"], metavar="SPLIT",
+                       help="calibration split (default: %(default)s)")
     group.add_argument("--num-calib", type=positive_int, default=num_calib_default, metavar="N",
                        help=num_calib_help)
     group.add_argument("--finetune-iters", type=non_negative_int, default=defaults["finetune_iters"], metavar="N",
@@ -214,8 +271,7 @@ def add_quant_args(group, num_calib_default: int | None, num_calib_help: str) ->
 
 def check_quant_args(args: argparse.Namespace) -> None:
     """The post-training flags of :func:`add_quant_args` only apply without a fine-tune."""
-    set_ = ["--" + key.replace("_", "-") for key, default in _QUANT_DEFAULTS.items()
-            if key != "finetune_iters" and getattr(args, key) != default]
+    set_ = given_flags(args, {k: v for k, v in QUANT_FLAG_DEFAULTS.items() if k != "finetune_iters"})
     if set_ and args.finetune_iters:
         raise ConfigError(f"{', '.join(set_)} tune post-training quantization; add --finetune-iters 0 to use it "
                           "(by default OpenVINO int8 is fine-tuned instead)")

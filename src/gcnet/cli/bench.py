@@ -7,7 +7,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gcnet.cli.args import add_eval_args, add_quant_args, non_negative_float, parse_size, positive_float, positive_int
+from gcnet.cli.args import (
+    JSON_HELP,
+    add_eval_args,
+    add_quant_args,
+    non_negative_float,
+    parse_size,
+    positive_float,
+    positive_int,
+)
 from gcnet.errors import ConfigError
 
 
@@ -88,7 +96,7 @@ examples:
     p.add_argument("--end-to-end", nargs="?", type=positive_int, const=30, default=0, metavar="FRAMES",
                    help="also time a video frame in -> labels (+ annotated frame) out per CPU form: decode, "
                         "pre, model, post, overlay, encode, and the FPS of both pipelines (default: 30 frames)")
-    p.add_argument("--json", metavar="FILE", help="write the full report as JSON")
+    p.add_argument("--json", metavar="FILE", help=JSON_HELP)
     p.add_argument("--no-progress", action="store_true", help="no per-form progress lines on stderr")
     p.set_defaults(func=run)
 
@@ -145,12 +153,14 @@ def _datasets(args: argparse.Namespace) -> tuple[dict | None, dict | None]:
 
 def run(args: argparse.Namespace) -> int:
     import gcnet
-    from gcnet.cli.args import check_own_dir, check_quant_args, check_writable_file, quant_settings
-    from gcnet.deploy.bench import ARTIFACTS_MARKER, QUICK, TIMING, command_line, format_report, run_benchmark, save_report
+    from gcnet.cli.args import check_json_arg, check_own_dir, check_quant_args, quant_settings, write_json
+    from gcnet.deploy.bench import ARTIFACTS_MARKER, QUICK, TIMING, command_line, format_report, run_benchmark
 
     check_quant_args(args)
-    if args.json:
-        check_writable_file(args.json, "--json")
+    check_json_arg(args.json, [("the checkpoint", args.checkpoint), ("the weights", args.weights),
+                               ("the calibration data set root", args.calib_root),
+                               ("the evaluation data set root", args.eval_root),
+                               ("the --keep-artifacts folder", args.keep_artifacts)])
     if args.keep_artifacts:
         check_own_dir(args.keep_artifacts, "--keep-artifacts", "gcnet bench", ARTIFACTS_MARKER)
     calib, ev = _datasets(args)
@@ -171,9 +181,8 @@ def run(args: argparse.Namespace) -> int:
                                end_to_end=args.end_to_end, progress=not args.no_progress,
                                command=command_line())
     print(format_report(report))
-    if args.json:
-        save_report(report, args.json)
-        print(f"report: {args.json}")
+    if args.json is not None:
+        write_json(args.json, report)
     failed = [r["form"] for r in report["results"] if "error" in r]
     if failed:
         print(f"gcnet bench: {len(failed)} form(s) failed: {', '.join(failed)}", file=sys.stderr)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import textwrap
 from typing import Any
 
-from gcnet.cli.args import check_writable_file, non_negative_int, parse_size, positive_int, show_progress
+from gcnet.cli.args import JSON_HELP, check_json_arg, non_negative_int, parse_size, positive_int, show_progress, write_json
 from gcnet.data.datasets import CONFIG_KINDS
 from gcnet.errors import ConfigError
 
@@ -29,13 +28,17 @@ aAcc = overall pixel accuracy.
 """
 
 
+MAX_SCALE = 4.0  # larger test scales blow a 1024x2048 frame past 4096x8192: out of memory, nothing gained
+
+
 def _scales(text: str) -> tuple[float, ...]:
     try:
         vals = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         vals = ()
-    if not vals or min(vals) <= 0:
-        raise argparse.ArgumentTypeError(f"expected positive numbers separated by commas, e.g. 0.75,1.0,1.25; got {text!r}")
+    if not vals or not all(0 < v <= MAX_SCALE for v in vals):  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected numbers above 0 and at most {MAX_SCALE:g}, separated by commas, "
+                                         f"e.g. 0.75,1.0,1.25; got {text!r}")
     return vals
 
 
@@ -86,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     r.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA, or CPUs with AVX512_BF16/AMX)")
     r.add_argument("--threads", type=positive_int, help="torch CPU threads")
-    r.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-' for stdout)")
+    r.add_argument("--json", metavar="FILE", help=JSON_HELP)
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -181,10 +184,7 @@ def run(args: argparse.Namespace) -> int:
     from gcnet.engine.builders import check_datasets
     from gcnet.evaluation.inference import evaluate
     from gcnet.evaluation.metrics import format_table
-    from gcnet.fileio import write_text
 
-    if args.json and args.json != "-":
-        check_writable_file(args.json, "--json")  # before the evaluation, not after it
     if args.threads:
         torch.set_num_threads(args.threads)
     device = gdist.resolve_device(args.device)
@@ -193,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         model, train_cfg = _load(args)
         s = _settings(args, train_cfg)
+        check_json_arg(args.json, [("the checkpoint", args.checkpoint), ("the data set root", s["root"])])
         dataset = _dataset(s, args.limit)
         dataset.info.check_model_classes(model.num_classes)
         if not args.skip_data_check:
@@ -219,13 +220,8 @@ def run(args: argparse.Namespace) -> int:
                 print(format_table(res, res["class_names"]))
         if main and len(forms) == 2:
             out["identical_mIoU"] = _compare_forms(out["results"], args.float64)
-        if main and args.json:
-            text = json.dumps(out, indent=2)
-            if args.json == "-":
-                print(text)
-            else:
-                write_text(args.json, text + "\n")
-                print(f"results written to {args.json}")
+        if main and args.json is not None:
+            write_json(args.json, out)
     finally:
         gdist.cleanup()
     return 0

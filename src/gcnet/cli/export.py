@@ -4,23 +4,27 @@ optional int8 quantization with an mIoU check against fp32."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from gcnet.cli.args import (
+    CALIB_FLAG_DEFAULTS,
+    JSON_HELP,
+    QUANT_FLAG_DEFAULTS,
     add_eval_args,
     add_model_args,
     add_quant_args,
+    check_json_arg,
     check_quant_args,
     check_writable_dir,
-    check_writable_file,
+    given_flags,
     model_from_args,
     parse_size,
     positive_int,
     quant_settings,
     show_progress,
+    write_json,
 )
 from gcnet.deploy.qat import FINETUNE_MIN_FRAMES, finetune_summary
 from gcnet.errors import ConfigError
@@ -28,6 +32,7 @@ from gcnet.fileio import staging_folder
 
 FORMATS = ("onnx", "torchscript", "torch-export", "openvino", "safetensors")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "torch-export": ".pt2", "openvino": ".xml", "safetensors": ""}
+NUM_CALIB = 32  # --num-calib's default
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -82,18 +87,20 @@ examples:
                    help="ONNX opset, 17 to what this torch writes (default: %(default)s)")
     p.add_argument("--static", action="store_true", help="fixed input shape in ONNX/torch.export")
     p.add_argument("--postprocess", action="store_true",
-                   help="ONNX graph also upsamples to the input size and returns int64 labels (argmax)")
+                   help="the ONNX graph also upsamples to the input size and returns int64 labels (argmax); "
+                        "ONNX only (other formats keep the logits)")
     p.add_argument("--tolerance", type=float, default=1e-3,
                    help="max |exported - PyTorch| / max(1, max|logits|) accepted (default: %(default)s)")
     p.add_argument("--no-verify", action="store_true", help="skip the numerical verification")
     q = p.add_argument_group("int8 quantization and accuracy")
     q.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
                    help="int8 also writes quantized models (needs calibration data)")
-    add_quant_args(q, 32, "calibration images (default: %(default)s)")
-    q.add_argument("--calib-images", metavar="DIR", help="or: a folder of calibration images")
+    add_quant_args(q, NUM_CALIB, "calibration images (default: %(default)s)")
+    q.add_argument("--calib-images", metavar="DIR",
+                   help="or (instead of --calib-dataset/--calib-root): a folder of calibration images")
     add_eval_args(q, "evaluate fp32 vs int8 on this dataset kind")
     p.add_argument("--threads", type=positive_int, help="CPU threads for verification/evaluation (default: all)")
-    p.add_argument("--json", metavar="FILE", help="write the export report as JSON")
+    p.add_argument("--json", metavar="FILE", help=JSON_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. when logging to a file)")
     p.set_defaults(func=run)
 
@@ -111,6 +118,10 @@ def _check_args(args: argparse.Namespace, formats: list[str]) -> None:
     from gcnet.deploy.export import DEFAULT_OPSET, MAX_OPSET
     from gcnet.optional import is_available
 
+    if args.source:
+        if args.checkpoint:
+            raise ConfigError("give the checkpoint either positionally or with --checkpoint, not both")
+        args.checkpoint = args.source
     if not DEFAULT_OPSET <= args.opset <= MAX_OPSET:
         raise ConfigError(f"--opset must be from {DEFAULT_OPSET} to {MAX_OPSET} (what this torch's ONNX exporter "
                           "writes)")
@@ -119,28 +130,63 @@ def _check_args(args: argparse.Namespace, formats: list[str]) -> None:
     if not 0 <= args.tolerance < float("inf"):  # NaN too: no comparison with it could fail
         raise ConfigError("--tolerance must be a number >= 0 (a relative difference, e.g. 1e-3)")
     check_writable_dir(args.out, "--out")
-    if args.json:
-        check_writable_file(args.json, "--json")
-    int8 = args.precision == "int8"
-    if int8 and not {"onnx", "openvino"} & set(formats):
-        raise ConfigError("--precision int8 needs --format onnx and/or openvino")
-    if int8 and not (args.calib_dataset or args.calib_images):
-        raise ConfigError("--precision int8 needs calibration data: --calib-dataset KIND --calib-root DIR, "
-                          "or --calib-images DIR")
-    if int8 and "onnx" in formats and args.postprocess:
-        raise ConfigError("int8 ONNX quantization needs the logits graph; drop --postprocess")
-    if args.eval_dataset and not int8:
+    check_json_arg(args.json, [("the checkpoint", args.checkpoint), ("the weights", args.weights),
+                               ("the calibration data set root", args.calib_root),
+                               ("the --calib-images folder", args.calib_images),
+                               ("the evaluation data set root", args.eval_root),
+                               *(("an output of this export", p) for p in _outputs(args, formats))])
+    if args.postprocess and "onnx" not in formats:
+        raise ConfigError("--postprocess changes the ONNX graph only; add --format onnx or drop --postprocess")
+    _check_int8_args(args, formats)
+    if args.eval_dataset and args.precision != "int8":
         print("note: --eval-dataset evaluates the fp32 exports only (no --precision int8)", file=sys.stderr)
     for fmt, mod in (("onnx", "onnx"), ("openvino", "openvino")):
         if fmt in formats and not is_available(mod):
             raise ConfigError(f"--format {fmt} needs the '{mod}' package (pip install gcnet[deploy])")
     if "onnx" in formats and not args.no_verify and not is_available("onnxruntime"):
         raise ConfigError("verifying the ONNX export needs onnxruntime (install it or pass --no-verify)")
+
+
+def _check_int8_args(args: argparse.Namespace, formats: list[str]) -> None:
+    """The calibration and quantization flags go with --precision int8, and one calibration source with it."""
+    if args.precision != "int8":
+        unused = given_flags(args, {**CALIB_FLAG_DEFAULTS, "calib_images": None, "num_calib": NUM_CALIB,
+                                    **QUANT_FLAG_DEFAULTS})
+        if unused:
+            raise ConfigError(f"{', '.join(unused)}: for int8 quantization only; add --precision int8 or drop them")
+        return
+    if not {"onnx", "openvino"} & set(formats):
+        raise ConfigError("--precision int8 needs --format onnx and/or openvino")
+    dataset_flags = given_flags(args, CALIB_FLAG_DEFAULTS)
+    if args.calib_images and dataset_flags:
+        raise ConfigError(f"--calib-images and {', '.join(dataset_flags)} both choose the calibration data; give "
+                          "either --calib-images DIR or --calib-dataset KIND --calib-root DIR")
+    if not (args.calib_dataset or args.calib_images):
+        raise ConfigError("--precision int8 needs calibration data: --calib-dataset KIND --calib-root DIR, "
+                          "or --calib-images DIR")
+    if "onnx" in formats and args.postprocess:
+        raise ConfigError("int8 ONNX quantization needs the logits graph; drop --postprocess")
+    if "openvino" not in formats and (tuning := given_flags(args, QUANT_FLAG_DEFAULTS)):
+        raise ConfigError(f"{', '.join(tuning)}: for OpenVINO int8 only; add --format openvino or drop them")
     check_quant_args(args)
-    if args.source:
-        if args.checkpoint:
-            raise ConfigError("give the checkpoint either positionally or with --checkpoint, not both")
-        args.checkpoint = args.source
+
+
+def _name(args: argparse.Namespace) -> str:
+    """The exports' base file name: --name, else the checkpoint's or the variant's; a format suffix is dropped
+    (--name m.onnx means m, not m.onnx.onnx)."""
+    name = args.name or (Path(args.checkpoint).stem if args.checkpoint else (args.model or "").lower())
+    return Path(name).stem if Path(name).suffix in set(SUFFIX.values()) - {""} else name
+
+
+def _outputs(args: argparse.Namespace, formats: list[str]) -> list[Path]:
+    """The files (a folder for safetensors) the export writes into --out."""
+    name, int8 = _name(args), args.precision == "int8"
+    files = [name + SUFFIX[fmt] for fmt in formats]
+    if "openvino" in formats:
+        files += [f"{name}.bin"] + ([f"{name}_int8.xml", f"{name}_int8.bin"] if int8 else [])
+    if "onnx" in formats and int8:
+        files.append(f"{name}_int8.onnx")
+    return [Path(args.out) / f for f in files]
 
 
 def _export(fmt: str, deploy, path: Path, args: argparse.Namespace, settings) -> dict:
@@ -255,7 +301,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from gcnet.deploy.export import ExportError, load_for_deploy
-    from gcnet.fileio import write_text
 
     formats = list(dict.fromkeys(args.format))
     _check_args(args, formats)
@@ -267,9 +312,7 @@ def run(args: argparse.Namespace) -> int:
     eval_set = _dataset(args.eval_dataset, args.eval_root, args.eval_split, "eval") if args.eval_dataset else None
     if eval_set is not None:
         eval_set.info.check_model_classes(deploy.num_classes)
-    name = args.name or (Path(args.checkpoint).stem if args.checkpoint else f"{args.model.lower()}")
-    if Path(name).suffix in set(SUFFIX.values()) - {""}:  # --name m.onnx means m, not m.onnx.onnx
-        name = Path(name).stem
+    name = _name(args)
     out = Path(args.out)
     report: dict = {"model": deploy.config, "input_size": list(args.input_size), "exports": {}}
     settings = quant_settings(args, input_size=args.input_size, opset=args.opset, dynamic=not args.static,
@@ -302,7 +345,6 @@ def run(args: argparse.Namespace) -> int:
         v["path"] = str(out / Path(v["path"]).name)
     for k, v in report["exports"].items():
         print(f"{k}: {v['path']}")
-    if args.json:
-        write_text(args.json, json.dumps(report, indent=2, default=str) + "\n")
-        print(f"report: {args.json}")
+    if args.json is not None:
+        write_json(args.json, report)
     return 0

@@ -16,7 +16,7 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
                    help="inference engine (default: torch for gcnet checkpoints, onnxruntime for an .onnx file, "
                         "openvino for an .xml IR; an .onnx file also runs on openvino)")
     g.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"), default="fp32",
-                   help="fp32; bf16 (torch autocast / OpenVINO); fp16 (torch on CUDA); int8 needs an "
+                   help="fp32; bf16 (torch autocast / OpenVINO); fp16 (torch on CUDA only); int8 needs an "
                         "already-quantized model from `gcnet export --precision int8`")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="torch runtime device")
     g.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all usable cores)")
@@ -35,6 +35,8 @@ def runtime_from_args(args: argparse.Namespace, source):
     device = args.device
     if device == "auto":
         device = "cuda" if (kind == "torch" and torch.cuda.is_available()) else "cpu"
+    if args.precision == "fp16" and kind == "torch" and device == "cpu":
+        raise ConfigError("--precision fp16 runs on CUDA only (the device here is the CPU); use fp32 or bf16")
     if args.precision == "int8" and not isinstance(source, Path):
         raise ConfigError("--precision int8 needs a quantized model: run `gcnet export --precision int8 ...` "
                           "and pass the .xml/.onnx it writes as --checkpoint")
@@ -130,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
     except (InputError, DatasetError) as exc:
         print(f"gcnet predict: stopped (--fail-fast): {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {len(summary.written)} file(s) for {summary.processed} input(s) to {args.out}")
+    total = summary.processed + len(summary.failed)  # every input found or named, whether it succeeded or not
+    done = f"{summary.processed} of {total}" if summary.processed < total else str(total)
+    print(f"wrote {len(summary.written)} file(s) for {done} input(s) to {args.out}")
     if summary.images_per_s:
         print(f"{summary.images} image(s) at {summary.images_per_s:.2f} images/s (read, predict and write overlapped)")
     if summary.failed:
