@@ -101,6 +101,41 @@ def test_onnx_roundtrip_dynamic_shapes(tiny, tiny_deploy, tmp_path):
     assert runtime(_x(1, 40, 56)).shape == (1, 5, 5, 7)
 
 
+@pytest.fixture(scope="module")
+def static_onnx(tiny_deploy, tmp_path_factory):
+    pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
+    pytest.importorskip("onnxruntime", reason="ONNX verification needs onnxruntime")
+    path = tmp_path_factory.mktemp("static") / "static.onnx"
+    return export.export_onnx(tiny_deploy, path, input_size=(64, 96), dynamic=False)["path"]
+
+
+@pytest.mark.deploy
+@pytest.mark.parametrize("kind", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.slow)])
+def test_fixed_shape_model_runs_on_frames_of_any_size(kind, tiny_deploy, static_onnx, tmp_path):
+    """A static export: the Predictor resizes frames to the model's shape and gives labels at the frame size;
+    gcnet.stream picks the runtime of an .onnx file by itself."""
+    from PIL import Image
+
+    import gcnet
+    from gcnet.deploy.predict import Predictor
+
+    if kind == "openvino":
+        pytest.importorskip("openvino", reason="needs openvino")
+    runtime = create_runtime(kind, static_onnx, threads=1)
+    assert runtime.input_hw == (64, 96)
+    frame = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    labels = Predictor(runtime)(frame)
+    assert labels.shape == (40, 56)
+    assert (labels == Predictor(tiny_deploy, input_size=(64, 96))(frame)).mean() > 0.99
+    with pytest.raises(GCNetError, match="takes 64x96 inputs only"):
+        Predictor(runtime, input_size=(40, 56))
+    Image.fromarray(frame).save(tmp_path / "frame.png")
+    [(_, streamed)] = gcnet.stream(tmp_path / "frame.png", static_onnx, runtime=None if kind == "onnxruntime" else kind)
+    assert np.array_equal(streamed, labels)
+    assert create_runtime(kind, export.export_onnx(tiny_deploy, tmp_path / "dynamic.onnx", input_size=(64, 96),
+                                                   verify=False)["path"]).input_hw is None
+
+
 @pytest.mark.deploy
 def test_onnx_postprocess_returns_labels(tiny_deploy, tmp_path):
     pytest.importorskip("onnx", reason="ONNX export needs the onnx package")

@@ -11,6 +11,7 @@ from PIL import Image
 from gcnet import build_model
 from gcnet.data.metadata import get_dataset_info
 from gcnet.deploy.predict import Predictor, collect_inputs, predict_paths
+from gcnet.errors import ConfigError
 from gcnet.fileio import TMP_MARKER
 
 
@@ -150,12 +151,26 @@ def test_collect_inputs_gives_same_names_distinct_outputs(tmp_path):
 def test_predictor_and_stream_refuse_sizes_and_counts_that_cannot_work(predictor, tmp_path):
     import gcnet
 
-    for bad in [(0, 0), (64,), (64, 96, 3)]:
+    for bad in [(0, 0), (64,), (64, 96, 3), "64x64"]:
         with pytest.raises(ValueError, match="input_size must be"):
             Predictor(predictor.runtime, input_size=bad)
     _image(tmp_path / "a.png")
     with pytest.raises(ValueError, match="max_frames must be at least 1"):
         next(gcnet.stream(tmp_path, predictor, max_frames=0))
+
+
+def test_outputs_that_would_replace_an_input_are_refused(predictor, info, tmp_path):
+    """``a.jpg`` and ``a_label.png`` predicted into their own folder: refused, naming both, before anything
+    is written; without label PNGs nothing collides."""
+    a, a_label = _image(tmp_path / "a.jpg"), _image(tmp_path / "a_label.png", seed=1)
+    before = a_label.read_bytes()
+    with pytest.raises(ConfigError, match=r"output .*a_label.png for .*a.jpg would replace the input .*a_label.png"):
+        predict_paths(predictor, [a, a_label], tmp_path, info, progress=False)
+    assert a_label.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "a_label.png"]
+    summary = predict_paths(predictor, [a, a_label], tmp_path, info, save_label=False, progress=False)
+    assert sorted(p.name for p in summary.written) == ["a_label_overlay.png", "a_overlay.png"]
+    assert a_label.read_bytes() == before
 
 
 def test_overlay_png_is_lossless_rgb(tmp_path):

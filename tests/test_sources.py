@@ -61,6 +61,10 @@ def test_bad_sources(tmp_path: Path) -> None:
     junk.write_bytes(b"not a video")
     with pytest.raises(SourceError):
         list(stream(junk, _labels))
+    with pytest.raises(SourceError, match="camera index must be 0 or more"):  # OpenCV would crash Python
+        next(stream(-1, _labels))
+    with pytest.raises(TypeError, match="model must be .* got NoneType"):
+        next(stream(junk, None))
 
 
 def test_prefetch_reraises_and_stops_early() -> None:

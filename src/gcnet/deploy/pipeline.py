@@ -79,6 +79,13 @@ class ExportSettings:
     finetune_iters: int = FINETUNE_ITERS
 
 
+def default_runtime(source: Source) -> str:
+    """The runtime a source's file type asks for: openvino for an ``.xml`` IR, onnxruntime for an
+    ``.onnx`` file, torch for anything else (a module, a checkpoint)."""
+    suffix = Path(source).suffix.lower() if isinstance(source, (str, os.PathLike)) else ""
+    return {".xml": "openvino", ".onnx": "onnxruntime"}.get(suffix, "torch")
+
+
 def _check_request(runtime: str, precision: str, device: str, source: Source) -> str:
     """Validate the runtime/precision/device/source combination; returns the source's file suffix."""
     if runtime not in RUNTIME_KINDS:
@@ -161,12 +168,13 @@ def _openvino_model(source: Source, suffix: str, precision: str, calibration: An
     return model, report
 
 
-def build(source: Source, runtime: str = "torch", precision: str = "fp32", *,
+def build(source: Source, runtime: str | None = None, precision: str = "fp32", *,
           calibration: Iterable[np.ndarray] | None = None, finetune_frames: Sequence | None = None,
           out: str | os.PathLike | None = None,
           open_runtime: bool = True, settings: ExportSettings | None = None, threads: int | None = None,
           device: str = "cpu", reparameterize: bool = True, progress: bool | None = None, **options: Any) -> Built:
-    """Take ``source`` to a ``runtime`` ("torch", "onnxruntime", "openvino") at ``precision``.
+    """Take ``source`` to a ``runtime`` ("torch", "onnxruntime", "openvino"; None: the one its file type
+    asks for, :func:`default_runtime`) at ``precision``.
 
     ``source``: a GCNet module (a reparameterized copy is used if it is in training form; the
     caller's module is not changed; ``reparameterize=False`` keeps the training form for the torch
@@ -185,6 +193,7 @@ def build(source: Source, runtime: str = "torch", precision: str = "fp32", *,
     ``progress``: a bar over long quantization work (None: only on a terminal).
     """
     settings = settings or ExportSettings()
+    runtime = runtime or default_runtime(source)
     suffix = _check_request(runtime, precision, device, source)
     out = Path(out) if out is not None else None
     if suffix not in (".onnx", ".xml"):  # a module or checkpoint: loaded and reparameterized once

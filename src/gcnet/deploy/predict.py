@@ -49,7 +49,7 @@ from gcnet.deploy.sources import (
     open_video_writer,
     prefetch,
 )
-from gcnet.errors import DatasetError, GCNetError
+from gcnet.errors import ConfigError, DatasetError, GCNetError
 from gcnet.fileio import IMAGE_EXTENSIONS, atomic_path, remove_stale_temps
 
 
@@ -62,7 +62,8 @@ class Predictor:
     """RGB uint8 image -> class map at the image size.
 
     Pre-processing: normalise with the training MEAN/STD (inside the graph for OpenVINO, which takes
-    the uint8 frame as it is); optionally resize to ``input_size`` (H, W) first. Post-processing:
+    the uint8 frame as it is); resize to ``input_size`` (H, W) first if given, by default to the
+    input shape of a model exported with a fixed one (``runtime.input_hw``). Post-processing:
     the argmax of the 1/8 logits upsampled bilinearly (align_corners=False) to the image size,
     computed by :func:`gcnet.deploy.postprocess.upsample_argmax` without full-size logits.
     """
@@ -72,9 +73,7 @@ class Predictor:
         if isinstance(runtime, torch.nn.Module):
             runtime = build(runtime, "torch").runtime
         self.runtime = runtime
-        self.input_size = tuple(int(s) for s in input_size) if input_size else None
-        if self.input_size and (len(self.input_size) != 2 or min(self.input_size) < 1):
-            raise ValueError(f"input_size must be (height, width) of positive sizes, got {input_size}")
+        self.input_size = _input_size(input_size, getattr(runtime, "input_hw", None))
         self.num_classes: int | None = None
 
     def prepare(self, image: np.ndarray) -> np.ndarray | torch.Tensor:
@@ -131,6 +130,24 @@ class Predictor:
                 yield image, labels
         finally:
             ahead.close()  # stops and joins the background thread, or waits for the requests in flight
+
+
+def _input_size(size: Sequence[int] | None, fixed: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The (height, width) frames are resized to: ``size``, else ``fixed`` (the shape of a fixed-shape
+    model, None for any shape). A ``size`` that is not two positive integers, or that such a model
+    cannot take, is refused."""
+    from gcnet.data.transforms import size_pair
+
+    if size is None:
+        return fixed
+    if isinstance(size, str):
+        raise ValueError(f"input_size must be (height, width) integers, e.g. (512, 1024), not the string {size!r}")
+    size = size_pair(size, "input_size")
+    if fixed and size != fixed:
+        raise ConfigError(f"the model takes {fixed[0]}x{fixed[1]} inputs only (it was exported with a fixed shape), "
+                          f"not input_size {size[0]}x{size[1]}: leave the input size out, or export the model "
+                          "again without --static")
+    return size
 
 
 # -------------------------------------------------------------------------------------------- I/O
@@ -237,18 +254,39 @@ def collect_inputs(inputs: Iterable[str | os.PathLike], *, recursive: bool = Tru
     return items, missing
 
 
+def output_paths(base: Path, kind: str, *, save_label: bool = True, save_overlay: bool = True) -> list[Path]:
+    """The files an input of ``kind`` writes for ``base`` (its output path without a suffix):
+    ``<base>_label.png`` and/or ``<base>_overlay.png`` for an image, ``<base>_overlay.mp4`` for a video."""
+    suffixes = ["_overlay.mp4"] if kind == "video" else ["_label.png"] * save_label + ["_overlay.png"] * save_overlay
+    return [base.with_name(base.name + suffix) for suffix in suffixes]
+
+
+def check_outputs(items: Iterable[InputItem], out_dir: str | os.PathLike, *, save_label: bool = True,
+                  save_overlay: bool = True) -> None:
+    """Refuse (:class:`~gcnet.errors.ConfigError`) outputs that would replace an input, e.g. for ``a.jpg``
+    and ``a_label.png`` with their own folder as ``out_dir``."""
+    items = list(items)
+    inputs = {item.path.resolve(): item.path for item in items}
+    for item in items:
+        for path in output_paths(Path(out_dir) / item.stem, item.kind, save_label=save_label,
+                                 save_overlay=save_overlay):
+            if (same := inputs.get(path.resolve())) is not None:
+                raise ConfigError(f"the output {path} for {item.path} would replace the input {same}: "
+                                  "choose another output folder (--out)")
+
+
 # -------------------------------------------------------------------------------------- predicting
 def write_image_outputs(image: np.ndarray, label: np.ndarray, base: Path, info: Any, *, save_label: bool = True,
                         save_overlay: bool = True, alpha: float = 0.5) -> list[Path]:
     """Write ``<base>_label.png`` and/or ``<base>_overlay.png`` for one image and its class map."""
     from gcnet.data.metadata import overlay
 
+    label_path, overlay_path = output_paths(base, "image")
     written = []
     if save_label:
-        written.append(save_png(label_image(label, info), base.with_name(base.name + "_label.png")))
+        written.append(save_png(label_image(label, info), label_path))
     if save_overlay:
-        ov = overlay(image, label, info, alpha=alpha)
-        written.append(save_png(ov, base.with_name(base.name + "_overlay.png")))
+        written.append(save_png(overlay(image, label, info, alpha=alpha), overlay_path))
     return written
 
 
@@ -337,8 +375,7 @@ def predict_video(predictor: Predictor, path: str | os.PathLike, out_dir: str | 
         raise InputError(str(exc)) from None
     fps_in = source.fps or 25.0
     total = min(source.expected or max_frames, max_frames) if max_frames else source.expected
-    final = Path(out_dir) / stem
-    final = final.with_name(final.name + "_overlay.mp4")
+    [final] = output_paths(Path(out_dir) / stem, "video")
     bar = None
     if progress:
         from tqdm import tqdm
@@ -391,10 +428,12 @@ def predict_paths(predictor: Predictor, inputs: Iterable[str | os.PathLike], out
                   fail_fast: bool = False, label_text: str = "GCNet",
                   log: Callable[[str], None] | None = None) -> PredictSummary:
     """Predict every image/video under ``inputs``; failures are reported through ``log`` and
-    collected in the summary (or raised with ``fail_fast``). Images are decoded one ahead on a
+    collected in the summary (or raised with ``fail_fast``); outputs that would replace an input are
+    refused first (:func:`check_outputs`). Images are decoded one ahead on a
     reader thread and their PNGs written on a writer thread, both overlapping the next inference."""
     out_dir = Path(out_dir)
     items, missing = collect_inputs(inputs, recursive=recursive, exclude=[out_dir])
+    check_outputs(items, out_dir, save_label=save_label, save_overlay=save_overlay)
     if out_dir.is_dir():
         remove_stale_temps(out_dir, recursive=True)  # left by a killed earlier run
     summary = PredictSummary(failed=list(missing))
@@ -456,7 +495,7 @@ def _predict_video_item(predictor: Predictor, item: InputItem, out_dir: Path, in
     log(f"{item.path}: {stats['frames']} frames, {stats['fps']:.1f} FPS")
 
 
-def stream(source: str | os.PathLike | int | FrameSource, model: Any, *, runtime: str = "torch",
+def stream(source: str | os.PathLike | int | FrameSource, model: Any, *, runtime: str | None = None,
            precision: str = "fp32", calibration: Iterable[np.ndarray] | None = None,
            finetune_frames: Sequence | None = None, threads: int | None = None,
            input_size: Sequence[int] | None = None, max_frames: int | None = None,
@@ -464,7 +503,8 @@ def stream(source: str | os.PathLike | int | FrameSource, model: Any, *, runtime
     """Yield ``(frame, labels)`` for every frame of a video file, an image folder or a camera index.
 
     ``model``: anything :func:`gcnet.deploy.pipeline.build` takes (a GCNet module, a checkpoint path,
-    a weights name, an ``.onnx``/``.xml`` file), run with ``runtime`` at ``precision`` (int8 from a
+    a weights name, an ``.onnx``/``.xml`` file), run with ``runtime`` (default: the one its file type asks
+    for, :func:`~gcnet.deploy.pipeline.default_runtime`) at ``precision`` (int8 from a
     float model is calibrated on ``calibration``; OpenVINO's is also fine-tuned on crops of
     ``finetune_frames``, e.g. the training set, when there are enough
     (:data:`~gcnet.deploy.qat.FINETUNE_MIN_FRAMES`): a few minutes before the first frame; see
@@ -480,6 +520,9 @@ def stream(source: str | os.PathLike | int | FrameSource, model: Any, *, runtime
                       threads=threads).runtime
     if isinstance(model, Runtime):
         model = Predictor(model, input_size=input_size)
+    elif not callable(model):
+        raise TypeError("model must be a GCNet module, a checkpoint or .onnx/.xml path, a Runtime or a "
+                        f"frame -> labels callable, got {type(model).__name__}")
     src = source if isinstance(source, FrameSource) else open_source(source, max_frames=max_frames)
     frames = prefetch(src, depth)
     rgbs = (frame.rgb for frame in frames)

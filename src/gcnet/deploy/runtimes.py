@@ -55,10 +55,12 @@ class Runtime:
     """Base class: ``runtime(x: float32 NCHW ndarray) -> float32 logits ndarray``.
 
     Attributes: ``kind`` ("torch", "onnxruntime", "openvino"), ``precision`` ("fp32", "bf16", "fp16",
-    "int8"), ``device`` ("cpu" or "cuda"), ``name`` ("<kind>-<precision>" plus options), ``threads``.
+    "int8"), ``device`` ("cpu" or "cuda"), ``name`` ("<kind>-<precision>" plus options), ``threads``,
+    ``input_hw``: the (height, width) a model of fixed input shape takes (a static export), else None.
     """
 
     kind = "base"
+    input_hw: tuple[int, int] | None = None
 
     def __init__(self, precision: str, device: str = "cpu", threads: int | None = None,
                  tag: str = "") -> None:
@@ -200,6 +202,7 @@ class OnnxRuntime(Runtime):
         except Exception as exc:  # onnxruntime raises its own exception types
             raise GCNetError(f"onnxruntime cannot load {path}: {exc}") from exc
         self.input_name = self.session.get_inputs()[0].name
+        self.input_hw = fixed_hw(self.session.get_inputs()[0].shape)
         self.output_name = self.session.get_outputs()[0].name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -241,6 +244,8 @@ class OpenVINORuntime(Runtime):
             raise GCNetError("openvino int8 needs a quantized model (no FakeQuantize nodes found); "
                              "quantize it with gcnet.deploy.export.quantize_openvino or `gcnet export "
                              "--format openvino --precision int8`")
+        self.input_hw = fixed_hw([d.get_length() if d.is_static else None
+                                  for d in self.model.inputs[0].get_partial_shape()])
         threads = threads or default_threads()
         self.threads = threads
         hint = {"fp32": "f32", "bf16": "bf16", "int8": int8_rest}[precision]
@@ -331,6 +336,15 @@ class OpenVINORuntime(Runtime):
         finally:  # never leave a request running on an input that is about to be freed
             for req, _, _ in pending:
                 req.wait()
+
+
+def fixed_hw(shape: Iterable[Any]) -> tuple[int, int] | None:
+    """``(height, width)`` of an NCHW input shape whose last two dims are fixed numbers (ONNX Runtime gives
+    names or None for dynamic dims), else None."""
+    dims = list(shape)
+    if len(dims) == 4 and all(isinstance(d, int) and d > 0 for d in dims[2:]):
+        return dims[2], dims[3]
+    return None
 
 
 def read_openvino(path: str | os.PathLike, convert: bool = False) -> Any:

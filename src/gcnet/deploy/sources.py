@@ -68,6 +68,8 @@ class VideoSource(FrameSource):
     """A video file or a camera (an integer index) through OpenCV."""
 
     def __init__(self, source: str | os.PathLike | int, max_frames: int | None = None) -> None:
+        if isinstance(source, int) and source < 0:  # OpenCV may crash the process on a negative index
+            raise SourceError(f"camera index must be 0 or more, got {source}")
         self.name = f"camera{source}" if isinstance(source, int) else str(source)
         self._cap = cv2.VideoCapture(source if isinstance(source, int) else str(source))
         if not self._cap.isOpened():
