@@ -307,3 +307,13 @@ def test_workers_get_distinct_reproducible_streams():
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+@pytest.mark.parametrize("bad", ["64", "64x64", (64.0, 32), (64, "a"), (1, 2, 3), 0, (3, 0), True, None])
+def test_size_pair_refuses_what_is_not_one_or_two_positive_ints(bad):
+    """A string is not silently split into digits ("64" -> (6, 4)), nor a float truncated."""
+    from gcnet.data.transforms import size_pair
+
+    with pytest.raises(ValueError, match=r"crop_size must be a positive int or a pair of positive ints \(height, width\)"):
+        size_pair(bad, "crop_size")
+    assert size_pair(5, "crop_size") == (5, 5) and size_pair([3, 4], "crop_size") == (3, 4)

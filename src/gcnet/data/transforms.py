@@ -57,12 +57,13 @@ SizeLike = Union[int, Sequence[int]]
 def size_pair(size: SizeLike, name: str) -> tuple[int, int]:
     """``(height, width)`` of an int (a square) or a pair; ``name`` (the argument's) goes in the error for
     anything else or for a size below 1."""
-    if isinstance(size, (int, np.integer)):
-        size = (int(size), int(size))
-    size = tuple(int(s) for s in size)
-    if len(size) != 2 or min(size) <= 0:
-        raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {size}")
-    return size  # type: ignore[return-value]
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        size = (size, size)
+    ok = (isinstance(size, Sequence) and not isinstance(size, str) and len(size) == 2
+          and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in size))
+    if not ok:
+        raise ValueError(f"{name} must be a positive int or a pair of positive ints (height, width), got {size!r}")
+    return int(size[0]), int(size[1])
 
 
 # ---------------------------------------------------------------------------------------- normalisation

@@ -140,8 +140,6 @@ def _input_size(size: Sequence[int] | None, fixed: tuple[int, int] | None) -> tu
 
     if size is None:
         return fixed
-    if isinstance(size, str):
-        raise ValueError(f"input_size must be (height, width) integers, e.g. (512, 1024), not the string {size!r}")
     size = size_pair(size, "input_size")
     if fixed and size != fixed:
         raise ConfigError(f"the model takes {fixed[0]}x{fixed[1]} inputs only (it was exported with a fixed shape), "
