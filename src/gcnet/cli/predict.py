@@ -16,7 +16,8 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
                    help="inference engine (default: torch for gcnet checkpoints, onnxruntime for an .onnx file, "
                         "openvino for an .xml IR; an .onnx file also runs on openvino)")
     g.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"), default="fp32",
-                   help="fp32; bf16 (torch autocast / OpenVINO); fp16 (torch on CUDA only); int8 needs an "
+                   help="fp32; bf16 (torch autocast / OpenVINO); fp16 (torch on CUDA; on the CPU it is emulated, "
+                        "slower than fp32, and shows the CUDA fp16 model's labels); int8 needs an "
                         "already-quantized model from `gcnet export --precision int8`")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="torch runtime device")
     g.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all usable cores)")
@@ -36,7 +37,8 @@ def runtime_from_args(args: argparse.Namespace, source):
     if device == "auto":
         device = "cuda" if (kind == "torch" and torch.cuda.is_available()) else "cpu"
     if args.precision == "fp16" and kind == "torch" and device == "cpu":
-        raise ConfigError("--precision fp16 runs on CUDA only (the device here is the CPU); use fp32 or bf16")
+        print("note: --precision fp16 on the CPU is emulated: slower than fp32 (it shows the labels of the CUDA "
+              "fp16 model); use fp32 or bf16 for speed", file=sys.stderr)
     if args.precision == "int8" and not isinstance(source, Path):
         raise ConfigError("--precision int8 needs a quantized model: run `gcnet export --precision int8 ...` "
                           "and pass the .xml/.onnx it writes as --checkpoint")
