@@ -82,6 +82,40 @@ def test_synthetic_data_is_generated_only_into_a_new_or_empty_folder(tmp_path, c
         "a_file", "project", "project/notes.txt"]
 
 
+def test_synthetic_settings_are_checked_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    """Image sizes, image counts and a crop far larger than the images are refused before the data set is
+    generated (or, for one already there, before the run starts); a folder that cannot be written is named."""
+    import errno
+
+    train = ["train", "tiny_synthetic", "--data.root", str(tmp_path / "data"), "--work-dir", str(tmp_path / "run")]
+    for flags, message in ((["--data.synthetic_size", "[15, 15]"], "data.synthetic_size values must be >= 16"),
+                           (["--data.synthetic_train", "0"], "data.synthetic_train must be >= 1"),
+                           (["--data.synthetic_val", "0"], "data.synthetic_val must be >= 1"),
+                           (["--data.crop_size", "[4096, 4096]"], "data.crop_size 4096x4096 is far larger than the "
+                                                                  "64x80 training images ever get (at most 96x120")):
+        assert main([*train, *TINY, *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+        assert not list(tmp_path.iterdir())
+
+    def read_only(*_args, **_kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "data"))
+
+    with monkeypatch.context() as mp:
+        mp.setattr("gcnet.data.synthetic.make_synthetic_dataset", read_only)
+        assert main([*train, *TINY]) == 2
+    err = capsys.readouterr().err
+    assert f"--data.root {tmp_path / 'data'}: cannot generate the synthetic dataset there (Read-only file system)" in err
+    assert not list(tmp_path.iterdir())
+    # a data set already there: its first image is measured before the run starts
+    from gcnet.data.synthetic import make_synthetic_dataset
+
+    make_synthetic_dataset(tmp_path / "data", num_train=2, num_val=1, size=(32, 32))
+    assert main([*train, *TINY, "--data.crop_size", "[512, 64]"]) == 2
+    assert "512x64 is far larger than the 32x32 training images ever get (at most 48x48" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
 @pytest.mark.slow
 def test_train_then_eval_both_forms(tmp_path, capsys):
     work = tmp_path / "run"

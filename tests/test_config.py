@@ -78,6 +78,16 @@ def test_validation_errors_name_the_key(override, message):
         C.load_config("gcnet-s_cityscapes", [override])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("data.synthetic_size=[15, 15]", "data.synthetic_size values must be >= 16"),
+    ("data.synthetic_train=0", "data.synthetic_train must be >= 1"),
+    ("data.synthetic_val=-1", "data.synthetic_val must be >= 1"),
+])
+def test_synthetic_settings_are_checked(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        C.load_config("tiny_synthetic", [override])
+
+
 def test_user_file_with_base_and_errors(tmp_path):
     f = tmp_path / "mine.toml"
     f.write_text('base = "gcnet-s_camvid"\n[data]\nroot = "/somewhere"\n[schedule]\niters = 10\n')
@@ -94,6 +104,15 @@ def test_user_file_with_base_and_errors(tmp_path):
         C.load_config(bad)
     with pytest.raises(ConfigError, match="config file not found"):
         C.load_config(tmp_path / "missing.toml")
+    (tmp_path / "dir.toml").mkdir()
+    with pytest.raises(ConfigError, match="dir.toml is a folder; give a .toml file"):
+        C.load_config(tmp_path / "dir.toml")
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b'base = "tiny_synthetic"\n# caf\xe9\n')
+    with pytest.raises(ConfigError, match="latin.toml is not UTF-8 text .*save it as UTF-8"):
+        C.load_config(latin)
+    latin.write_bytes(b'\xef\xbb\xbfbase = "tiny_synthetic"\n')  # a BOM (Notepad) is fine
+    assert C.load_config(latin)["model"]["num_classes"] == 5
     with pytest.raises(ConfigError, match="unknown preset"):
         C.load_config("gcnet-xl_mars")
     loop = tmp_path / "loop.toml"

@@ -123,6 +123,18 @@ def with_default_permissions(path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def read_text(path: str | os.PathLike, error: type[Exception] = ValueError) -> str:
+    """A UTF-8 text file's content (a leading BOM, as Notepad writes, dropped); raises ``error`` with a
+    message naming the file where it is not UTF-8 or cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise error(f"{path} is not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
+                    "save it as UTF-8") from None
+    except OSError as e:
+        raise error(f"cannot read {path}: {e.strerror or e}") from None
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Atomically write ``text`` (UTF-8) to ``path``."""
     with atomic_write(path, "w", encoding="utf-8") as f:

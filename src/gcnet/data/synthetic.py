@@ -30,6 +30,7 @@ from gcnet.data.metadata import get_dataset_info
 __all__ = ["make_synthetic_dataset", "render_scene"]
 
 SKY, ROAD, BOX, BALL, STRIPES = range(5)
+MIN_SIDE = 16  # the smallest image height and width a scene is drawn at
 
 
 def render_scene(rng: np.random.Generator, size: tuple[int, int] = (128, 160), ignore_index: int = 255):
@@ -104,8 +105,8 @@ def make_synthetic_dataset(
     with the same names are overwritten.
     """
     h, w = (int(s) for s in size)
-    if h < 16 or w < 16:
-        raise ValueError(f"size must be at least 16x16, got {size}")
+    if h < MIN_SIDE or w < MIN_SIDE:
+        raise ValueError(f"size must be at least {MIN_SIDE}x{MIN_SIDE}, got {size}")
     if num_train < 0 or num_val < 0:
         raise ValueError("num_train and num_val must be >= 0")
     info = get_dataset_info("synthetic")

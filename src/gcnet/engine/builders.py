@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,7 @@ __all__ = [
     "build_model_from_config",
     "build_optimizer",
     "build_train_transform",
+    "check_crop_size",
     "check_datasets",
     "load_init_weights",
 ]
@@ -43,11 +45,34 @@ def _ensure_synthetic(data: DataSection, seed: int, log: Callable[[str], None]) 
                               f"{data.train_split}, labels/{data.train_split}); give a new or empty folder to "
                               "generate one in")
     h, w = data.synthetic_size
+    check_crop_size(data, (h, w))
     log(f"generating a synthetic dataset in {root} ({data.synthetic_train} train / {data.synthetic_val} val "
         f"images of {h}x{w})")
-    with staging_folder(root) as stage:
-        make_synthetic_dataset(stage, num_train=data.synthetic_train, num_val=data.synthetic_val, size=(h, w),
-                               seed=seed)
+    try:
+        with staging_folder(root) as stage:
+            make_synthetic_dataset(stage, num_train=data.synthetic_train, num_val=data.synthetic_val, size=(h, w),
+                                   seed=seed)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise  # a full disk: said by gcnet.cli
+        raise ConfigError(f"--data.root {root}: cannot generate the synthetic dataset there ({exc.strerror}); "
+                          "give a folder you can write to") from None
+
+
+def check_crop_size(data: DataSection, image_hw: tuple[int, int]) -> None:
+    """Refuse a ``data.crop_size`` more than twice as high or wide as the largest rescale of an ``image_hw`` image
+    the augmentation makes: such crops are mostly padding, and their activations can exhaust the memory."""
+    from gcnet.data.transforms import rescale_size
+
+    ih, iw = (int(v) for v in image_hw)
+    hi = data.scale_range[1]
+    base = data.base_scale or (iw, ih)
+    mw, mh = rescale_size((iw, ih), (int(base[0] * hi), int(base[1] * hi)))
+    ch, cw = data.crop_size
+    if ch > 2 * mh or cw > 2 * mw:
+        raise ConfigError(f"data.crop_size {ch}x{cw} is far larger than the {ih}x{iw} training images ever get (at "
+                          f"most {mh}x{mw} after the random rescale): the crops would be mostly padding and may not "
+                          f"fit in memory; give a data.crop_size of at most {mh}x{mw}")
 
 
 def _say_if_settings_differ(train_images: Path, data: DataSection, log: Callable[[str], None]) -> None:

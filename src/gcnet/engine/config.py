@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from gcnet.data.datasets import CONFIG_KINDS as DATA_KINDS
+from gcnet.data.synthetic import MIN_SIDE as SYNTHETIC_MIN_SIDE
 from gcnet.errors import ConfigError
-from gcnet.fileio import write_text
+from gcnet.fileio import read_text, write_text
 from gcnet.models.gcnet import DEFAULTS as MODEL_DEFAULTS
 from gcnet.models.gcnet import VARIANTS, list_models
 
@@ -132,6 +133,11 @@ class DataSection:
         _need(0 <= self.photometric_strength <= 2, "data.photometric_strength must be in [0, 2]")
         _need(self.batch_size >= 1, "data.batch_size must be >= 1")
         _need(self.workers >= 0, "data.workers must be >= 0")
+        if self.kind == "synthetic":  # checked before anything is generated
+            _need(all(s >= SYNTHETIC_MIN_SIDE for s in self.synthetic_size),
+                  f"data.synthetic_size values must be >= {SYNTHETIC_MIN_SIDE}")
+            _need(self.synthetic_train >= 1, "data.synthetic_train must be >= 1")
+            _need(self.synthetic_val >= 1, "data.synthetic_val must be >= 1")
 
 
 @dataclass
@@ -319,9 +325,11 @@ def _load_raw(source: str | Path, _seen: tuple[str, ...] = ()) -> dict[str, Any]
     src = str(source)
     p = Path(src).expanduser()
     if p.suffix == ".toml" or p.exists() or "/" in src or "\\" in src:
+        if p.is_dir():
+            raise ConfigError(f"config file {src} is a folder; give a .toml file")
         if not p.is_file():
             raise ConfigError(f"config file not found: {src}")
-        text, where, base_dir = p.read_text(encoding="utf-8"), str(p), p.parent
+        text, where, base_dir = read_text(p, ConfigError), str(p), p.parent
     else:
         rp = preset_path(src)
         text, where, base_dir = rp.read_text(encoding="utf-8"), f"preset {src}", None

@@ -41,6 +41,7 @@ from gcnet.engine.builders import (
     build_model_from_config,
     build_optimizer,
     build_train_transform,
+    check_crop_size,
     check_datasets,
     load_init_weights,
 )
@@ -236,6 +237,8 @@ class Trainer:
         if len(info.classes) != num_classes:
             raise ConfigError(f"model.num_classes is {num_classes} but the {info.name} dataset has "
                               f"{len(info.classes)} classes")
+        if len(train_base):
+            check_crop_size(cfg.data, train_base.load_image(0).shape[:2])
         if self.check_data:
             check_datasets((train_base, val_set), progress=self.progress)
         train_set = SeededTrainSet(train_base, build_train_transform(cfg.data, info.ignore_index), cfg.runtime.seed)
