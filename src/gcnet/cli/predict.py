@@ -29,10 +29,9 @@ def runtime_from_args(args: argparse.Namespace, source):
     ``--threads``. A runtime that cannot run the source is refused by the pipeline, naming both."""
     import torch
 
-    from gcnet.deploy.pipeline import build
+    from gcnet.deploy.pipeline import build, default_runtime
 
-    suffix = source.suffix.lower() if isinstance(source, Path) else ""
-    kind = args.runtime or {".xml": "openvino", ".onnx": "onnxruntime"}.get(suffix, "torch")
+    kind = args.runtime or default_runtime(source)
     device = args.device
     if device == "auto":
         device = "cuda" if (kind == "torch" and torch.cuda.is_available()) else "cpu"
@@ -100,7 +99,14 @@ examples:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gcnet.deploy.predict import VIDEO_EXTENSIONS, InputError, Predictor, collect_inputs, predict_paths
+    from gcnet.deploy.predict import (
+        VIDEO_EXTENSIONS,
+        InputError,
+        Predictor,
+        check_outputs,
+        collect_inputs,
+        predict_paths,
+    )
     from gcnet.errors import DatasetError
 
     check_writable_dir(args.out, "--out")
@@ -118,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         reasons = "; ".join(f"{path}: {reason}" for path, reason in missing)
         raise ConfigError(f"no images or videos to predict ({reasons}); give image or video files, or folders "
                           "holding them")
+    check_outputs(items, args.out, save_label=not args.no_label, save_overlay=not args.no_overlay)  # before the model
     source = model_from_args(args, allow_exported=True)
     runtime = runtime_from_args(args, source)
     info = _class_info(args, source, _num_classes(source, runtime))
