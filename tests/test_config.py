@@ -65,6 +65,7 @@ def test_parse_override_args():
     ("data.crop_size=[1, 2, 3]", "data.crop_size must be a list of 2 ints"),
     ("optim.lr=-1", "optim.lr must be > 0"),
     ("eval.mode=tiles", "eval.mode must be one of"),
+    ("eval.scales=[1.0, 100.0]", "eval.scales must be numbers above 0 and at most 4"),
     ("data.kind=kitti", "data.kind must be"),
     ("model.overrides.width=3", "model.overrides.width is not a build_model option"),
     ("loss.class_weights=[1.0, 2.0]", "loss.class_weights has 2 values but model.num_classes is 19"),

@@ -9,6 +9,7 @@ from typing import Any
 
 from gcnet.cli.args import JSON_HELP, check_json_arg, non_negative_int, parse_size, positive_int, show_progress, write_json
 from gcnet.data.datasets import CONFIG_KINDS
+from gcnet.engine.config import MAX_SCALE
 from gcnet.errors import ConfigError
 
 EPILOG = """\
@@ -26,9 +27,6 @@ then give --model and --num-classes). Metrics are percentages: IoU = TP / (TP + 
 mIoU its mean over classes present in the ground truth or prediction, Acc = per-class recall,
 aAcc = overall pixel accuracy.
 """
-
-
-MAX_SCALE = 4.0  # larger test scales blow a 1024x2048 frame past 4096x8192: out of memory, nothing gained
 
 
 def _scales(text: str) -> tuple[float, ...]:

@@ -788,11 +788,6 @@ def _end_to_end_lines(results: list[dict]) -> list[str]:
     return lines
 
 
-def save_report(report: dict, path: str | os.PathLike) -> Path:
-    """Write the report as indented JSON (atomically)."""
-    return write_text(path, json.dumps(report, indent=2) + "\n")
-
-
 def command_line() -> str:
     return "gcnet " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else "gcnet bench"
 

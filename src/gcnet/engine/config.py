@@ -189,6 +189,9 @@ class ScheduleSection:
         _need(self.log_interval >= 1, "schedule.log_interval must be >= 1")
 
 
+MAX_SCALE = 4.0  # larger test scales blow a 1024x2048 frame past 4096x8192: out of memory, nothing gained
+
+
 @dataclass
 class EvalSection:
     mode: str = _key(("choice", ("whole", "slide")), "whole", "inference mode for validation")
@@ -199,7 +202,8 @@ class EvalSection:
     batch_size: int = _key(int, 1, "validation batch size per process")
 
     def check(self) -> None:
-        _need(len(self.scales) >= 1 and all(x > 0 for x in self.scales), "eval.scales must be positive numbers")
+        _need(len(self.scales) >= 1 and all(0 < x <= MAX_SCALE for x in self.scales),
+              f"eval.scales must be numbers above 0 and at most {MAX_SCALE:g}")
         if self.mode == "slide":
             _need(bool(self.crop_size), "eval.crop_size is required when eval.mode = 'slide'")
         _need(self.batch_size >= 1, "eval.batch_size must be >= 1")
