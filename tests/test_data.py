@@ -243,6 +243,27 @@ def test_folder_without_classes(tmp_path):
         build_dataset("folder", root, "train")
 
 
+@pytest.mark.parametrize("layout", ["folder", "camvid", "voc"])
+def test_text_files_not_utf8_name_the_file(tmp_path, layout):
+    # classes.txt, CamVid's {split}.txt and VOC's list file: one message naming the file, not a traceback
+    if layout == "folder":
+        root, text_file = _folder_tree(tmp_path / "f"), tmp_path / "f" / "classes.txt"
+    elif layout == "camvid":
+        root = tmp_path / "camvid"
+        _save_rgb(root / "train/a.png")
+        _save_index(root / "trainannot/a.png", _label_grid([1]))
+        text_file = root / "train.txt"
+        text_file.write_text("train/a.png trainannot/a.png\n")
+    else:
+        root, _ = _voc_tree(tmp_path)
+        text_file = root / "VOC2012/ImageSets/Segmentation/train.txt"
+    text_file.write_bytes(b"\xef\xbb\xbf" + text_file.read_bytes())
+    assert len(build_dataset(layout, root, "train")) >= 1  # a UTF-8 BOM (Notepad) is read as UTF-8
+    text_file.write_bytes(b"sky\nstrip\xe9s\n")
+    with pytest.raises(DatasetError, match=rf"{text_file.name} is not UTF-8 text .*save it as UTF-8"):
+        build_dataset(layout, root, "train")
+
+
 def test_folder_missing_labels_folder(tmp_path):
     root = tmp_path / "f"
     _save_rgb(root / "images/train/a.png")
