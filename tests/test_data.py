@@ -17,6 +17,7 @@ from gcnet.data.metadata import (
     CITYSCAPES_CLASS_WEIGHTS,
     DatasetInfo,
     colorize,
+    default_info,
     get_dataset_info,
     overlay,
 )
@@ -462,6 +463,25 @@ def test_dataset_infos():
         DatasetInfo("bad", ("a", "b"), ((0, 0, 0),))
     with pytest.raises(dataclasses.FrozenInstanceError):
         cs.ignore_index = 0  # frozen
+
+
+@pytest.mark.parametrize("num_classes, ignore", [(5, 255), (255, 255), (256, 65535), (300, 65535), (70000, 70000)])
+def test_default_info_ignore_index_never_collides(num_classes, ignore):
+    # a checkpoint without class names above 255 classes (gcnet predict crashed: "ignore_index 255 collides")
+    info = default_info(num_classes)
+    assert info.num_classes == num_classes and info.ignore_index == ignore
+
+
+def test_default_info_300_classes_predicts_16_bit_labels(tmp_path):
+    from gcnet.deploy.predict import label_image
+
+    info = default_info(300)
+    label = np.array([[0, 299], [256, 7]], np.uint16)
+    path = tmp_path / "label.png"
+    label_image(label, info).save(path)
+    with Image.open(path) as im:
+        assert im.mode.startswith("I") and np.array_equal(np.array(im), label)
+    assert colorize(label, info)[0, 1].tolist() == list(info.palette[299])
 
 
 def test_colorize_and_overlay():

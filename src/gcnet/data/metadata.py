@@ -221,7 +221,8 @@ def get_dataset_info(name: str) -> DatasetInfo:
 
 def default_info(num_classes: int, dataset: str | DatasetInfo | None = None) -> DatasetInfo:
     """Metadata for a model's labels: ``dataset`` (a name or a ``DatasetInfo``) if given, checked against
-    ``num_classes``; else a generic palette with ``class_<i>`` names (never guessed from the class count)."""
+    ``num_classes``; else a generic palette with ``class_<i>`` names (never guessed from the class count) and
+    the ignore index 255, or above 255 classes 65535 (16-bit labels; beyond that, the class count)."""
     if dataset:
         info = dataset if isinstance(dataset, DatasetInfo) else get_dataset_info(dataset)
         if info.num_classes != num_classes:
@@ -229,7 +230,7 @@ def default_info(num_classes: int, dataset: str | DatasetInfo | None = None) -> 
                              f"{num_classes}")
         return info
     return DatasetInfo(f"{num_classes}-class", tuple(f"class_{i}" for i in range(num_classes)),
-                       default_palette(num_classes))
+                       default_palette(num_classes), 255 if num_classes <= 255 else max(65535, num_classes))
 
 
 # ------------------------------------------------------------------------------------------ visualisation
