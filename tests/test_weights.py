@@ -226,6 +226,50 @@ def test_cli_weights_list_download_verify(served, server, home, register, capsys
     assert "unknown weights 'nope'" in capsys.readouterr().err
 
 
+def test_unusable_cache_is_refused_before_downloading(server, home, register, monkeypatch, capsys, tmp_path):
+    register("test-s", f"{server.url}/gcnet-s.pth")
+    image = tmp_path / "street.png"
+    Image.new("RGB", (32, 32)).save(image)
+    in_the_way = tmp_path / "a_file"
+    in_the_way.write_text("not a folder")
+    monkeypatch.setenv("GCNET_HOME", str(in_the_way))
+    before = len(server.requests)
+    for argv in (["weights", "download", "test-s", "--no-progress"], ["predict", str(image), "-c", "test-s"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"cannot write the weights cache {in_the_way / 'weights'}: {in_the_way} is a file" in err, err
+        assert "set GCNET_HOME to a writable folder" in err and "Traceback" not in err
+    monkeypatch.setenv("GCNET_HOME", str(home.parent))  # read-only (permission bits do not stop root: a stand-in)
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(W.tempfile, "TemporaryDirectory", read_only)
+    with pytest.raises(CheckpointError, match=r"cannot write the weights cache .*is not writable \(Permission denied\)"):
+        gcnet.load_model(f"{server.url}/gcnet-s.pth")
+    assert len(server.requests) == before and in_the_way.read_text() == "not a folder" and not home.parent.exists()
+
+
+def test_cached_file_is_checked_against_its_name_once(served, home, register, monkeypatch, capsys, tmp_path):
+    # users save files there by hand (where to get them says so): a wrong one is named, not used
+    entry = register("test-s", "http://127.0.0.1:9/unreachable.pth")
+    home.mkdir(parents=True)
+    gcnet.save_checkpoint(entry.path, gcnet.build_model("gcnet-s", 5, channels=8))
+    expected = (rf"the cached file {entry.path} does not match test-s \(the file holds weights for 5 classes, not "
+                r"19\); download it again: gcnet weights download test-s --force")
+    with pytest.raises(CheckpointError, match=expected):
+        gcnet.load_model("test-s")
+    image = tmp_path / "street.png"
+    Image.new("RGB", (32, 32)).save(image)
+    assert main(["predict", str(image), "-c", "test-s", "--out", str(tmp_path / "out")]) == 2
+    assert "does not match test-s" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    save_mmengine(entry.path, served["state"])
+    checks = []
+    monkeypatch.setattr(gcnet.checkpoint, "check_weights", lambda *a, **k: checks.append(a))
+    assert gcnet.load_model("test-s").num_classes == 19 and gcnet.load_model("test-s").num_classes == 19
+    assert len(checks) == 1  # once per process (per file version)
+
+
 def test_cli_offline_named_weights_say_where_to_get_them(home, monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("GCNET_OFFLINE", "1")
     entry = gcnet.get_weights("gcnet-s_cityscapes")

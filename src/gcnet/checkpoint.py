@@ -360,7 +360,11 @@ def check_weights(source: Source, variant: str, num_classes: int, name: str | No
     """Raise ``CheckpointError`` (with what differs) unless ``source`` holds ``variant`` weights for
     ``num_classes`` classes, in any form (keys and shapes are compared)."""
     name = name or _spec_name(source)
-    model_from_weights(variant, num_classes, source, f"{name} (expected {variant} weights for {num_classes} classes)")
+    state = extract_state_dict(source if isinstance(source, dict) else read_checkpoint(source), name)
+    head = state.get("decode_head.conv_seg.weight")
+    if head is not None and head.shape[0] != num_classes:
+        raise CheckpointError(f"{name} holds weights for {head.shape[0]} classes, not {num_classes}")
+    model_from_weights(variant, num_classes, state, f"{name} (expected {variant} weights for {num_classes} classes)")
 
 
 def verify_weights(name: str | Weights) -> str:

@@ -8,7 +8,8 @@ turns a spec into a local file, downloading a name or URL once into the cache:
   for URLs; ``$GCNET_HOME`` defaults to ``$XDG_CACHE_HOME/gcnet`` or ``~/.cache/gcnet``.
 * A download is written to a temporary name, checked (the SHA-256 where known, then the caller's
   check, e.g. keys and shapes against the named model) and only then renamed into place, so a failed
-  or refused download leaves nothing in the cache.
+  or refused download leaves nothing in the cache. A cache that cannot be written is refused before
+  the download. A cached named file (perhaps saved there by hand) gets the same check once per process.
 * ``GCNET_OFFLINE=1`` never touches the network: a cached name works, one that is not cached says
   where to get the file and the exact path to put it at.
 
@@ -206,6 +207,8 @@ def fetch(name: str | Weights, *, check: Check | None = None, force: bool = Fals
     """The cached file of named weights, downloaded (and checked) first if it is not cached."""
     entry = get_weights(name)
     if entry.is_cached() and not force:
+        if check is not None:
+            _check_cached(entry, check)
         return entry.path
     if is_offline():
         raise CheckpointError(_where_to_get(entry, "GCNET_OFFLINE is set"))
@@ -213,6 +216,24 @@ def fetch(name: str | Weights, *, check: Check | None = None, force: bool = Fals
         return _download(entry.url, entry.path, entry, check, progress)
     except _NetworkError as exc:
         raise CheckpointError(_where_to_get(entry, str(exc))) from None
+
+
+_CHECKED: set[tuple[str, int, int]] = set()  # cached files that passed the check in this process: path, size, mtime
+
+
+def _check_cached(entry: Weights, check: Check) -> None:
+    """Check a cached file once per process (users may save it there by hand, or over an earlier one)."""
+    stat = entry.path.stat()
+    key = (str(entry.path), stat.st_size, stat.st_mtime_ns)
+    if key in _CHECKED:
+        return
+    try:
+        check(entry.path, entry)
+    except CheckpointError as exc:
+        reason = str(exc).splitlines()[0]
+        raise CheckpointError(f"the cached file {entry.path} does not match {entry.name} ({reason}); download it "
+                              f"again: gcnet weights download {entry.name} --force") from None
+    _CHECKED.add(key)
 
 
 def _where_to_get(entry: Weights, reason: str) -> str:
@@ -224,7 +245,23 @@ class _NetworkError(CheckpointError):
     """The transfer failed (no network, HTTP error, missing downloader); distinct from a refused file."""
 
 
+def _require_writable_cache(folder: Path) -> None:
+    """Refuse, before a download, a cache folder that cannot be made or written (nothing is created here)."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+    problem = f"{existing} is a file" if not existing.is_dir() else None
+    if problem is None:
+        try:  # a real probe: permission bits do not tell for root or read-only mounts
+            tempfile.TemporaryDirectory(dir=existing, prefix=".gcnet-probe-").cleanup()
+        except OSError as exc:
+            problem = f"{existing} is not writable ({exc.strerror or exc})"
+    if problem:
+        raise CheckpointError(f"cannot write the weights cache {folder}: {problem}; set GCNET_HOME to a writable "
+                              "folder")
+
+
 def _download(url: str, dest: Path, entry: Weights | None, check: Check | None, progress: bool) -> Path:
+    _require_writable_cache(dest.parent)
+
     def verify(tmp: Path) -> None:
         if entry is not None and entry.sha256 and (got := sha256sum(tmp)) != entry.sha256.lower():
             raise CheckpointError(f"{url}: refused the download: SHA-256 {got} differs from the published "
