@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import assert_close_rel, save_mmengine, tiny_model_kwargs, trained_tiny
 
-from gcnet import GCNet, build_model, load_model, load_weights, read_checkpoint, save_checkpoint
+from gcnet import GCNet, build_model, load_model, load_weights, read_checkpoint, save_checkpoint, save_pretrained
 from gcnet.errors import CheckpointError
 
 
@@ -24,6 +24,24 @@ def test_save_and_load_model_round_trip_weights_only(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"], "atomic write left a temporary file"
+
+
+def test_build_model_weights_take_a_path_or_say_it_is_missing(tmp_path):
+    model = trained_tiny()
+    path = save_checkpoint(tmp_path / "best.pth", model)
+    options = {k: v for k, v in tiny_model_kwargs().items() if k != "num_classes"}
+    loaded = build_model("gcnet-s", model.num_classes, weights=str(path), **options)  # as load_weights takes it
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+    with pytest.raises(CheckpointError, match="runs/t1/best.pth: no such checkpoint file .*nor named weights"):
+        build_model("gcnet-s", weights="runs/t1/best.pth")
+
+
+def test_save_pretrained_refuses_a_file_and_writes_nothing(tmp_path):
+    mine = tmp_path / "existing_file.pth"
+    mine.write_bytes(b"mine")
+    with pytest.raises(NotADirectoryError, match="existing_file.pth is a file; save_pretrained writes a folder"):
+        save_pretrained(trained_tiny(), mine)
+    assert mine.read_bytes() == b"mine" and list(tmp_path.iterdir()) == [mine]
 
 
 def test_deploy_checkpoint_rebuilds_deploy_model(tmp_path):

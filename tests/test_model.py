@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 from helpers import assert_close_rel, randomize_bn, tiny_model_kwargs
 from torch import nn
 
-from gcnet import VARIANTS, build_model, list_models
+from gcnet import VARIANTS, build_model, list_models, models
 from gcnet.models.blocks import ConvBN, GCBlock
+from gcnet.models.complexity import model_info
 
 
 def test_variants_are_the_authors_configs():
@@ -63,6 +65,23 @@ def test_bad_options_are_reported():
         build_model("gcnet-s", num_blocks=[4, 4, [5, 4], [5, 4]])
     with pytest.raises(ValueError, match="num_blocks"):
         build_model("gcnet-s", num_blocks=[4, 4, [1, 4], [5, 4], [2, 2]])
+
+
+@pytest.mark.parametrize("value, error", [("19", TypeError), (19.5, TypeError), (True, TypeError), (0, ValueError)])
+def test_num_classes_must_be_a_positive_int(value, error):
+    # were "'<' not supported between 'str' and 'int'" and "out_channels must be divisible by groups"
+    for build in (build_model, models.build_model):
+        with pytest.raises(error, match=r"num_classes must be a positive integer.* got " + re.escape(repr(value))):
+            build("gcnet-s", num_classes=value, channels=8)
+    with pytest.raises(error, match="num_classes must be a positive integer"):
+        build_model("gcnet-s", num_classes=value, weights="gcnet-s_cityscapes")  # before the weights are fetched
+
+
+def test_model_info_checks_input_size():
+    with pytest.raises(ValueError, match=r"input_size must be a positive int or a pair of positive ints .* \(0, 0\)"):
+        model_info("gcnet-s", input_size=(0, 0))
+    info = model_info("gcnet-s", input_size=1, channels=8)  # a single pixel is the smallest input
+    assert info["input_size"] == [1, 1] and info["train"]["macs"] > 0
 
 
 def test_reparameterize_whole_model_is_exact_and_plain():

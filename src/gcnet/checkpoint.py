@@ -419,6 +419,9 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, dataset: 
             "normalization": {"mean": list(MEAN), "std": list(STD), "input": "RGB, 0-255"}}
     text = json.dumps(card, indent=2) + "\n"
     folder = Path(directory)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file; save_pretrained writes a folder ({CONFIG_NAME} + {WEIGHTS_NAME}): "
+                                 "give a folder path (save_checkpoint writes a single .pth file)")
     state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", FORMAT: text})

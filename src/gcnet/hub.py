@@ -11,25 +11,31 @@ import torch
 
 from gcnet.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_model, load_weights, resolve_checkpoint
 from gcnet.errors import CheckpointError
-from gcnet.models.gcnet import GCNet
+from gcnet.models.gcnet import GCNet, positive_int
 from gcnet.models.gcnet import build_model as _build_model
 from gcnet.optional import require
-from gcnet.weights import Weights, get_weights
+from gcnet.weights import Weights, find_weights
 
 __all__ = ["build_model", "from_pretrained"]
 
 
 def build_model(name: str = "gcnet-s", num_classes: int | None = None, *, weights: str | Weights | None = None,
                 deploy: bool = False, **overrides: Any) -> GCNet:
-    """Build a GCNet variant (``gcnet-s``, ``gcnet-m``, ``gcnet-l``), optionally with named weights.
+    """Build a GCNet variant (``gcnet-s``, ``gcnet-m``, ``gcnet-l``), optionally with weights.
 
-    With ``weights`` (a name from ``gcnet.list_weights()``) the class count comes from the weights and
-    the file is downloaded once into the cache; ``num_classes`` (default 19 without weights) and the
-    variant must agree with them. Other arguments: see :func:`gcnet.models.build_model`.
+    ``weights`` named (``gcnet.list_weights()``): the class count comes from the weights, the file is
+    downloaded once into the cache, and ``num_classes`` and the variant must agree with them. A checkpoint
+    path or URL is loaded as :func:`gcnet.load_weights` does into the model built with ``num_classes``
+    (default 19). Other arguments: see :func:`gcnet.models.build_model`.
     """
-    if weights is None:
-        return _build_model(name, 19 if num_classes is None else num_classes, deploy=deploy, **overrides)
-    entry = get_weights(weights)
+    if num_classes is not None:
+        num_classes = positive_int(num_classes, "num_classes")
+    entry = find_weights(weights) if weights is not None else None
+    if entry is None:
+        if weights is not None:
+            resolve_checkpoint(weights)  # a missing file or an unknown name fails before the build
+        model = _build_model(name, 19 if num_classes is None else num_classes, deploy=deploy, **overrides)
+        return model if weights is None else load_weights(model, weights)
     if entry.variant != name.lower():
         raise CheckpointError(f"weights {entry.name} are for {entry.variant}, not {name}")
     if num_classes is not None and num_classes != entry.num_classes:

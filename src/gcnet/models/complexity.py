@@ -58,8 +58,12 @@ def model_complexity(model: nn.Module, input_size: tuple[int, int] = (1024, 2048
 
 def model_info(name: str = "gcnet-s", input_size: tuple[int, int] = (1024, 2048), num_classes: int = 19,
                **overrides) -> dict:
-    """Params and MACs of a variant in training form and in deploy (reparameterized) form."""
+    """Params and MACs of a variant in training form and in deploy (reparameterized) form; ``input_size``:
+    (H, W) or one int for a square, at least 1 pixel a side."""
+    from gcnet.data.transforms import size_pair
     from gcnet.models.gcnet import build_model
+
+    input_size = size_pair(input_size, "input_size")
 
     with torch.device("meta"):
         train = build_model(name, num_classes, **overrides)

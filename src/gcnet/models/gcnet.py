@@ -10,6 +10,7 @@ features after stage 4's fusion.
 from __future__ import annotations
 
 import copy
+import numbers
 from typing import Any
 
 import torch.nn.functional as F
@@ -42,6 +43,15 @@ def _check_num_blocks(num_blocks: list) -> list:
         raise ValueError("num_blocks: stage 2 needs >= 0 blocks, stage 3 >= 1, detail stages 4-5 >= 1, "
                          f"semantic stages 4-6 and detail stage 6 >= 2; got {num_blocks!r}")
     return [s2, s3, *pairs]
+
+
+def positive_int(value: Any, name: str) -> int:
+    """``value`` as an int; TypeError for a non-integer (``"19"``, ``19.5``, ``True``), ValueError below 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive integer, got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer (1 or more), got {value}")
+    return int(value)
 
 
 class GCNetBackbone(nn.Module):
@@ -151,8 +161,8 @@ class GCNet(nn.Module):
                  name: str = "custom") -> None:
         super().__init__()
         num_blocks = _check_num_blocks(num_blocks if num_blocks is not None else _GCNET_DEFAULTS["num_blocks"])
-        if num_classes < 1 or channels < 1 or ppm_channels < 1 or head_channels < 1:
-            raise ValueError("num_classes, channels, ppm_channels and head_channels must be positive")
+        num_classes, channels = positive_int(num_classes, "num_classes"), positive_int(channels, "channels")
+        ppm_channels, head_channels = positive_int(ppm_channels, "ppm_channels"), positive_int(head_channels, "head_channels")
         self.config: dict[str, Any] = dict(
             name=name, num_classes=num_classes, channels=channels, ppm_channels=ppm_channels,
             num_blocks=copy.deepcopy(num_blocks), head_channels=head_channels, num_paths=num_paths,
