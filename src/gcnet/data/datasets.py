@@ -65,7 +65,7 @@ from gcnet.data.metadata import (
     get_dataset_info,
 )
 from gcnet.errors import DatasetError
-from gcnet.fileio import IMAGE_EXTENSIONS, is_image_file
+from gcnet.fileio import IMAGE_EXTENSIONS, is_image_file, read_text
 
 __all__ = [
     "CONFIG_KINDS",
@@ -492,17 +492,6 @@ def _require_file(path: Path, what: str) -> Path:
     return path
 
 
-def _read_text(path: Path) -> str:
-    """A data set's text file (class names, split lists, dataset.json); DatasetError naming it if unreadable."""
-    try:
-        return path.read_text(encoding="utf-8-sig")  # -sig: a BOM (Notepad) is not part of the text
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{path} is not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
-                           "save it as UTF-8") from None
-    except OSError as e:
-        raise DatasetError(f"cannot read {path}: {e.strerror or e}") from None
-
-
 def _raise_unpaired(missing: list[tuple[Path, Path]], kind: str) -> None:
     if not missing:
         return
@@ -552,7 +541,7 @@ def _camvid_samples(root: Path, split: str, info: DatasetInfo):
         decoder = _IndexDecoder({CAMVID_SEGNET_VOID: info.ignore_index})
         samples, missing = [], []
         if list_file.is_file():
-            lines = _read_text(list_file).splitlines()
+            lines = read_text(list_file, DatasetError).splitlines()
             for n, line in enumerate(lines, 1):
                 parts = line.split()
                 if not parts:
@@ -602,7 +591,7 @@ def _voc_samples(root: Path, split: str) -> tuple[Path, list[tuple[Path, Path]]]
     img_dir = _require_dir(root / "JPEGImages", "VOC images")
     ann_dir = _require_dir(root / "SegmentationClass", "VOC segmentation labels")
     list_file = _require_file(root / "ImageSets" / "Segmentation" / f"{split}.txt", f"VOC split {split!r}")
-    ids = [line.strip() for line in _read_text(list_file).splitlines() if line.strip()]
+    ids = [line.strip() for line in read_text(list_file, DatasetError).splitlines() if line.strip()]
     if not ids:
         raise DatasetError(f"{list_file} lists no images")
     samples, missing = [], []
@@ -622,7 +611,7 @@ def load_folder_info(root: PathLike) -> DatasetInfo:
     meta, names = root / "dataset.json", root / "classes.txt"
     if meta.is_file():
         try:
-            data = json.loads(_read_text(meta))
+            data = json.loads(read_text(meta, DatasetError))
             classes = tuple(data["classes"])
             palette = data.get("palette") or default_palette(len(classes))
             return DatasetInfo(
@@ -635,7 +624,7 @@ def load_folder_info(root: PathLike) -> DatasetInfo:
         except (ValueError, KeyError, TypeError) as e:
             raise DatasetError(f"invalid {meta}: {e}") from e
     if names.is_file():
-        classes = tuple(line.strip() for line in _read_text(names).splitlines() if line.strip())
+        classes = tuple(line.strip() for line in read_text(names, DatasetError).splitlines() if line.strip())
         if not classes:
             raise DatasetError(f"{names} lists no classes")
         try:
