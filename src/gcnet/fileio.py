@@ -13,6 +13,7 @@ import errno
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,6 +48,24 @@ def temp_name(path: str | os.PathLike) -> Path:
 def _fsync(path: Path) -> None:
     with contextlib.suppress(OSError), open(path, "rb") as f:
         os.fsync(f.fileno())
+
+
+def folder_problem(path: str | os.PathLike) -> str | None:
+    """Why files cannot be written into folder ``path`` (to be created if missing), or None if they can.
+    Checked before long work; nothing is created (a probe folder is made and removed)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return f"{path} exists and is not a folder"
+    if path.is_symlink() and not path.exists():
+        return f"{path} is a symbolic link to a missing folder ({os.readlink(path)}); create it or give another path"
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        return f"cannot create folder {path}: {existing} is a file"
+    try:  # a real probe: permission bits do not tell for root, read-only mounts or /proc
+        tempfile.TemporaryDirectory(dir=existing, prefix=".gcnet-probe-").cleanup()
+    except OSError:
+        return f"{existing} is not writable" if existing == path else f"cannot create {path}: {existing} is not writable"
+    return None
 
 
 def _make_folder(folder: Path) -> list[Path]:

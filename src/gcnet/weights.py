@@ -32,7 +32,7 @@ from pathlib import Path
 from gcnet.data.metadata import DatasetInfo, get_dataset_info
 from gcnet.data.transforms import MEAN, STD
 from gcnet.errors import CheckpointError
-from gcnet.fileio import TMP_MARKER, atomic_path, gcnet_home
+from gcnet.fileio import TMP_MARKER, atomic_path, folder_problem, gcnet_home
 from gcnet.optional import require
 
 __all__ = ["Weights", "REGISTRY", "register_weights", "list_weights", "get_weights", "find_weights",
@@ -247,16 +247,9 @@ class _NetworkError(CheckpointError):
 
 def _require_writable_cache(folder: Path) -> None:
     """Refuse, before a download, a cache folder that cannot be made or written (nothing is created here)."""
-    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
-    problem = f"{existing} is a file" if not existing.is_dir() else None
-    if problem is None:
-        try:  # a real probe: permission bits do not tell for root or read-only mounts
-            tempfile.TemporaryDirectory(dir=existing, prefix=".gcnet-probe-").cleanup()
-        except OSError as exc:
-            problem = f"{existing} is not writable ({exc.strerror or exc})"
+    problem = folder_problem(folder)
     if problem:
-        raise CheckpointError(f"cannot write the weights cache {folder}: {problem}; set GCNET_HOME to a writable "
-                              "folder")
+        raise CheckpointError(f"the weights cache: {problem}; set GCNET_HOME to a writable folder")
 
 
 def _download(url: str, dest: Path, entry: Weights | None, check: Check | None, progress: bool) -> Path:

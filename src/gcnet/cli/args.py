@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from gcnet.deploy.export import FAST_BIAS_CORRECTION
 from gcnet.deploy.pipeline import ExportSettings
 from gcnet.deploy.qat import FINETUNE_MIN_FRAMES
 from gcnet.errors import ConfigError
-from gcnet.fileio import write_text
+from gcnet.fileio import folder_problem, write_text
 
 MAX_SIDE = 16384  # per side: larger inputs do not fit in memory
 # (description, path) pairs of a command's own files and folders, which an output file must not be nor be inside
@@ -85,29 +84,11 @@ def fraction(text: str) -> float:
     return _float(text, lambda v: 0 <= v <= 1, "a number from 0 to 1")
 
 
-def _dir_problem(path: Path) -> str | None:
-    """Why files cannot be written into folder ``path`` (created if missing), or None if they can."""
-    if path.exists() and not path.is_dir():
-        return f"{path} exists and is not a folder"
-    if path.is_symlink() and not path.exists():
-        return f"{path} is a symbolic link to a missing folder ({os.readlink(path)}); create it or give another path"
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"cannot create folder {path}: {existing} is a file"
-    try:  # a real probe: permission bits do not tell for root, read-only mounts or /proc
-        tempfile.TemporaryDirectory(dir=existing, prefix=".gcnet-probe-").cleanup()
-    except OSError:
-        return f"{existing} is not writable" if existing == path else f"cannot create {path}: {existing} is not writable"
-    return None
-
-
 def _file_problem(path: Path) -> str | None:
     """Why file ``path`` cannot be written (its folder created if missing), or None if it can."""
     if path.is_dir():
         return f"{path} is a folder; give a file name"
-    problem = _dir_problem(path.parent)
+    problem = folder_problem(path.parent)
     if problem:
         return f"cannot write {path}: {problem}"
     if path.exists() and not os.access(path, os.W_OK):
@@ -123,7 +104,7 @@ def show_progress(args: argparse.Namespace) -> bool:
 def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
     """Check before any work that files can be written into folder ``path`` (created later if missing);
     raises ConfigError naming ``what`` (e.g. ``--out``). Nothing is left behind here."""
-    problem = _dir_problem(_given_path(path, what))
+    problem = folder_problem(_given_path(path, what))
     if problem:
         raise ConfigError(f"{what}: {problem}")
     return Path(path).expanduser()
