@@ -245,7 +245,7 @@ def test_unusable_cache_is_refused_before_downloading(server, home, register, mo
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(W.tempfile, "TemporaryDirectory", read_only)
-    with pytest.raises(CheckpointError, match=r"the weights cache: cannot create .*weights.*: .* is not writable; set GCNET_HOME"):
+    with pytest.raises(CheckpointError, match=r"the weights cache: cannot create .*weights.*: .* is not writable; set GCNET"):
         gcnet.load_model(f"{server.url}/gcnet-s.pth")
     assert len(server.requests) == before and in_the_way.read_text() == "not a folder" and not home.parent.exists()
 
