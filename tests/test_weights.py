@@ -263,6 +263,8 @@ def test_cached_file_is_checked_against_its_name_once(served, home, register, mo
     Image.new("RGB", (32, 32)).save(image)
     assert main(["predict", str(image), "-c", "test-s", "--out", str(tmp_path / "out")]) == 2
     assert "does not match test-s" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert main(["weights", "download", "test-s"]) == 2  # not "already cached"
+    assert "does not match test-s" in capsys.readouterr().err
     save_mmengine(entry.path, served["state"])
     checks = []
     monkeypatch.setattr(gcnet.checkpoint, "check_weights", lambda *a, **k: checks.append(a))

@@ -65,11 +65,9 @@ def _download(names: list[str], force: bool, progress: bool) -> int:
 
     entries = [get_weights(n) for n in names]  # unknown names fail before anything is downloaded
     for e in entries:
-        if e.is_cached() and not force:
-            print(f"{e.name}: already cached at {e.path}")
-            continue
-        path = fetch_weights(e, force=force, progress=progress)
-        print(f"{e.name}: {path}")
+        cached = e.is_cached() and not force
+        path = fetch_weights(e, force=force, progress=progress)  # a cached file is checked against its name
+        print(f"{e.name}: already cached at {path}" if cached else f"{e.name}: {path}")
     return 0
 
 
