@@ -59,7 +59,9 @@ def test_bench_keep_artifacts_replaced_only_by_a_complete_run(tmp_path: Path, mo
         assert main([*args, "--forms", "torch-fp32"]) == 130
     assert {p.name: p.read_bytes() for p in kept.iterdir()} == before
     (kept / ".stage.99999999-0123abcd.gcnet-tmp").mkdir()  # a killed run's (its process gone)
-    assert main([*args, "--forms", "torch-fp32"]) == 0
+    assert main([*args, "--forms", "torch-fp32", "onnxruntime-fp32", "--json", str(tmp_path / "report.json")]) == 0
+    report = (tmp_path / "report.json").read_text()
+    assert "gcnet-tmp" not in report and f'"{kept / "model.onnx"}"' in report  # files named where they are kept
     names = {p.name for p in kept.iterdir()}
     assert "out_torch-fp32.npy" in names and "out_torch-fp32-cl.npy" not in names
     assert not [n for n in names if "gcnet-tmp" in n]

@@ -17,7 +17,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 TMP_MARKER = ".gcnet-tmp"
@@ -182,6 +182,19 @@ def staging_folder(out: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
         if not done:
             _remove_made(made)
+
+
+def unstaged(obj: Any, stage: str | os.PathLike, out: str | os.PathLike) -> Any:
+    """``obj`` (a message, a path, or a report: dicts and lists of them) with the paths inside the staging
+    folder ``stage`` of :func:`staging_folder` named where they end up, in ``out``."""
+    if isinstance(obj, dict):
+        return {k: unstaged(v, stage, out) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(unstaged(v, stage, out) for v in obj)
+    if isinstance(obj, (str, Path)):
+        text = str(obj).replace(str(stage), str(out))
+        return Path(text) if isinstance(obj, Path) else text
+    return obj
 
 
 def _move_into_place(src: Path, dst: Path) -> None:

@@ -142,15 +142,15 @@ def _write_data(cfg, out: Path):
 def _train(args: argparse.Namespace, cfg, work: Path, final: Path, device) -> dict[str, Any]:
     """Train in the staging folder ``work``; its summary.json names ``final``, where the run ends up."""
     from gcnet.engine.trainer import Trainer
-    from gcnet.fileio import write_text
+    from gcnet.fileio import unstaged, write_text
 
     how = f"{args.iters} iterations" if args.iters else f"about {args.minutes:g} minutes"
     _say(f"[2/6] training a reduced GCNet-S for {how} on {device} (config: tiny_synthetic; logs and checkpoints "
          f"for {final}, replacing an earlier demo's when this one finishes)")
     train_cfg = copy.deepcopy(cfg)
     train_cfg.data.val_split = ""  # the demo evaluates below, in both forms
-    summary = Trainer(train_cfg, work, progress=args.progress,
-                      log=lambda m: _say("      " + m.replace("\n", "\n      "))).run()
+    summary = Trainer(train_cfg, work, progress=args.progress,  # its messages name where the files end up
+                      log=lambda m: _say("      " + unstaged(m, work, final).replace("\n", "\n      "))).run()
     summary.update(work_dir=str(final), last_checkpoint=str(final / "latest.pth"))
     write_text(work / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

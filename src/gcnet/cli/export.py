@@ -28,7 +28,7 @@ from gcnet.cli.args import (
 )
 from gcnet.deploy.qat import FINETUNE_MIN_FRAMES, finetune_summary
 from gcnet.errors import ConfigError
-from gcnet.fileio import staging_folder
+from gcnet.fileio import staging_folder, unstaged
 
 FORMATS = ("onnx", "torchscript", "torch-export", "openvino", "safetensors")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "torch-export": ".pt2", "openvino": ".xml", "safetensors": ""}
@@ -341,8 +341,7 @@ def run(args: argparse.Namespace) -> int:
                                       log)
         if eval_set is not None:
             report["accuracy"] = _accuracy(deploy, stage, name, formats, args, eval_set, int8_runtimes, log)
-    for v in report["exports"].values():
-        v["path"] = str(out / Path(v["path"]).name)
+    report = unstaged(report, stage, out)
     for k, v in report["exports"].items():
         print(f"{k}: {v['path']}")
     if args.json is not None:

@@ -50,7 +50,7 @@ from gcnet.deploy.pipeline import ExportSettings, build
 from gcnet.deploy.qat import finetune_summary
 from gcnet.deploy.runtimes import Runtime, default_threads
 from gcnet.errors import GCNetError
-from gcnet.fileio import atomic_path, staging_folder, write_text
+from gcnet.fileio import atomic_path, staging_folder, unstaged, write_text
 from gcnet.models.gcnet import build_model
 from gcnet.optional import is_available, require
 
@@ -169,10 +169,15 @@ def _rss_mb() -> float | None:
 
 
 def _peak_rss_mb() -> float:
-    import resource
+    """This process's own peak resident size: VmHWM (getrusage's ru_maxrss would count the peak of the
+    parent a worker was started from); ru_maxrss where there is no /proc."""
+    kb = _status_kb("VmHWM")
+    if kb is None:
+        import resource
 
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
-    return r / 2**20 if sys.platform == "darwin" else r / 1024
+        r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+        return r / 2**20 if sys.platform == "darwin" else r / 1024
+    return kb / 1024
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -707,7 +712,8 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
               "reference": "torch-train-fp32" if has_train else "torch-fp32",
               "mIoU_reference": ref_eval["form"] if ref_eval else None,
               "end_to_end": e2e and {"frames": e2e["frames"], "video": e2e["description"]}}
-    return _report(command, threads, config, complexity, export_report, results, loadavg_start)
+    report = _report(command, threads, config, complexity, export_report, results, loadavg_start)
+    return unstaged(report, work, artifacts_dir) if artifacts_dir else report  # files named where they are kept
 
 
 def _fmt(v: Any, spec: str) -> str:
