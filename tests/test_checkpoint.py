@@ -34,6 +34,10 @@ def test_build_model_weights_take_a_path_or_say_it_is_missing(tmp_path):
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
     with pytest.raises(CheckpointError, match="runs/t1/best.pth: no such checkpoint file .*nor named weights"):
         build_model("gcnet-s", weights="runs/t1/best.pth")
+    deployed = save_checkpoint(tmp_path / "deploy.pth", trained_tiny().eval().reparameterize())
+    assert build_model("gcnet-s", model.num_classes, weights=str(deployed), **options).is_deploy  # the weights' form
+    with pytest.raises(CheckpointError, match="deploy-form.*build the model with deploy=True"):
+        build_model("gcnet-s", model.num_classes, weights=str(deployed), deploy=False, **options)
 
 
 def test_save_pretrained_refuses_a_file_and_writes_nothing(tmp_path):

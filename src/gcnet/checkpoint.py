@@ -347,13 +347,16 @@ def _load_state(model: GCNet, state_dict: StateDict, name: str, strict: bool = T
     return model
 
 
-def model_from_weights(variant: str, num_classes: int, source: Source | dict, name: str | None = None) -> GCNet:
-    """``variant`` for ``num_classes`` classes, built in the form ``source``'s weights are in (training form
-    for training-form weights, deploy form for reparameterized ones: the authors' ``switch_to_deploy``
-    files and ours), with those weights loaded. ``CheckpointError`` lists what differs."""
+def model_from_weights(variant: str, num_classes: int, source: Source | dict, name: str | None = None, *,
+                       deploy: bool | None = None, **overrides: Any) -> GCNet:
+    """``variant`` for ``num_classes`` classes (and ``overrides``: see ``build_model``) with ``source``'s
+    weights loaded, built in the form they are in (training form for training-form weights, deploy form for
+    reparameterized ones: the authors' ``switch_to_deploy`` files and ours) unless ``deploy`` says which.
+    ``CheckpointError`` lists what differs."""
     name = name or _spec_name(source)
     state = extract_state_dict(source if isinstance(source, dict) else read_checkpoint(source), name)
-    return _load_state(build_model(variant, num_classes, deploy=state_dict_form(state) != "train"), state, name)
+    deploy = state_dict_form(state) != "train" if deploy is None else deploy
+    return _load_state(build_model(variant, num_classes, deploy=deploy, **overrides), state, name)
 
 
 def check_weights(source: Source, variant: str, num_classes: int, name: str | None = None) -> None:

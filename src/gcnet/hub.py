@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from gcnet.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_model, load_weights, resolve_checkpoint
+from gcnet.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_model, model_from_weights, resolve_checkpoint
 from gcnet.errors import CheckpointError
 from gcnet.models.gcnet import GCNet, positive_int
 from gcnet.models.gcnet import build_model as _build_model
@@ -20,29 +20,31 @@ __all__ = ["build_model", "from_pretrained"]
 
 
 def build_model(name: str = "gcnet-s", num_classes: int | None = None, *, weights: str | Weights | None = None,
-                deploy: bool = False, **overrides: Any) -> GCNet:
+                deploy: bool | None = None, **overrides: Any) -> GCNet:
     """Build a GCNet variant (``gcnet-s``, ``gcnet-m``, ``gcnet-l``), optionally with weights.
 
     ``weights`` named (``gcnet.list_weights()``): the class count comes from the weights, the file is
     downloaded once into the cache, and ``num_classes`` and the variant must agree with them. A checkpoint
-    path or URL is loaded as :func:`gcnet.load_weights` does into the model built with ``num_classes``
-    (default 19). Other arguments: see :func:`gcnet.models.build_model`.
+    path or URL is loaded into the model built with ``num_classes`` (default 19). With weights the model is
+    built in the form they are in (the training form, or the deploy form for reparameterized weights) unless
+    ``deploy`` says which; without, in the training form unless ``deploy=True``. Other arguments: see
+    :func:`gcnet.models.build_model`.
     """
     if num_classes is not None:
         num_classes = positive_int(num_classes, "num_classes")
     entry = find_weights(weights) if weights is not None else None
+    if weights is None:
+        return _build_model(name, 19 if num_classes is None else num_classes, deploy=bool(deploy), **overrides)
     if entry is None:
-        if weights is not None:
-            resolve_checkpoint(weights)  # a missing file or an unknown name fails before the build
-        model = _build_model(name, 19 if num_classes is None else num_classes, deploy=deploy, **overrides)
-        return model if weights is None else load_weights(model, weights)
+        resolve_checkpoint(weights)  # a missing file or an unknown name fails before anything is read
+        return model_from_weights(name, 19 if num_classes is None else num_classes, weights, deploy=deploy,
+                                  **overrides)
     if entry.variant != name.lower():
         raise CheckpointError(f"weights {entry.name} are for {entry.variant}, not {name}")
     if num_classes is not None and num_classes != entry.num_classes:
         raise CheckpointError(f"weights {entry.name} have {entry.num_classes} classes ({entry.dataset}), "
                               f"not {num_classes}; leave num_classes out to take it from the weights")
-    model = _build_model(entry.variant, entry.num_classes, deploy=deploy, **overrides)
-    return load_weights(model, entry)
+    return model_from_weights(entry.variant, entry.num_classes, entry, deploy=deploy, **overrides)
 
 
 def from_pretrained(name_or_path: str | os.PathLike, *, revision: str | None = None,
