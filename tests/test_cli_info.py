@@ -134,8 +134,8 @@ def test_running_out_of_memory_or_disk_is_one_line_not_a_traceback():
 
 
 def test_import_gcnet_leaves_torch_for_first_use():
-    """``import gcnet`` and the CLI module load without torch (seconds saved on ``--help``, and Ctrl-C during
-    torch's import is the CLI's clean "interrupted"); every public name still resolves on first use."""
+    """``import gcnet`` and the CLI module load without torch (so a Ctrl-C during torch's import is the CLI's
+    clean "interrupted"); every public name still resolves on first use."""
     code = ("import sys, gcnet, gcnet.cli; assert 'torch' not in sys.modules, 'torch imported'; "
             "assert all(getattr(gcnet, n) is not None for n in gcnet.__all__); "
             "assert set(gcnet.__all__) == {*gcnet._EXPORTS, '__version__'} and set(gcnet.__all__) <= set(dir(gcnet)); "

@@ -316,8 +316,8 @@ def test_ctrl_c_says_how_to_resume(tmp_path, signame, status, word, group):
         deadline = time.monotonic() + 240
         while not (work / "latest.pth").exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[1]  # still training (its workers up: it checkpointed)
         if group:
-            time.sleep(0.5)  # the workers are up
             os.killpg(proc.pid, getattr(signal, signame))
         else:
             proc.send_signal(getattr(signal, signame))

@@ -314,6 +314,7 @@ def test_size_pair_refuses_what_is_not_one_or_two_positive_ints(bad):
     """A string is not silently split into digits ("64" -> (6, 4)), nor a float truncated."""
     from gcnet.data.transforms import size_pair
 
-    with pytest.raises(ValueError, match=r"crop_size must be a positive int or a pair of positive ints \(height, width\)"):
+    with pytest.raises(ValueError, match=r"crop_size must be a positive int or a pair of positive ints, got"):
         size_pair(bad, "crop_size")
     assert size_pair(5, "crop_size") == (5, 5) and size_pair([3, 4], "crop_size") == (3, 4)
+    assert size_pair(np.array([3, 4]), "crop_size") == (3, 4) and size_pair(np.int64(2), "crop_size") == (2, 2)

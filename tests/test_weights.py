@@ -234,18 +234,16 @@ def test_unusable_cache_is_refused_before_downloading(server, home, register, mo
     in_the_way.write_text("not a folder")
     monkeypatch.setenv("GCNET_HOME", str(in_the_way))
     before = len(server.requests)
-    for argv in (["weights", "download", "test-s", "--no-progress"], ["predict", str(image), "-c", "test-s"]):
+    for argv in (["weights", "download", "test-s", "--no-progress"],
+                 ["predict", str(image), "-c", "test-s", "--out", str(tmp_path / "out")]):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert f"the weights cache: cannot create folder {in_the_way / 'weights'}: {in_the_way} is a file" in err, err
         assert "set GCNET_HOME to a writable folder" in err and "Traceback" not in err
     monkeypatch.setenv("GCNET_HOME", str(home.parent))  # read-only (permission bits do not stop root: a stand-in)
 
-    def read_only(*args, **kwargs):
-        raise PermissionError(13, "Permission denied")
-
-    monkeypatch.setattr(W.tempfile, "TemporaryDirectory", read_only)
-    with pytest.raises(CheckpointError, match=r"the weights cache: cannot create .*weights.*: .* is not writable; set GCNET"):
+    monkeypatch.setattr(W, "folder_problem", lambda folder: f"{folder.parent} is not writable")
+    with pytest.raises(CheckpointError, match=r"the weights cache: .* is not writable; set GCNET_HOME"):
         gcnet.load_model(f"{server.url}/gcnet-s.pth")
     assert len(server.requests) == before and in_the_way.read_text() == "not a folder" and not home.parent.exists()
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-# Public name -> the module that defines it. Imported on first use, so that ``import gcnet`` (and the
-# command line's ``--help``) does not wait seconds for torch, and Ctrl-C during that wait is a clean exit.
+# Public name -> the module that defines it. Imported on first use, so that ``import gcnet`` does not wait
+# seconds for torch, and the command line (whose start-up imports it) handles a Ctrl-C during that wait.
 _EXPORTS = {
     "checkpoint_dataset_info": "gcnet.checkpoint", "load_model": "gcnet.checkpoint",
     "load_weights": "gcnet.checkpoint", "read_checkpoint": "gcnet.checkpoint",

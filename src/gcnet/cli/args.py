@@ -199,12 +199,7 @@ def auto_or_count(text: str) -> int | str:
 
 
 # The OpenVINO quantization flags' defaults, by their argparse names: ExportSettings' defaults
-QUANT_FLAG_DEFAULTS = {
-    "quant_preset": ExportSettings.preset,
-    "bias_correction": {v: k for k, v in FAST_BIAS_CORRECTION.items()}[ExportSettings.fast_bias_correction],
-    "float_convs": ExportSettings.float_convs,
-    "finetune_iters": ExportSettings.finetune_iters,
-}
+QUANT_FLAG_DEFAULTS = ExportSettings().quant_flags()
 # The calibration data flags' defaults (--num-calib's is the command's)
 CALIB_FLAG_DEFAULTS = {"calib_dataset": None, "calib_root": None, "calib_split": "train"}
 

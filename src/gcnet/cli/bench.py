@@ -65,7 +65,8 @@ examples:
   gcnet bench --forms torch-fp32 openvino-int8 --checkpoint camvid.pth \\
       --calib-dataset camvid --calib-root data/camvid --eval-dataset camvid --eval-root data/camvid""")
     from gcnet.cli.args import add_model_args
-    from gcnet.deploy.bench import CALIB_IMAGES, QUICK, RANDOM_CALIB_INPUTS, TIMING
+    from gcnet.deploy.bench import QUICK, RANDOM_CALIB_INPUTS, TIMING
+    from gcnet.deploy.export import CALIB_IMAGES
 
     p.add_argument("variant", nargs="?", default=None, metavar="MODEL",
                    help="variant for random weights: gcnet-s (default), gcnet-m, gcnet-l")

@@ -189,9 +189,10 @@ def run(args: argparse.Namespace) -> int:
     dist = gdist.init_from_env(device.type)
     device = gdist.resolve_device(args.device, dist.local_rank)
     try:
+        check_json_arg(args.json, [("the checkpoint", args.checkpoint), ("the data set root", args.data_root)])
         model, train_cfg = _load(args)
-        s = _settings(args, train_cfg)
-        check_json_arg(args.json, [("the checkpoint", args.checkpoint), ("the data set root", s["root"])])
+        s = _settings(args, train_cfg)  # the data set root may come from the checkpoint's config
+        check_json_arg(args.json, [("the data set root", s["root"])])
         dataset = _dataset(s, args.limit)
         dataset.info.check_model_classes(model.num_classes)
         if not args.skip_data_check:

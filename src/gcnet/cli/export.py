@@ -26,13 +26,13 @@ from gcnet.cli.args import (
     show_progress,
     write_json,
 )
+from gcnet.deploy.export import CALIB_IMAGES
 from gcnet.deploy.qat import FINETUNE_MIN_FRAMES, finetune_summary
 from gcnet.errors import ConfigError
 from gcnet.fileio import staging_folder, unstaged
 
 FORMATS = ("onnx", "torchscript", "torch-export", "openvino", "safetensors")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "torch-export": ".pt2", "openvino": ".xml", "safetensors": ""}
-NUM_CALIB = 32  # --num-calib's default
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -95,7 +95,7 @@ examples:
     q = p.add_argument_group("int8 quantization and accuracy")
     q.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
                    help="int8 also writes quantized models (needs calibration data)")
-    add_quant_args(q, NUM_CALIB, "calibration images (default: %(default)s)")
+    add_quant_args(q, CALIB_IMAGES, "calibration images (default: %(default)s)")
     q.add_argument("--calib-images", metavar="DIR",
                    help="or (instead of --calib-dataset/--calib-root): a folder of calibration images")
     add_eval_args(q, "evaluate fp32 vs int8 on this dataset kind")
@@ -150,7 +150,7 @@ def _check_args(args: argparse.Namespace, formats: list[str]) -> None:
 def _check_int8_args(args: argparse.Namespace, formats: list[str]) -> None:
     """The calibration and quantization flags go with --precision int8, and one calibration source with it."""
     if args.precision != "int8":
-        unused = given_flags(args, {**CALIB_FLAG_DEFAULTS, "calib_images": None, "num_calib": NUM_CALIB,
+        unused = given_flags(args, {**CALIB_FLAG_DEFAULTS, "calib_images": None, "num_calib": CALIB_IMAGES,
                                     **QUANT_FLAG_DEFAULTS})
         if unused:
             raise ConfigError(f"{', '.join(unused)}: for int8 quantization only; add --precision int8 or drop them")

@@ -59,10 +59,12 @@ def size_pair(size: SizeLike, name: str) -> tuple[int, int]:
     anything else or for a size below 1."""
     if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
         size = (size, size)
+    elif isinstance(size, np.ndarray):
+        size = size.tolist()
     ok = (isinstance(size, Sequence) and not isinstance(size, str) and len(size) == 2
           and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in size))
     if not ok:
-        raise ValueError(f"{name} must be a positive int or a pair of positive ints (height, width), got {size!r}")
+        raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {size!r}")
     return int(size[0]), int(size[1])
 
 

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from gcnet.checkpoint import load_model, save_checkpoint
-from gcnet.deploy.export import FAST_BIAS_CORRECTION, calibration_from_dataset, load_for_deploy
+from gcnet.deploy.export import CALIB_IMAGES, calibration_from_dataset, load_for_deploy
 from gcnet.deploy.pipeline import ExportSettings, build
 from gcnet.deploy.qat import finetune_summary
 from gcnet.deploy.runtimes import Runtime, default_threads
@@ -124,8 +124,7 @@ MAX_ITERS = 100_000
 ARTIFACTS_MARKER = ".gcnet-bench"  # marks an --keep-artifacts folder as bench's: a later run may replace its files
 TIMING = {"input_size": (1024, 2048), "warmup": 3, "iters": 10, "min_time": 1.0}  # run_benchmark's defaults
 QUICK = {"input_size": (128, 256), "warmup": 1, "iters": 3, "min_time": 0.0}  # `gcnet bench --quick`
-CALIB_IMAGES = 32  # int8 calibration images from a dataset ...
-RANDOM_CALIB_INPUTS = 2  # ... or random inputs without one (speed does not depend on them)
+RANDOM_CALIB_INPUTS = 2  # int8 calibration inputs without a dataset: random (speed does not depend on them)
 
 
 def default_forms(device: str = "auto") -> list[str]:
@@ -600,13 +599,6 @@ def _report(command: str | None, threads: int, config: dict, complexity: dict, e
     }
 
 
-def _quant_config(quant: ExportSettings) -> dict[str, Any]:
-    """The report's record of how the int8 forms were quantized, by the names of `gcnet bench`'s flags."""
-    bias = {v: k for k, v in FAST_BIAS_CORRECTION.items()}[quant.fast_bias_correction]
-    return {"quant_preset": quant.preset, "bias_correction": bias, "float_convs": quant.float_convs,
-            "finetune_iters": quant.finetune_iters}
-
-
 def _jobs(forms: list[str], work: Path, artifacts: dict, timing: dict,
           log: Callable[[str], None]) -> Iterator[tuple[dict, str]]:
     """(job, form name) for each form in turn, logging which is next."""
@@ -708,7 +700,7 @@ def run_benchmark(model: str = "gcnet-s", num_classes: int = 19, *, checkpoint: 
               "weights": "checkpoint" if checkpoint else "random (BN re-estimated)",
               "input_size": [h, w], "batch": batch, **{k: v for k, v in timing.items() if k != "end_to_end"},
               "calibration": calib_source, "calibration_images": len(calibration) if calib_source else None,
-              **_quant_config(quant), "input": input_desc,
+              **quant.quant_flags(), "input": input_desc,
               "reference": "torch-train-fp32" if has_train else "torch-fp32",
               "mIoU_reference": ref_eval["form"] if ref_eval else None,
               "end_to_end": e2e and {"frames": e2e["frames"], "video": e2e["description"]}}

@@ -40,6 +40,7 @@ from gcnet.fileio import atomic_path
 from gcnet.optional import require
 
 DEFAULT_OPSET = 17
+CALIB_IMAGES = 32  # int8 calibration images: gcnet export's and gcnet bench's default
 # the newest opset torch's TorchScript ONNX exporter (the one used here) writes
 MAX_OPSET: int = getattr(onnx_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", DEFAULT_OPSET)
 
@@ -587,7 +588,7 @@ def _nncf_quantize(ov_model: Any, samples: list[np.ndarray], preset: str, fast_b
 
 
 # ------------------------------------------------------------------------------------- calibration
-def calibration_from_dataset(dataset: Any, num: int = 16, seed: int = 0) -> list[np.ndarray]:
+def calibration_from_dataset(dataset: Any, num: int = CALIB_IMAGES, seed: int = 0) -> list[np.ndarray]:
     """``num`` images drawn at random (fixed seed) from ``dataset`` as 1x3xHxW float32 arrays.
     Items may be normalised tensors (EvalTransform) or raw uint8 images (normalised here)."""
     from gcnet.data.transforms import normalize
@@ -622,7 +623,7 @@ class ImageFiles(Sequence):
         return normalize(read_image(self.paths[i])), None
 
 
-def calibration_from_images(paths: Iterable[str | os.PathLike], num: int = 16) -> list[np.ndarray]:
+def calibration_from_images(paths: Iterable[str | os.PathLike], num: int = CALIB_IMAGES) -> list[np.ndarray]:
     """Calibration arrays (1x3xHxW float32) from the first ``num`` of :class:`ImageFiles` ``(paths)``."""
     files = ImageFiles(paths)
     if not len(files):

@@ -25,6 +25,7 @@ from torch import nn
 
 from gcnet.deploy.export import (
     DEFAULT_OPSET,
+    FAST_BIAS_CORRECTION,
     export_onnx,
     export_openvino,
     is_quantized_onnx,
@@ -77,6 +78,12 @@ class ExportSettings:
     fast_bias_correction: bool | None = True  # None: chosen per model, as preset="auto"
     float_convs: int | str = "auto"  # the most int8-sensitive convolutions left in float
     finetune_iters: int = FINETUNE_ITERS
+
+    def quant_flags(self) -> dict[str, Any]:
+        """The OpenVINO int8 settings by the names of `gcnet export`'s and `gcnet bench`'s flags."""
+        bias = {fast: name for name, fast in FAST_BIAS_CORRECTION.items()}[self.fast_bias_correction]
+        return {"quant_preset": self.preset, "bias_correction": bias, "float_convs": self.float_convs,
+                "finetune_iters": self.finetune_iters}
 
 
 def default_runtime(source: Source) -> str:
