@@ -123,3 +123,22 @@ def test_background_consumer_keeps_order_and_reraises() -> None:
         for i in range(2, 10):  # the error surfaces at a later submit, or at close
             consumer.submit(i)
         consumer.close()
+
+
+def test_folder_named_like_a_camera_index_max_frames_and_unreadable_images(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("2024").mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 10, 3), 50 * i, np.uint8)).save(f"2024/{i}.png")
+    assert len(list(stream("2024", _labels))) == 4  # an existing folder wins over camera index 2024
+    assert [f[0, 0, 0] for f, _ in stream("2024", _labels, max_frames=2)] == [0, 50]
+    src = open_source("2024")  # listed; then files change before they are read
+    Path("2024/1.png").unlink()
+    Path("2024/2.png").write_bytes(b"half-written")
+    with pytest.warns(UserWarning, match=r"skipping an unreadable image of 2024") as caught:
+        assert [f[0, 0, 0] for f, _ in stream(src, _labels)] == [0, 150]
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2 and "1.png" in messages[0] and "2.png" in messages[1]
+    with pytest.raises(SourceError, match="cannot open camera 2025$"):
+        open_source("2025")

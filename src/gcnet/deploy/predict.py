@@ -508,9 +508,11 @@ def stream(source: str | os.PathLike | int | FrameSource, model: Any, *, runtime
     (:data:`~gcnet.deploy.qat.FINETUNE_MIN_FRAMES`): a few minutes before the first frame; see
     :func:`~gcnet.deploy.pipeline.build`); or a :class:`Runtime`; or a ready ``frame -> labels``
     callable such as a :class:`Predictor`. Frames are RGB uint8; labels are class maps at the frame's
-    size. Decoding runs ahead on a background thread, and with a :class:`Predictor` (any model but a
-    callable) so does the model (:meth:`Predictor.pipelined`): OpenVINO infers ``in_flight`` frames at once
-    (more frames/s; each frame's labels come about ``in_flight`` model runs after it), other runtimes one
+    size; ``max_frames`` stops after that many frames; an image of a folder that cannot be read is skipped
+    with a warning (:class:`~gcnet.deploy.sources.ImageFolderSource`). Decoding runs ahead on a background
+    thread, and with a :class:`Predictor` (any model but a callable) so does the model
+    (:meth:`Predictor.pipelined`): OpenVINO infers ``in_flight`` frames at once (more frames/s; each
+    frame's labels come about ``in_flight`` model runs after it), other runtimes one
     frame ahead of the labels. ``in_flight=1`` for the lowest latency, e.g. from a camera.
     """
     if isinstance(model, (torch.nn.Module, str, os.PathLike)):

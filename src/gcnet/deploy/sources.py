@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from gcnet.errors import GCNetError
+from gcnet.errors import DatasetError, GCNetError
 from gcnet.fileio import IMAGE_EXTENSIONS
 
 __all__ = ["Frame", "FrameSource", "VideoSource", "ImageFolderSource", "TruncatedVideoError", "SourceError",
@@ -73,7 +74,8 @@ class VideoSource(FrameSource):
         self.name = f"camera{source}" if isinstance(source, int) else str(source)
         self._cap = cv2.VideoCapture(source if isinstance(source, int) else str(source))
         if not self._cap.isOpened():
-            raise SourceError(f"cannot open {'camera' if isinstance(source, int) else 'video'} {self.name}")
+            raise SourceError(f"cannot open camera {source}" if isinstance(source, int) else
+                              f"cannot open video {self.name}")
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if fps and 0 < fps < 1000 else None
         count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT)) if not isinstance(source, int) else 0
@@ -127,35 +129,52 @@ def list_files(folder: str | os.PathLike, extensions: Iterable[str] = IMAGE_EXTE
 
 
 class ImageFolderSource(FrameSource):
-    """The images of a folder (:func:`list_files`, sorted by name; one image file also works)."""
+    """The images of a folder (:func:`list_files`, sorted by name; one image file also works), the first
+    ``max_frames`` readable ones if given. In a folder, an image that cannot be read (deleted or rewritten
+    since it was listed, corrupt) is skipped with a warning; a single image file must be readable."""
 
-    def __init__(self, path: str | os.PathLike, recursive: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike, recursive: bool = False, max_frames: int | None = None) -> None:
         path = Path(path)
         self.name = str(path)
-        self.paths = [path] if path.is_file() else list_files(path, recursive=recursive)
+        self._folder = not path.is_file()
+        self.paths = list_files(path, recursive=recursive) if self._folder else [path]
         if not self.paths:
             raise SourceError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {path}")
-        self.expected = len(self.paths)
+        self.expected = min(len(self.paths), max_frames or len(self.paths))
+        self.max_frames = max_frames
 
     def __iter__(self) -> Iterator[Frame]:
         from gcnet.data.datasets import read_image
 
-        for index, p in enumerate(self.paths):
-            yield Frame(index, p.stem, read_image(p))
+        index = 0
+        for p in self.paths:
+            if self.max_frames is not None and index >= self.max_frames:
+                return
+            try:
+                rgb = read_image(p)
+            except DatasetError as exc:
+                if not self._folder:
+                    raise
+                warnings.warn(f"skipping an unreadable image of {self.name} ({exc})", stacklevel=1)
+                continue
+            yield Frame(index, p.stem, rgb)
+            index += 1
+        if index == 0:
+            raise SourceError(f"cannot read any image in {self.name}")
 
 
 def open_source(source: str | os.PathLike | int, max_frames: int | None = None) -> FrameSource:
-    """A camera index (``0`` or ``"0"``), a video file, an image file or a folder of images; ``max_frames``
-    (at least 1) stops a video or camera after that many frames."""
+    """A camera index (``0``, or ``"0"`` where no file or folder has that name), a video file, an image
+    file or a folder of images; ``max_frames`` (at least 1) stops after that many frames."""
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be at least 1 (or None for every frame), got {max_frames}")
-    if isinstance(source, int) or (isinstance(source, str) and source.isdigit()):
+    if isinstance(source, int) or (isinstance(source, str) and source.isdigit() and not Path(source).exists()):
         return VideoSource(int(source), max_frames=max_frames)
     path = Path(source)
     if not path.exists():
         raise SourceError(f"{path}: no such file or folder")
     if path.is_dir() or path.suffix.lower() in IMAGE_EXTENSIONS:
-        return ImageFolderSource(path)
+        return ImageFolderSource(path, max_frames=max_frames)
     return VideoSource(path, max_frames=max_frames)
 
 
