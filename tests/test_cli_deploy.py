@@ -144,6 +144,24 @@ def test_export_refuses_flags_it_would_ignore(checkpoint, tmp_path, capsys, flag
     assert not out.exists()
 
 
+@pytest.mark.parametrize("formats, in_the_way, message", [
+    (["safetensors"], "y/data.txt", "holds files the export did not write (data.txt)"),
+    (["onnx", "safetensors"], "y.onnx/keep.txt", "a folder {out}/y.onnx is in the way"),
+    (["onnx", "safetensors"], "y", "a file {out}/y is in the way of the safetensors folder"),
+])
+def test_export_never_replaces_what_is_in_the_way(checkpoint, tmp_path, capsys, formats, in_the_way, message):
+    """A folder where a file goes, a file where the safetensors folder goes, or a folder of that name holding the
+    user's files: refused before any work, nothing written or removed."""
+    out = tmp_path / "exp"
+    (out / in_the_way).parent.mkdir(parents=True, exist_ok=True)
+    (out / in_the_way).write_text("mine")
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert main(["export", str(checkpoint), "--format", *formats, "--out", str(out), "--name", "y"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message.format(out=out) in err[0], err
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before and (out / in_the_way).read_text() == "mine"
+
+
 def _json_cases(tmp_path, checkpoint):
     """(command line, --json path that is one of the command's own files, message) per command."""
     from gcnet.data.synthetic import make_synthetic_dataset

@@ -135,6 +135,8 @@ def _check_args(args: argparse.Namespace, formats: list[str]) -> None:
                                ("the --calib-images folder", args.calib_images),
                                ("the evaluation data set root", args.eval_root),
                                *(("an output of this export", p) for p in _outputs(args, formats))])
+    folder = Path(args.out) / _name(args) if "safetensors" in formats else None  # a save_pretrained folder
+    _check_outputs_in_the_way([p for p in _outputs(args, formats) if p != folder], folder)
     if args.postprocess and "onnx" not in formats:
         raise ConfigError("--postprocess changes the ONNX graph only; add --format onnx or drop --postprocess")
     _check_int8_args(args, formats)
@@ -187,6 +189,25 @@ def _outputs(args: argparse.Namespace, formats: list[str]) -> list[Path]:
     if "onnx" in formats and int8:
         files.append(f"{name}_int8.onnx")
     return [Path(args.out) / f for f in files]
+
+
+_PRETRAINED = frozenset({"config.json", "model.safetensors"})
+
+
+def _check_outputs_in_the_way(files: list[Path], folder: Path | None) -> None:
+    """Refuse, before any work, a folder where one of ``files`` is to be written, a file where the
+    safetensors ``folder`` goes, or such a folder holding anything but an earlier save_pretrained's files
+    (it is replaced whole): the user's files are never replaced by a folder or removed with one."""
+    for path in files:
+        if path.is_dir():
+            raise ConfigError(f"--out: a folder {path} is in the way of the file of that name; move it, or "
+                              "choose another --name or --out")
+    if folder is not None and folder.is_file():
+        raise ConfigError(f"--out: a file {folder} is in the way of the safetensors folder of that name; move it, "
+                          "or choose another --name or --out")
+    if folder is not None and folder.is_dir() and (other := sorted({p.name for p in folder.iterdir()} - _PRETRAINED)):
+        raise ConfigError(f"--out: {folder} holds files the export did not write ({', '.join(other[:3])}), and the "
+                          "safetensors export replaces that folder; choose another --name or --out")
 
 
 def _export(fmt: str, deploy, path: Path, args: argparse.Namespace, settings) -> dict:
