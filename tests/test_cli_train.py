@@ -402,3 +402,18 @@ def test_demo_never_touches_a_folder_it_did_not_write(tmp_path, capsys):
     assert main(["demo", "--out", str(linked), "--iters", "1"]) == 2
     assert "holds symbolic links (data)" in capsys.readouterr().err
     assert (project / "data" / "my_dataset.txt").read_text() == "mine"
+
+
+def test_eval_refuses_model_flags_for_a_checkpoint_with_its_own_config(tmp_path, capsys):
+    from helpers import tiny_model_kwargs
+
+    from gcnet import build_model
+    from gcnet.checkpoint import save_checkpoint
+
+    path = tmp_path / "ours.pth"
+    save_checkpoint(path, build_model("gcnet-s", **tiny_model_kwargs(5)))
+    for flags, said in ((["--num-classes", "3"], "--num-classes goes"), (["--model", "gcnet-m"], "--model goes"),
+                        (["--model", "gcnet-m", "--num-classes", "3"], "--model and --num-classes go")):
+        assert main(["eval", str(path), *flags, "--dataset", "synthetic", "--data-root", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "carries its own model and classes" in err and "Traceback" not in err

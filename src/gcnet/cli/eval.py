@@ -100,6 +100,10 @@ def _load(args: argparse.Namespace):
     obj = read_checkpoint(args.checkpoint)  # a file, named weights or a URL
     train_cfg = obj.get("train_config") if isinstance(obj, dict) else None
     if (isinstance(obj, dict) and obj.get("format") == FORMAT and "config" in obj) or find_weights(args.checkpoint):
+        given = " and ".join(f for f, v in (("--model", args.model), ("--num-classes", args.num_classes)) if v)
+        if given:
+            raise ConfigError(f"{given} go{'es' if ' ' not in given else ''} with the authors' checkpoints; "
+                              f"{args.checkpoint} carries its own model and classes: drop {given}")
         return load_model(args.checkpoint), train_cfg
     if not args.model or not args.num_classes:
         raise ConfigError(f"{args.checkpoint} has no model config inside (the authors' format?): pass --model "
