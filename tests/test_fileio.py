@@ -122,3 +122,20 @@ def test_a_failed_write_removes_the_folders_it_made(tmp_path):
     with fileio.atomic_path(tmp_path / "e" / "f.txt") as tmp:
         tmp.write_text("kept")
     assert (tmp_path / "e" / "f.txt").read_text() == "kept"
+
+
+def test_a_name_that_fits_is_written_although_its_temporary_name_is_longer(tmp_path):
+    """The temporary name adds ~30 bytes: its stem is shortened so that any name the file system takes works;
+    a name too long itself is one line from the CLI."""
+    from gcnet.cli import resource_message
+
+    name = "b" * 250 + ".png"
+    assert len(fileio.temp_name(tmp_path / name).name.encode()) <= 255
+    fileio.write_text(tmp_path / name, "x")
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    try:
+        fileio.write_text(tmp_path / ("c" * 256), "x")
+    except OSError as exc:
+        assert resource_message(exc).startswith("file name too long: ")
+    else:
+        pytest.fail("a 256-byte name was accepted")

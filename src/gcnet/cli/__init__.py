@@ -53,14 +53,16 @@ _WRITE_FAILURES = ("No space left on device", "unexpected pos", "basic_ios::clea
 
 
 def resource_message(exc: BaseException) -> str | None:
-    """One line for running out of memory or disk space (the machine's limits, not a bug), or for a folder
-    where a file is to be written, else None."""
+    """One line for running out of memory or disk space (the machine's limits, not a bug), for a folder
+    where a file is to be written, or for a file name too long for the file system; else None."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
             "can't allocate memory" in text or "out of memory" in text.lower())):
         return f"out of memory ({text[:160]}); use a smaller input size or batch, or free memory"
     if isinstance(exc, IsADirectoryError) and exc.filename:  # raised by gcnet.fileio.atomic_path
         return f"cannot write {exc.filename}: a folder of that name is in the way; move or rename it"
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+        return f"file name too long: {exc.filename}; give shorter names (inputs, --out, --name, --json)"
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" writing {exc.filename}" if exc.filename else ""
         return f"no space left on the device{where}; free some space and run again (finished files are kept)"
