@@ -429,3 +429,18 @@ def test_cli_process_lists_and_refuses_offline(tmp_path):
     refused = run([sys.executable, "-m", "gcnet.cli", "weights", "download", "gcnet-m_cityscapes"])
     assert refused.returncode == 2 and str(tmp_path / "weights" / "gcnet-m_cityscapes.pth") in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 2
+
+
+def test_cli_weights_list_is_the_default_and_failed_verify_says_what_to_do(served, server, home, register, capsys):
+    register("test-s", f"{server.url}/gcnet-s.pth")
+    assert main(["weights"]) == 0
+    default = capsys.readouterr().out
+    assert main(["weights", "list"]) == 0 and capsys.readouterr().out == default
+    assert main(["weights", "--json"]) == 0
+    as_json = capsys.readouterr().out
+    assert main(["weights", "list", "--json"]) == 0 and capsys.readouterr().out == as_json
+    assert main(["weights", "download", "test-s", "--no-progress"]) == 0
+    save_mmengine(home / "test-s.pth", trained_tiny(19).state_dict())  # keys/shapes no longer match test-s
+    assert main(["weights", "verify", "test-s"]) == 1
+    err = capsys.readouterr().err
+    assert "test-s: FAILED" in err and err.count("gcnet weights download test-s --force") == 1, err

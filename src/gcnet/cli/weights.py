@@ -8,7 +8,7 @@ import sys
 
 EPILOG = """\
 examples:
-  gcnet weights                                  # names, dataset, mIoU, eval size, cached or not
+  gcnet weights                                  # names, dataset, mIoU, eval size, cached or not (= weights list)
   gcnet weights download gcnet-s_cityscapes      # once; then the name works offline
   gcnet weights verify                           # every cached file: SHA-256 and keys/shapes
   gcnet predict street.jpg --checkpoint gcnet-s_cityscapes
@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", help="list as JSON (all metadata)")
     actions = p.add_subparsers(dest="action", metavar="ACTION")
+    ls = actions.add_parser("list", help="list the named weights (the default action)")
+    ls.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="list as JSON (all metadata)")
     d = actions.add_parser("download", help="download named weights into the cache (checked before kept)")
     d.add_argument("names", nargs="+", metavar="NAME")
     d.add_argument("--force", action="store_true", help="download again even if cached")
@@ -86,7 +88,9 @@ def _verify(names: list[str]) -> int:
             digest = verify_weights(e)
         except CheckpointError as exc:
             failed += 1
-            print(f"{e.name}: FAILED: {exc}", file=sys.stderr)
+            fix = "" if "gcnet weights download" in str(exc) else (
+                f"; download it again: gcnet weights download {e.name} --force")
+            print(f"{e.name}: FAILED: {exc}{fix}", file=sys.stderr)
             continue
         known = "matches the published hash" if e.sha256 else "no published hash to compare with"
         print(f"{e.name}: OK (keys and shapes match {e.variant}, {e.num_classes} classes); sha256 {digest} ({known})")
