@@ -90,8 +90,12 @@ def test_predict_usage_errors(checkpoint, tmp_path, capsys):
     assert "--out: the path is empty" in capsys.readouterr().err
     for out in (images, tmp_path):  # the input folder itself, or a folder holding it
         assert main(["predict", str(images), "--checkpoint", str(checkpoint), "--out", str(out)]) == 2
-        assert f"--out {out} is or holds the input folder {images}" in capsys.readouterr().err
-    assert sorted(p.name for p in images.iterdir()) == ["a.png"]
+        assert f"--out {out}: shares the input folder {images}" in capsys.readouterr().err
+    (images / "a_label.png").write_bytes((images / "a.png").read_bytes())  # e.g. a ground truth kept by its image
+    before = {p.name: p.read_bytes() for p in images.iterdir()}
+    assert main(["predict", str(images / "a.png"), "--checkpoint", str(checkpoint), "--out", str(images)]) == 2
+    assert f"--out {images}: shares the folder of the input {images / 'a.png'}" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in images.iterdir()} == before
 
 
 def test_export_torchscript(checkpoint, tmp_path):

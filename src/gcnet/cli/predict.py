@@ -98,6 +98,20 @@ examples:
     p.set_defaults(func=run)
 
 
+def _check_out_apart_from_inputs(out: Path, inputs: list[Path]) -> None:
+    """``--out`` must not be or hold an input folder (one inside it is left out of the scan), nor be the folder
+    of an input file: the outputs would mix with the inputs (and replace files named like them, e.g. a label
+    kept by its image)."""
+    resolved = out.resolve()
+    for given in inputs:
+        folder = given if given.is_dir() else given.parent
+        where = folder.resolve()
+        if resolved == where or (given.is_dir() and resolved in where.parents):
+            what = f"the input folder {folder}" if given.is_dir() else f"the folder of the input {given}"
+            raise ConfigError(f"--out {out}: shares {what}: the outputs would mix with the inputs (and could replace "
+                              f"files named like them); choose another --out, e.g. {folder / 'predictions'}")
+
+
 def run(args: argparse.Namespace) -> int:
     from gcnet.deploy.predict import (
         VIDEO_EXTENSIONS,
@@ -113,12 +127,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_label and args.no_overlay and not any(
             Path(i).suffix.lower() in VIDEO_EXTENSIONS for i in args.inputs):
         raise ConfigError("--no-label and --no-overlay together leave nothing to write")
-    out = Path(args.out).resolve()
-    for folder in (Path(i) for i in args.inputs if Path(i).is_dir()):
-        if out == folder.resolve() or out in folder.resolve().parents:
-            raise ConfigError(f"--out {args.out} is or holds the input folder {folder}: the outputs would mix with the "
-                              f"inputs (and could replace files named like them); choose another --out, e.g. "
-                              f"{folder / 'predictions'}")
+    _check_out_apart_from_inputs(Path(args.out), [Path(i) for i in args.inputs])
     items, missing = collect_inputs(args.inputs, recursive=not args.no_recursive, exclude=[args.out])
     if not items:
         reasons = "; ".join(f"{path}: {reason}" for path, reason in missing)
