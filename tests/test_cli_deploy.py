@@ -131,6 +131,7 @@ def test_export_errors(checkpoint, tmp_path, capsys):
 
 @pytest.mark.parametrize("flags,message", [
     (["--format", "torchscript", "--postprocess"], "--postprocess changes the ONNX graph only"),
+    (["--format", "safetensors", "--static"], "--static fixes the input shape of ONNX and torch.export files only"),
     (["--precision", "int8", "--calib-images", "{tmp}", "--calib-dataset", "folder", "--calib-root", "{tmp}"],
      "--calib-images and --calib-dataset, --calib-root both choose the calibration data"),
     (["--calib-images", "{tmp}", "--finetune-iters", "10", "--num-calib", "3"],

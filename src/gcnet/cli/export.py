@@ -137,6 +137,9 @@ def _check_args(args: argparse.Namespace, formats: list[str]) -> None:
                                *(("an output of this export", p) for p in _outputs(args, formats))])
     folder = Path(args.out) / _name(args) if "safetensors" in formats else None  # a save_pretrained folder
     _check_outputs_in_the_way([p for p in _outputs(args, formats) if p != folder], folder)
+    if args.static and not {"onnx", "torch-export"} & set(formats):
+        raise ConfigError("--static fixes the input shape of ONNX and torch.export files only; add --format onnx "
+                          "or torch-export, or drop --static")
     if args.postprocess and "onnx" not in formats:
         raise ConfigError("--postprocess changes the ONNX graph only; add --format onnx or drop --postprocess")
     _check_int8_args(args, formats)
