@@ -417,3 +417,25 @@ def test_eval_refuses_model_flags_for_a_checkpoint_with_its_own_config(tmp_path,
         assert main(["eval", str(path), *flags, "--dataset", "synthetic", "--data-root", str(tmp_path)]) == 2
         err = capsys.readouterr().err
         assert said in err and "carries its own model and classes" in err and "Traceback" not in err
+
+
+def test_resume_refusals_name_the_newest_checkpoint_to_pass_instead(tmp_path, capsys):
+    work = tmp_path / "run"
+    assert _train(tmp_path, work, "--schedule.iters", "4", "--schedule.keep_ckpts", "0") == 0
+    capsys.readouterr()
+    (tmp_path / "e3.log").write_text("iteration 4: loss 0.5\n")
+    assert main(["train", "--resume", str(tmp_path / "e3.log"), "--work-dir", str(work), "--no-progress"]) == 2
+    assert f"cannot resume from {tmp_path / 'e3.log'}: not a checkpoint" in capsys.readouterr().err
+    latest = work / "latest.pth"
+    latest.unlink()
+    latest.write_bytes((work / "iter_4.pth").read_bytes()[:1000])  # truncated, iter_4.pth intact
+    before = {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()}
+    assert main(["train", "--resume", "--work-dir", str(work), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{latest}: not a readable" in err and f"--resume {work / 'iter_4.pth'}" in err and "Traceback" not in err
+    latest.unlink()
+    assert main(["train", "--resume", "--work-dir", str(work), "--no-progress"]) == 2
+    assert (f"cannot resume: {latest} does not exist; resume from the newest other checkpoint there: --resume "
+            f"{work / 'iter_4.pth'}") in capsys.readouterr().err
+    before.pop("latest.pth")
+    assert {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()} == before

@@ -36,6 +36,7 @@ from gcnet.fileio import atomic_path, remove_stale_temps
 
 __all__ = ["Resume", "RunDir", "capture_rng", "read_resume", "restore_rng", "resume_command", "sigint_deferred"]
 
+_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
 _RUN_FILES = ("latest.pth", "best.pth", "metrics.jsonl", "summary.json", "config.toml", "tb")
 
 
@@ -99,18 +100,34 @@ class Resume:
 
 
 def read_resume(work_dir: Path, resume: bool | str | os.PathLike) -> Resume:
-    """Read the checkpoint ``--resume`` names: ``True`` = ``work_dir/latest.pth``, a file, or a run folder."""
+    """Read the checkpoint ``--resume`` names: ``True`` = ``work_dir/latest.pth``, a file, or a run folder.
+    A missing or unreadable one is refused naming the newest other ``iter_N.pth`` beside it to pass instead."""
     from gcnet.checkpoint import read_checkpoint
 
     path = work_dir / "latest.pth" if resume is True else Path(resume)
     if path.is_dir():
         path = path / "latest.pth"
     if not path.is_file():
-        raise CheckpointError(f"cannot resume: {path} does not exist (no checkpoint was written yet?)")
-    ckpt = read_checkpoint(path)
+        first = " (no checkpoint was written yet?)"
+        raise CheckpointError(f"cannot resume: {path} does not exist{_instead(path, first)}")
+    try:
+        ckpt = read_checkpoint(path)
+    except CheckpointError as exc:
+        if path.suffix.lower() not in _CHECKPOINT_SUFFIXES:
+            raise CheckpointError(f"cannot resume from {path}: not a checkpoint; --resume takes a run folder or "
+                                  "one of its checkpoints (latest.pth, iter_N.pth)") from None
+        raise CheckpointError(str(exc).rstrip(".") + _instead(path, "")) from None
     if not isinstance(ckpt, dict) or "optimizer" not in ckpt or "iteration" not in ckpt:
         raise CheckpointError(f"{path}: not a training checkpoint (no optimizer/iteration state)")
     return Resume(path, ckpt)
+
+
+def _instead(path: Path, otherwise: str) -> str:
+    """'; pass --resume <the newest iter_N.pth beside path that is another file>', or ``otherwise``."""
+    for other in reversed(RunDir(path.parent).iter_files()):
+        if other != path and not (path.exists() and os.path.samefile(other, path)):  # iter files are hard links
+            return f"; resume from the newest other checkpoint there: --resume {shlex.quote(str(other))}"
+    return otherwise
 
 
 @contextlib.contextmanager
