@@ -598,3 +598,26 @@ def test_predict_with_a_folder_where_an_output_goes(checkpoint, tmp_path, capsys
     err = capsys.readouterr().err
     assert f"cannot write {blocked}: a folder of that name is in the way" in err and "Traceback" not in err
     assert (blocked / "keep.txt").read_text() == "mine"
+
+
+def test_openvino_conversion_interrupted_is_ctrl_c_and_telemetry_off(monkeypatch):
+    """Ctrl-C that OpenVINO's converter wraps in its own error comes back as KeyboardInterrupt (exit 130, one
+    line), and gcnet's use of OpenVINO/NNCF sends no telemetry (its forked senders hung interrupted exports)."""
+    pytest.importorskip("openvino")
+    import openvino as ov
+
+    from gcnet.deploy.export import to_openvino
+    from gcnet.optional import require
+
+    require("openvino")
+    assert "openvino_telemetry" in sys.modules  # imported before gcnet's require, or blocked by it
+
+    def wrapped(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise RuntimeError("Couldn't get TorchScript module by tracing: KeyboardInterrupt") from exc
+
+    monkeypatch.setattr(ov, "convert_model", wrapped)
+    with pytest.raises(KeyboardInterrupt):
+        to_openvino(gcnet.build_model("gcnet-s", **tiny_model_kwargs(num_classes=5)).eval(), input_size=(64, 64))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from typing import Any
 
 from gcnet.errors import GCNetError
@@ -12,6 +13,8 @@ from gcnet.errors import GCNetError
 # the gcnet extra (``pip install 'gcnet[extra]'``) that installs each optional dependency
 EXTRAS = {"openvino": "deploy", "onnxruntime": "deploy", "onnx": "deploy", "nncf": "deploy", "gdown": "gdrive",
           "huggingface_hub": "hub"}
+# packages that send usage telemetry through openvino_telemetry when it is importable (each falls back to a stub)
+_TELEMETRY_USERS = ("openvino", "nncf")
 
 
 class RuntimeUnavailableError(GCNetError):
@@ -20,7 +23,12 @@ class RuntimeUnavailableError(GCNetError):
 
 def require(module: str, purpose: str = "", error: type[GCNetError] = RuntimeUnavailableError) -> Any:
     """Import an optional dependency, or raise ``error`` with an install hint: "``purpose`` needs
-    <package>: pip install 'gcnet[extra]' (or pip install <package>)"."""
+    <package>: pip install 'gcnet[extra]' (or pip install <package>)".
+
+    OpenVINO's and NNCF's telemetry is turned off (its sender forks children that can hang an interrupted
+    command): unless already imported, ``openvino_telemetry`` is made unimportable in this process."""
+    if module.split(".")[0] in _TELEMETRY_USERS:
+        sys.modules.setdefault("openvino_telemetry", None)
     try:
         return importlib.import_module(module)
     except ImportError as exc:

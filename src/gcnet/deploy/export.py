@@ -344,7 +344,24 @@ def to_openvino(source: nn.Module | str | os.PathLike, *, input_size: Sequence[i
     model = load_for_deploy(source)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return ov.convert_model(model, example_input=_example(input_size), input=[ov.PartialShape([-1, 3, -1, -1])])
+        try:
+            return ov.convert_model(model, example_input=_example(input_size),
+                                    input=[ov.PartialShape([-1, 3, -1, -1])])
+        except Exception as exc:
+            if _interrupted(exc):  # Ctrl-C while tracing, wrapped by OpenVINO's converter
+                raise KeyboardInterrupt from None
+            raise
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` carries a KeyboardInterrupt: in its chain of causes, or in its message."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt) or "KeyboardInterrupt" in str(exc):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def export_openvino(ov_model: Any, path: str | os.PathLike, *, reference: nn.Module | None = None,
