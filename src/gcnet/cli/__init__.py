@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import errno
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -81,7 +82,13 @@ def _sigterm_as_ctrl_c(terminated: list[int]) -> Iterator[None]:
         yield
         return
 
+    owner = os.getpid()
+
     def on_term(signum, frame) -> None:
+        if os.getpid() != owner:  # a child forked by a library (it inherits handlers): SIGTERM as without gcnet
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+            return
         terminated.append(signum)
         signal.raise_signal(signal.SIGINT)  # through whatever SIGINT handler is in place now
 
