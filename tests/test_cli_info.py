@@ -142,3 +142,13 @@ def test_import_gcnet_leaves_torch_for_first_use():
             "print('ok')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+@pytest.mark.slow  # starts a gcnet process
+def test_output_to_a_closed_pipe_stops_quietly():
+    """``gcnet weights | head -1``: the reader goes away; no BrokenPipeError traceback, status 141 as a shell tool."""
+    proc = subprocess.Popen([sys.executable, "-m", "gcnet.cli", "weights"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before gcnet writes anything (its start-up takes seconds)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err
