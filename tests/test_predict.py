@@ -159,6 +159,16 @@ def test_predictor_and_stream_refuse_sizes_and_counts_that_cannot_work(predictor
         next(gcnet.stream(tmp_path, predictor, max_frames=0))
 
 
+def test_output_names_too_long_are_refused_before_any_work(predictor, info, tmp_path):
+    """An input whose name fits but whose outputs' do not (the label PNG, checked first): refused before any
+    work, not half-way through."""
+    short = _image(tmp_path / "in" / "a.png")
+    long = _image(tmp_path / "in" / ("b" * 246 + ".png"))
+    with pytest.raises(ConfigError, match=r"output name b+\.\.\. for .* is too long .*\(256 bytes, at most 255\)"):
+        predict_paths(predictor, [short, long], tmp_path / "out", info, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_outputs_that_would_replace_an_input_are_refused(predictor, info, tmp_path):
     """``a.jpg`` and ``a_label.png`` predicted into their own folder: refused, naming both, before anything
     is written; without label PNGs nothing collides."""

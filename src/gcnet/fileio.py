@@ -39,7 +39,7 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
 
 
-_MAX_NAME = 255  # bytes in a file name on common file systems
+MAX_NAME_BYTES = 255  # bytes in a file name on common file systems
 
 
 def temp_name(path: str | os.PathLike) -> Path:
@@ -47,7 +47,7 @@ def temp_name(path: str | os.PathLike) -> Path:
     stem is shortened where the temporary name would be too long although ``path``'s own name is not."""
     p = Path(path)
     tag = f".{os.getpid()}-{uuid.uuid4().hex[:8]}{TMP_MARKER}{p.suffix}"
-    stem = p.stem.encode()[: max(1, _MAX_NAME - 1 - len(tag.encode()))].decode(errors="ignore")
+    stem = p.stem.encode()[: max(1, MAX_NAME_BYTES - 1 - len(tag.encode()))].decode(errors="ignore")
     return p.with_name(f".{stem}{tag}")
 
 

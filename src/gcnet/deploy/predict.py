@@ -50,7 +50,7 @@ from gcnet.deploy.sources import (
     prefetch,
 )
 from gcnet.errors import ConfigError, DatasetError, GCNetError
-from gcnet.fileio import IMAGE_EXTENSIONS, atomic_path, remove_stale_temps
+from gcnet.fileio import IMAGE_EXTENSIONS, MAX_NAME_BYTES, atomic_path, remove_stale_temps
 
 
 class InputError(GCNetError):
@@ -261,13 +261,16 @@ def output_paths(base: Path, kind: str, *, save_label: bool = True, save_overlay
 
 def check_outputs(items: Iterable[InputItem], out_dir: str | os.PathLike, *, save_label: bool = True,
                   save_overlay: bool = True) -> None:
-    """Refuse (:class:`~gcnet.errors.ConfigError`) outputs that would replace an input, e.g. for ``a.jpg``
-    and ``a_label.png`` with their own folder as ``out_dir``."""
+    """Refuse (:class:`~gcnet.errors.ConfigError`), before any work, outputs that would replace an input (e.g.
+    for ``a.jpg`` and ``a_label.png`` with their own folder as ``out_dir``) or whose names are too long."""
     items = list(items)
     inputs = {item.path.resolve(): item.path for item in items}
     for item in items:
         for path in output_paths(Path(out_dir) / item.stem, item.kind, save_label=save_label,
                                  save_overlay=save_overlay):
+            if len(path.name.encode()) > MAX_NAME_BYTES:
+                raise ConfigError(f"the output name {path.name[:40]}... for {item.path} is too long for the file system "
+                                  f"({len(path.name.encode())} bytes, at most {MAX_NAME_BYTES}): give the input a shorter name")
             if (same := inputs.get(path.resolve())) is not None:
                 raise ConfigError(f"the output {path} for {item.path} would replace the input {same}: "
                                   "choose another output folder (--out)")
