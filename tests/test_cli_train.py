@@ -68,7 +68,6 @@ def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # nothing generated, nothing written
 
 
-
 def test_synthetic_data_is_generated_only_into_a_new_or_empty_folder(tmp_path, capsys):
     (tmp_path / "a_file").write_text("mine")
     (tmp_path / "project").mkdir()

@@ -151,7 +151,7 @@ def _train(args: argparse.Namespace, cfg, work: Path, final: Path, device) -> di
     train_cfg.data.val_split = ""  # the demo evaluates below, in both forms
     summary = Trainer(train_cfg, work, progress=args.progress,  # its messages name where the files end up
                       log=lambda m: _say("      " + unstaged(m, work, final).replace("\n", "\n      "))).run()
-    summary.update(work_dir=str(final), last_checkpoint=str(final / "latest.pth"))
+    summary = unstaged({**summary, "last_checkpoint": str(work / "latest.pth")}, work, final)
     write_text(work / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 

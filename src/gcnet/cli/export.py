@@ -194,13 +194,12 @@ def _outputs(args: argparse.Namespace, formats: list[str]) -> list[Path]:
     return [Path(args.out) / f for f in files]
 
 
-_PRETRAINED = frozenset({"config.json", "model.safetensors"})
-
-
 def _check_outputs_in_the_way(files: list[Path], folder: Path | None) -> None:
     """Refuse, before any work, a folder where one of ``files`` is to be written, a file where the
     safetensors ``folder`` goes, or such a folder holding anything but an earlier save_pretrained's files
     (it is replaced whole): the user's files are never replaced by a folder or removed with one."""
+    from gcnet.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+
     for path in files:
         if path.is_dir():
             raise ConfigError(f"--out: a folder {path} is in the way of the file of that name; move it, or "
@@ -208,7 +207,8 @@ def _check_outputs_in_the_way(files: list[Path], folder: Path | None) -> None:
     if folder is not None and folder.is_file():
         raise ConfigError(f"--out: a file {folder} is in the way of the safetensors folder of that name; move it, "
                           "or choose another --name or --out")
-    if folder is not None and folder.is_dir() and (other := sorted({p.name for p in folder.iterdir()} - _PRETRAINED)):
+    pretrained = {CONFIG_NAME, WEIGHTS_NAME}  # what save_pretrained writes
+    if folder is not None and folder.is_dir() and (other := sorted({p.name for p in folder.iterdir()} - pretrained)):
         raise ConfigError(f"--out: {folder} holds files the export did not write ({', '.join(other[:3])}), and the "
                           "safetensors export replaces that folder; choose another --name or --out")
 
